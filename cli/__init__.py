@@ -1,0 +1,1 @@
+"""The `hashtagkit` command-line interface (installed as hashtagkit.cli)."""

@@ -1,0 +1,278 @@
+"""The `hashtagkit` command: prepare a store, fit a head, evaluate it, inspect a store.
+
+Errors a user can fix (missing file, bad value, existing output) are one line on stderr and
+exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hashtagkit import __version__
+from hashtagkit.errors import InputError
+
+
+class UserError(click.ClickException):
+    """An InputError as click shows it: `Error: <message>`, exit 2."""
+
+    exit_code = 2
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            raise UserError(str(e)) from None
+
+
+class SplitSize(click.ParamType):
+    """A split size as a row count (`5000`) or a fraction of the rows (`0.1`)."""
+
+    name = "count|fraction"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a row count nor a fraction", param, ctx)
+        if number < 0 or (number != int(number) and number >= 1):
+            self.fail(f"{value!r} must be a count >= 0 or a fraction below 1", param, ctx)
+        return int(number) if number == int(number) and "." not in str(value) else number
+
+
+def resolve_size(size: int | float, n: int) -> int:
+    return int(round(size * n)) if isinstance(size, float) else int(size)
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hashtagkit")
+def cli() -> None:
+    """Recommend hashtags for photos (the HARRISON benchmark and your own data).
+
+    \b
+    The steps hand over one store (a Zarr folder):
+      hashtagkit prepare harrison|posts|demo ... -o STORE   labels, vocabulary, split
+      hashtagkit extract STORE                                image features (coming)
+      hashtagkit fit STORE --head popularity -o RUN           fit a head on the train split
+      hashtagkit evaluate RUN                                 P@K, R@K, A@K, mAP on the test split
+      hashtagkit info STORE                                   what a store holds and how it was made
+    """
+
+
+# --- prepare ---------------------------------------------------------------------------------
+def split_options(default_test: str):
+    def wrap(f):
+        f = click.option("--overwrite", is_flag=True, help="Replace STORE if it exists (the old one is kept until the new one is complete).")(f)
+        f = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random split.")(f)
+        f = click.option("--val-size", default="0", show_default=True, type=SplitSize(), help="Validation rows: a count or a fraction.")(f)
+        f = click.option("--test-size", default=default_test, show_default=True, type=SplitSize(), help="Test rows: a count or a fraction.")(f)
+        f = click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create (a folder, e.g. harrison.zarr).")(f)
+        return f
+
+    return wrap
+
+
+def write_store(data, out: Path, test_size, val_size, seed: int, kind: str, overwrite: bool, synthetic: bool = False):
+    from hashtagkit.stores import create_store
+
+    from hashtagkit.data.split import random_split
+    from hashtagkit.data.vocabulary import multi_hot
+
+    n = len(data.paths)
+    split, info = random_split(n, resolve_size(test_size, n), resolve_size(val_size, n), seed)
+    store = create_store(
+        out, paths=data.paths, labels=multi_hot(data.tags, data.vocab), vocab=data.vocab, split=split,
+        split_info=info, kind=kind, image_root=data.image_root, synthetic=synthetic, source=data.source,
+        overwrite=overwrite,
+    )
+    counts = store.split_info["counts"]
+    echo_err(
+        f"wrote {out}: {n:,} images, {len(data.vocab):,} classes; "
+        f"train {counts['train']:,} / test {counts['test']:,} / val {counts['val']:,} (seed {seed})"
+    )
+
+
+@cli.group(cls=Group)
+def prepare() -> None:
+    """Create a store from a dataset: paths, multi-hot labels, vocabulary, seeded split."""
+
+
+@prepare.command("harrison")
+@click.argument("root", type=click.Path(path_type=Path))
+@split_options("5000")
+def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, overwrite: bool) -> None:
+    """From the HARRISON label files in ROOT (or ROOT/HARRISON).
+
+    Reads data_list.txt, tag_list.txt and vocab_index.txt; the paper's split is a random
+    52,383 train / 5,000 test, drawn here from --seed. Image paths are kept relative to the
+    folder holding data_list.txt.
+    """
+    from hashtagkit.data.harrison import read_harrison
+    from hashtagkit.outputs import refuse_existing
+
+    refuse_existing(out, overwrite)
+    write_store(read_harrison(root), out, test_size, val_size, seed, "harrison", overwrite)
+
+
+@prepare.command("posts")
+@click.argument("posts", type=click.Path(path_type=Path))
+@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder the posts' image paths are relative to.")
+@click.option("--vocab-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Classes kept: the most frequent hashtags.")
+@click.option("--min-tags", default=1, show_default=True, type=click.IntRange(min=0), help="Drop posts left with fewer hashtags.")
+@click.option("--max-tags", default=10, show_default=True, type=click.IntRange(min=0), help="Drop posts left with more hashtags (likely commercial).")
+@click.option("--lemmatize/--no-lemmatize", default=True, show_default=True, help="Lemmatise with WordNet (nouns): #friends -> #friend.")
+@split_options("0.1")
+def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max_tags: int, lemmatize: bool,
+                  out: Path, test_size, val_size, seed: int, overwrite: bool) -> None:
+    """From raw posts, with the paper's hashtag cleaning (section 2.2).
+
+    POSTS is JSON Lines, one post a line:
+    {"image": "rel/path.jpg", "hashtags": ["#LOVE", "walks"]} ('#' optional).
+    Counts are printed after each cleaning step.
+    """
+    from hashtagkit.data.posts import build_dataset, posts_source, read_posts
+    from hashtagkit.data.wordnet import noun_lemmatizer
+    from hashtagkit.outputs import refuse_existing
+
+    refuse_existing(out, overwrite)
+    lemma = noun_lemmatizer() if lemmatize else None
+    data = build_dataset(
+        read_posts(posts), vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemma,
+        log=echo_err, image_root=str(images.resolve()), source=posts_source(posts),
+    )
+    write_store(data, out, test_size, val_size, seed, "posts", overwrite)
+
+
+@prepare.command("demo")
+@split_options("0.2")
+@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=10), help="Number of images to draw.")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write the JPEGs [default: beside the store, <STORE>_images].")
+def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: int, images: Path | None) -> None:
+    """Synthetic photo-like scenes whose hashtags follow what is drawn (labelled synthetic).
+
+    Skies, seas, beaches, fields, snow and cities, with suns, moons, clouds and coloured
+    objects, plus hashtags with no visual signal (#love ...) on a long tail. Deterministic
+    by --seed.
+    """
+    from tqdm import tqdm
+
+    from hashtagkit.data.demo import make_demo
+    from hashtagkit.outputs import atomic_dir, refuse_existing
+
+    images = images or out.with_name(out.stem + "_images")
+    refuse_existing(out, overwrite)
+    refuse_existing(images, overwrite)
+    with atomic_dir(images, overwrite=overwrite) as tmp, tqdm(total=n, desc="drawing", unit="img", leave=False) as bar:
+        data = make_demo(tmp, n=n, seed=seed, progress=bar.update)
+    data.image_root = str(images.resolve())
+    write_store(data, out, test_size, val_size, seed, "demo", overwrite, synthetic=True)
+
+
+# --- fit / evaluate ----------------------------------------------------------------------------
+def parse_sets(pairs: tuple[str, ...]) -> dict:
+    """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else text."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--head", "head_name", required=True, help="Which head: popularity (more to come).")
+@click.option("--features", "view", default="both", show_default=True, type=click.Choice(["object", "scene", "both"]),
+              help="Feature view; a single view zero-pads the other block, as the paper does.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for everything random in fitting.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace RUN if it exists.")
+def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool) -> None:
+    """Fit a head on the train split of STORE and save it as a run directory."""
+    from hashtagkit.runs import fit_run, read_run
+
+    fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
+    record = read_run(out)
+    echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise UserError(f"--k takes comma-separated positive integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k takes comma-separated positive integers, got {text!r}")
+    return ks
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs K (P@1, R@5, A@5 always included).")
+@click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) -> None:
+    """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP."""
+    from hashtagkit.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store)
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+# --- info --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def info(store: Path, as_json: bool) -> None:
+    """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
+    from hashtagkit.stores import open_store
+
+    data = open_store(store).info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    s, t = data["split"], data["tags_per_image"]
+    prov = data["provenance"]
+    lines = [
+        f"store      {data['path']}  ({data['kind']}{', SYNTHETIC' if data['synthetic'] else ''})",
+        f"rows       {data['rows']:,}   classes {data['classes']:,}   hashtags/image {t['mean']:.2f} ({t['min']}..{t['max']})",
+        f"split      train {s['train']:,} / test {s['test']:,} / val {s['val']:,}"
+        f"   (seed {data['split_seed']}, sha256 {str(data['split_sha256'])[:12]})",
+        f"images     {data['image_root']}",
+    ]
+    if not data["blocks"]:
+        lines.append("features   none yet (run `hashtagkit extract`)")
+    for b in data["blocks"]:
+        lines.append(f"block      {b['name']}: {b.get('backbone')} columns {b['columns'][0]}..{b['columns'][1]}")
+    if data.get("completeness"):
+        done, total = data["completeness"]
+        lines.append(f"extracted  {done} of {total} chunks")
+    lines.append(f"made       {prov.get('created')} by `{prov.get('command')}`")
+    click.echo("\n".join(lines))
+
+
+def main() -> None:
+    cli(prog_name="hashtagkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

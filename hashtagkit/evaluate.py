@@ -1,0 +1,79 @@
+"""The harness: a fitted run + a split of its store -> the paper's metrics.
+
+Every head is judged here and only here, through `predict_proba` and the ranking in
+`hashtagkit.metrics`, so numbers from different heads are comparable by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hashtagkit import metrics
+from hashtagkit.errors import InputError
+from hashtagkit.runs import design_matrix, load_run
+
+PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
+
+
+def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, dict]:
+    """Rows to score: the split, less rows without ground truth (recall is undefined there)
+    and, for heads that read features, rows whose image failed to decode. Counts reported."""
+    rows = store.split_rows(split)
+    skipped = {}
+    has_gt = store.labels(rows).any(axis=1)
+    if not has_gt.all():
+        skipped["no_ground_truth"] = int((~has_gt).sum())
+        rows = rows[has_gt]
+    if head.needs_features:
+        ok = store.valid(rows)
+        if not ok.all():
+            skipped["invalid_image"] = int((~ok).sum())
+            rows = rows[ok]
+    return rows, skipped
+
+
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", ks: tuple[int, ...] = (1, 5, 10), store_path: str | Path | None = None
+) -> dict:
+    record, head, store = load_run(run_dir, store_path)
+    rows, skipped = evaluation_rows(store, head, split)
+    if len(rows) == 0:
+        raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
+    X = design_matrix(store, head, record.get("features") or "both", rows)
+    t0 = time.perf_counter()
+    scores = head.predict_proba(X)
+    predict_seconds = time.perf_counter() - t0
+    result = metrics.summary(scores, store.labels(rows), ks=tuple(sorted(set(ks) | set(PAPER_KS))))
+    result.update(
+        {
+            "head": record["head"],
+            "features": record.get("features"),
+            "split": split,
+            "skipped": skipped,
+            "predict_seconds": round(predict_seconds, 3),
+            "store": str(store.path),
+        }
+    )
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A readable table: one row per K with P, R, A in percent, then mAP."""
+    ks = sorted(int(k.split("@")[1]) for k in result if k.startswith("precision@"))
+    lines = [
+        f"{result['head']} ({result.get('features') or 'no features'}) on {result['split']}: "
+        f"{result['n_images']:,} images",
+        f"{'K':>4} {'Precision@K':>12} {'Recall@K':>10} {'Accuracy@K':>11}",
+    ]
+    for k in ks:
+        lines.append(
+            f"{k:>4} {100 * result[f'precision@{k}']:>11.2f}% {100 * result[f'recall@{k}']:>9.2f}% "
+            f"{100 * result[f'accuracy@{k}']:>10.2f}%"
+        )
+    lines.append(f"mAP (per image) {100 * result['map']:.2f}%   mAP (per class) {100 * result['map_class']:.2f}%")
+    for reason, n in result.get("skipped", {}).items():
+        lines.append(f"skipped {n:,} image(s): {reason.replace('_', ' ')}")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""A run directory: a fitted head plus everything needed to judge or reuse it.
+
+    RUN/run.json   head name and hyper-parameters, feature view, seed, the store's path,
+                   split sha256 and backbone provenance, timings, versions, command line
+    RUN/model/     the head's own files (Head.save)
+
+`evaluate` refuses a run whose store split no longer matches the one it was trained on, and
+`recommend` rebuilds the extractor from the store's recorded backbones.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashtagkit import provenance
+from hashtagkit.errors import InputError
+from hashtagkit.heads import Head, make_head
+from hashtagkit.outputs import atomic_dir, refuse_existing
+from hashtagkit.stores import Store, open_store
+
+RUN_FILE = "run.json"
+MODEL_DIR = "model"
+VIEWS = ("object", "scene", "both")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:  # a torch head has imported it; the floor needs none of it
+        sys.modules["torch"].manual_seed(seed)
+
+
+def design_matrix(store: Store, head: Head, view: str, rows: np.ndarray) -> np.ndarray:
+    """The head's input for these rows: the feature view, or an empty (n, 0) matrix for a head
+    that ignores the image (so the popularity floor runs on a store without features)."""
+    if view not in VIEWS:
+        raise InputError(f"unknown feature view {view!r}: choose one of {', '.join(VIEWS)}")
+    if not head.needs_features:
+        return np.zeros((len(rows), 0), dtype=np.float32)
+    return store.features(view, rows)
+
+
+def fit_run(
+    store_path: str | Path,
+    head_name: str,
+    out: str | Path,
+    *,
+    params: dict[str, Any] | None = None,
+    view: str = "both",
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Fit a head on the store's train split and write the run directory atomically."""
+    out = refuse_existing(out, overwrite)
+    store = open_store(store_path)
+    split_sha = store.verify_split()
+    head = make_head(head_name, **(params or {}))
+    if "random_state" in head.param_names() and (params or {}).get("random_state") is None:
+        head.set_params(random_state=seed)
+    rows = store.split_rows("train")
+    if len(rows) == 0:
+        raise InputError(f"{store.path} has no training rows")
+    if head.needs_features:
+        rows = rows[store.valid(rows)]
+    X = design_matrix(store, head, view, rows)
+    Y = store.labels(rows)
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    head.fit(X, Y)
+    fit_seconds = time.perf_counter() - t0
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        head.save(tmp / MODEL_DIR)
+        record = {
+            "head": head.name,
+            "params": head.get_params(),
+            "features": view if head.needs_features else None,
+            "seed": seed,
+            "n_train": int(len(rows)),
+            "fit_seconds": round(fit_seconds, 3),
+            "store": {
+                "path": str(Path(store.path).resolve()),
+                "kind": store.meta.get("kind"),
+                "synthetic": store.meta.get("synthetic", False),
+                "split_sha256": split_sha,
+                "split_seed": store.split_info.get("seed"),
+                "vocab_size": store.n_classes,
+                "blocks": store.blocks,
+            },
+            "provenance": provenance.record(),
+        }
+        (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return Path(out)
+
+
+def read_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a run directory ({RUN_FILE} missing; make one with `hashtagkit fit`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is damaged: {e.msg}") from None
+
+
+def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple[dict, Head, Store]:
+    """The run's record, its head and its store, checked to belong together."""
+    record = read_run(run_dir)
+    head = Head.load(Path(run_dir) / MODEL_DIR)
+    store = open_store(store_path or record["store"]["path"])
+    if store.verify_split() != record["store"]["split_sha256"]:
+        raise InputError(
+            f"{store.path}: its split differs from the one this run was trained on "
+            f"(sha256 {record['store']['split_sha256'][:12]}...): evaluating would leak training rows"
+        )
+    if store.n_classes != head.n_classes_:
+        raise InputError(f"{store.path} has {store.n_classes} classes, the run's head {head.n_classes_}")
+    return record, head, store

@@ -1,0 +1,44 @@
+"""hashtagkit: hashtag recommendation for photos, built around the HARRISON benchmark.
+
+`stores/` and `cli/` are top-level folders in the repository (the design card's layout) but are
+installed as `hashtagkit.stores` and `hashtagkit.cli`, so no top-level module named `cli` or
+`stores` lands in site-packages.
+"""
+
+from setuptools import setup
+
+setup(
+    name="hashtagkit",
+    version="0.1.0",
+    description="Hashtag recommendation for photos: feature store, interchangeable heads, HARRISON metrics",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "hashtagkit",
+        "hashtagkit.data",
+        "hashtagkit.heads",
+        "hashtagkit.backbones",
+        "hashtagkit.stores",
+        "hashtagkit.cli",
+    ],
+    package_dir={"hashtagkit.stores": "stores", "hashtagkit.cli": "cli"},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "faiss-cpu>=1.7.4",
+        "scikit-learn>=1.3",
+        "numpy>=1.24",
+        "zarr>=3.0,<4",
+        "nltk>=3.8",
+        "click>=8.1",
+        "tqdm>=4.60",
+        "Pillow>=10.0",
+    ],
+    extras_require={
+        # faiss ships its GPU build as a separate wheel; install it in place of faiss-cpu.
+        "gpu": ["faiss-gpu-cu12>=1.8"],
+        "test": ["pytest>=7", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["hashtagkit=hashtagkit.cli.main:main"]},
+)

@@ -1,0 +1,261 @@
+"""The store: one Zarr v3 group per dataset, holding everything a step hands to the next.
+
+| member      | shape / type          | meaning                                                  |
+|-------------|-----------------------|----------------------------------------------------------|
+| `labels`    | (N, C) uint8 multi-hot| C = vocabulary size                                      |
+| `split`     | (N,) uint8            | 0 train, 1 test, 2 val; seed and sha256 in attrs `split` |
+| `paths`     | (N,) str              | image path relative to attrs `hashtagkit.image_root`     |
+| `features`  | (N, D) float16/32     | added by `extract`; column blocks described in `blocks`  |
+| attrs       | `vocab`, `split`, `blocks`, `hashtagkit` (kind, synthetic, image root, provenance) |
+
+Rows per chunk are chosen so a chunk is a few MiB: big enough to compress and read fast,
+small enough that a resumed extraction loses little. A store is created complete or not at
+all (written to a hidden sibling, then renamed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from hashtagkit import provenance
+from hashtagkit.errors import InputError
+from hashtagkit.outputs import atomic_dir
+
+FORMAT = 1
+SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
+SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
+CHUNK_BYTES = 4 << 20
+
+
+def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
+    """Rows in a chunk of about `target` bytes (at least one row)."""
+    return max(1, target // max(1, row_bytes))
+
+
+def split_sha256(split: np.ndarray) -> str:
+    """The fingerprint a run records, so evaluation can prove it uses the split it trained on."""
+    return provenance.sha256_bytes(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
+
+
+def _compressors() -> list:
+    return [zarr.codecs.ZstdCodec(level=3)]
+
+
+def create_store(
+    path: str | Path,
+    *,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    vocab: Sequence[str],
+    split: np.ndarray,
+    split_info: dict,
+    kind: str,
+    image_root: str | None,
+    synthetic: bool = False,
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> Store:
+    """Write a new store (atomically) and return it opened read-only.
+
+    `split_info` describes how the split was made (seed, method, sizes); its sha256 is
+    computed here from the array itself, never trusted from the caller.
+    """
+    labels = np.asarray(labels)
+    split = np.asarray(split)
+    n = len(paths)
+    if labels.shape != (n, len(vocab)):
+        raise ValueError(f"labels shape {labels.shape} != ({n}, {len(vocab)})")
+    if split.shape != (n,):
+        raise ValueError(f"split shape {split.shape} != ({n},)")
+    if not set(np.unique(split).tolist()) <= set(SPLIT_NAMES):
+        raise ValueError("split codes must be 0 (train), 1 (test) or 2 (val)")
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("vocabulary has duplicate hashtags")
+    counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        c = max(1, len(vocab))
+        lab = group.create_array(
+            "labels", shape=labels.shape, dtype="uint8",
+            chunks=(min(max(n, 1), rows_per_chunk(c)), c), compressors=_compressors(),
+        )
+        lab[...] = labels.astype(np.uint8)
+        sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors())
+        sp[...] = split.astype(np.uint8)
+        pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(max(n, 1),))
+        pa[...] = np.asarray(list(paths), dtype=str)
+        group.attrs.update(
+            {
+                "vocab": list(vocab),
+                "split": {**split_info, "counts": counts, "sha256": split_sha256(split)},
+                "blocks": [],
+                "hashtagkit": {
+                    "format": FORMAT,
+                    "kind": kind,
+                    "synthetic": bool(synthetic),
+                    "image_root": image_root,
+                    "source": source or {},
+                    "provenance": provenance.record(),
+                },
+            }
+        )
+    return open_store(path)
+
+
+def open_store(path: str | Path, mode: str = "r") -> Store:
+    """Open an existing store; a path that is not a hashtagkit store is a clear user error."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"store {path} does not exist (make one with `hashtagkit prepare`)")
+    try:
+        group = zarr.open_group(path, mode=mode, zarr_format=3)
+    except Exception as e:  # zarr raises several types for "not a group"
+        raise InputError(f"{path} is not a Zarr v3 store: {e}") from None
+    meta = group.attrs.get("hashtagkit")
+    if not isinstance(meta, dict) or "labels" not in group or "split" not in group:
+        raise InputError(f"{path} is a Zarr group but not a hashtagkit store (no labels/split)")
+    if meta.get("format", 0) > FORMAT:
+        raise InputError(f"{path} was written by a newer hashtagkit (format {meta['format']}); upgrade")
+    return Store(path, group)
+
+
+class Store:
+    """Read access to a store (and, opened with mode 'r+', the handle `extract` writes through)."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+
+    # --- what the store describes -------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return dict(self.group.attrs["hashtagkit"])
+
+    @property
+    def vocab(self) -> list[str]:
+        return list(self.group.attrs["vocab"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.group["labels"].shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.group["labels"].shape[1])
+
+    @property
+    def split_info(self) -> dict:
+        return dict(self.group.attrs["split"])
+
+    @property
+    def blocks(self) -> list[dict]:
+        return list(self.group.attrs.get("blocks", []))
+
+    @property
+    def image_root(self) -> str | None:
+        return self.meta.get("image_root")
+
+    # --- rows -------------------------------------------------------------------------------
+    def split(self) -> np.ndarray:
+        return np.asarray(self.group["split"][...])
+
+    def split_rows(self, name: str) -> np.ndarray:
+        """Row indices of one split, ascending."""
+        if name not in SPLIT_CODES:
+            raise InputError(f"unknown split {name!r}: choose one of {', '.join(SPLIT_CODES)}")
+        return np.flatnonzero(self.split() == SPLIT_CODES[name])
+
+    def labels(self, rows: np.ndarray | None = None) -> np.ndarray:
+        arr = self.group["labels"]
+        data = np.asarray(arr[...])
+        return data if rows is None else data[rows]
+
+    def paths(self, rows: np.ndarray | None = None) -> list[str]:
+        data = np.asarray(self.group["paths"][...])  # numpy StringDType; tolist gives str
+        return [str(p) for p in (data if rows is None else data[rows]).tolist()]
+
+    def verify_split(self) -> str:
+        """Recompute the split's sha256 and check it against the recorded one."""
+        actual = split_sha256(self.split())
+        if actual != self.split_info.get("sha256"):
+            raise InputError(f"{self.path}: split array does not match its recorded sha256 (store modified?)")
+        return actual
+
+    # --- features ---------------------------------------------------------------------------
+    def has_features(self) -> bool:
+        return "features" in self.group and bool(self.blocks)
+
+    def valid(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Which rows have real features (an image that failed to decode has none)."""
+        data = np.asarray(self.group["valid"][...]) if "valid" in self.group else np.ones(self.n_rows, bool)
+        return data if rows is None else data[rows]
+
+    def completeness(self) -> tuple[int, int]:
+        """(chunks done, chunks in all): `done` is the only truth, a missing chunk reads as zeros."""
+        if "done" not in self.group:
+            return (0, 0) if not self.has_features() else (1, 1)
+        done = np.asarray(self.group["done"][...])
+        return int(done.sum()), int(done.size)
+
+    def features(self, view: str = "both", rows: np.ndarray | None = None) -> np.ndarray:
+        """Feature rows for a view: `both` is every block; a single block keeps its columns and
+        zero-pads the others, as the paper does for its single-feature models, so a head's
+        input width never depends on the view."""
+        if not self.has_features():
+            raise InputError(f"{self.path} has no features yet: run `hashtagkit extract {self.path}` first")
+        done, total = self.completeness()
+        if done < total:
+            raise InputError(
+                f"{self.path}: feature extraction is incomplete ({done} of {total} chunks); "
+                f"run `hashtagkit extract {self.path}` again to resume"
+            )
+        names = [b["name"] for b in self.blocks]
+        if view != "both" and view not in names:
+            raise InputError(f"{self.path} has no {view!r} features (blocks: {', '.join(names)})")
+        arr = self.group["features"]
+        data = np.asarray(arr[...] if rows is None else arr.get_orthogonal_selection((np.asarray(rows), slice(None))))
+        if view != "both":
+            data = data.copy()
+            for block in self.blocks:
+                if block["name"] != view:
+                    start, stop = block["columns"]
+                    data[:, start:stop] = 0
+        return data
+
+    # --- summary ----------------------------------------------------------------------------
+    def info(self) -> dict:
+        """Everything `hashtagkit info` shows: size, split counts, label statistics, blocks."""
+        split = self.split()
+        labels = self.labels()
+        per_image = labels.sum(axis=1)
+        counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
+        meta = self.meta
+        return {
+            "path": str(self.path),
+            "kind": meta.get("kind"),
+            "synthetic": meta.get("synthetic", False),
+            "rows": self.n_rows,
+            "classes": self.n_classes,
+            "split": counts,
+            "split_seed": self.split_info.get("seed"),
+            "split_sha256": self.split_info.get("sha256"),
+            "tags_per_image": {
+                "mean": float(per_image.mean()) if len(per_image) else 0.0,
+                "min": int(per_image.min()) if len(per_image) else 0,
+                "max": int(per_image.max()) if len(per_image) else 0,
+            },
+            "image_root": meta.get("image_root"),
+            "blocks": self.blocks,
+            "completeness": list(self.completeness()) if self.has_features() else None,
+            "features": None if "features" not in self.group else {
+                "shape": list(self.group["features"].shape),
+                "dtype": str(self.group["features"].dtype),
+            },
+            "source": meta.get("source", {}),
+            "provenance": meta.get("provenance", {}),
+        }

@@ -1,0 +1,59 @@
+"""Shared fixtures. Real data lives in ../shared (beside the repository in CI); tests that need
+it skip with a reason on a fresh clone without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HASHTAGKIT_SHARED", REPO.parent / "shared"))
+HARRISON = SHARED / "harrison"
+
+
+@pytest.fixture(scope="session")
+def harrison_root() -> Path:
+    if not (HARRISON / "data_list.txt").is_file():
+        pytest.skip(f"the real HARRISON label files are not at {HARRISON} (../shared absent)")
+    return HARRISON
+
+
+@pytest.fixture(scope="session")
+def harrison_store(harrison_root, tmp_path_factory):
+    """The real HARRISON labels prepared once with the paper's split (seed 0)."""
+    from hashtagkit.data.harrison import read_harrison
+    from hashtagkit.data.split import random_split
+    from hashtagkit.data.vocabulary import multi_hot
+    from hashtagkit.stores import create_store
+
+    data = read_harrison(harrison_root)
+    split, info = random_split(len(data.paths), 5000, 0, 0)
+    path = tmp_path_factory.mktemp("harrison") / "h.zarr"
+    return create_store(path, paths=data.paths, labels=multi_hot(data.tags, data.vocab), vocab=data.vocab,
+                        split=split, split_info=info, kind="harrison", image_root=data.image_root, source=data.source)
+
+
+def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15):
+    """A small store with random labels and (optionally) two feature blocks of 4 columns each."""
+    from hashtagkit.data.split import random_split
+    from hashtagkit.stores import create_store
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, c)) < 0.3).astype(np.uint8)
+    labels[np.arange(n), rng.integers(0, c, n)] = 1
+    split, info = random_split(n, test, 0, seed)
+    store = create_store(path, paths=[f"img_{i}.jpg" for i in range(n)], labels=labels,
+                         vocab=[f"tag{j}" for j in range(c)], split=split, split_info=info,
+                         kind="test", image_root=None, synthetic=True)
+    if features:
+        import zarr
+
+        g = zarr.open_group(path, mode="r+")
+        X = rng.random((n, 8)).astype(np.float32) + labels[:, :1] * 2  # class 0 is visible
+        arr = g.create_array("features", shape=X.shape, dtype="float32", chunks=(16, 8))
+        arr[...] = X
+        g.attrs["blocks"] = [{"name": "object", "columns": [0, 4]}, {"name": "scene", "columns": [4, 8]}]
+    return store
