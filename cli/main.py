@@ -84,10 +84,9 @@ def split_options(default_test: str):
 
 
 def write_store(data, out: Path, test_size, val_size, seed: int, kind: str, overwrite: bool, synthetic: bool = False):
-    from hashtagkit.stores import create_store
-
     from hashtagkit.data.split import random_split
     from hashtagkit.data.vocabulary import multi_hot
+    from hashtagkit.stores import create_store
 
     n = len(data.paths)
     split, info = random_split(n, resolve_size(test_size, n), resolve_size(val_size, n), seed)

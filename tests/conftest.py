@@ -39,13 +39,13 @@ def harrison_store(harrison_root, tmp_path_factory):
 def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15):
     """A small store with random labels and (optionally) two feature blocks of 4 columns each."""
     from hashtagkit.data.split import random_split
-    from hashtagkit.stores import create_store
+    from hashtagkit.stores import create_store, open_store
 
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, c)) < 0.3).astype(np.uint8)
     labels[np.arange(n), rng.integers(0, c, n)] = 1
     split, info = random_split(n, test, 0, seed)
-    store = create_store(path, paths=[f"img_{i}.jpg" for i in range(n)], labels=labels,
+    create_store(path, paths=[f"img_{i}.jpg" for i in range(n)], labels=labels,
                          vocab=[f"tag{j}" for j in range(c)], split=split, split_info=info,
                          kind="test", image_root=None, synthetic=True)
     if features:
@@ -56,4 +56,4 @@ def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: boo
         arr = g.create_array("features", shape=X.shape, dtype="float32", chunks=(16, 8))
         arr[...] = X
         g.attrs["blocks"] = [{"name": "object", "columns": [0, 4]}, {"name": "scene", "columns": [4, 8]}]
-    return store
+    return open_store(path)
