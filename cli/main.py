@@ -63,7 +63,7 @@ def cli() -> None:
     \b
     The steps hand over one store (a Zarr folder):
       hashtagkit prepare harrison|posts|demo ... -o STORE   labels, vocabulary, split
-      hashtagkit extract STORE                                image features (coming)
+      hashtagkit extract STORE                                image features (VGG-16 object + scene)
       hashtagkit fit STORE --head popularity -o RUN           fit a head on the train split
       hashtagkit evaluate RUN                                 P@K, R@K, A@K, mAP on the test split
       hashtagkit info STORE                                   what a store holds and how it was made
@@ -237,6 +237,86 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) 
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
+# --- extract / convert-caffe ----------------------------------------------------------------------
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--backbone", "backbones", multiple=True, metavar="NAME[=PATH|random]",
+              help="A backbone to run (repeatable) [default: vgg16-object and vgg16-scene]. NAME=PATH loads a "
+                   "local weights file; NAME=random is random init for smoke tests only (recorded as such).")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False), help="Image folder [default: the store's].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: half the cores, 1..4].")
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+              help="Storage type of the features.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
+@click.option("--allow-truncated", is_flag=True, help="Decode truncated JPEGs (grey fill) instead of marking them invalid.")
+@click.option("--overwrite", is_flag=True, help="Discard existing features and start again (default: resume).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for random-weight backbones.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
+            workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
+            no_progress: bool) -> None:
+    """Compute image features for every row of STORE, resumably.
+
+    Decodes each image once, runs every backbone on it and writes the concatenated features
+    (vgg16-object fc7 + vgg16-scene fc7 = 8,192-d by default) into the store, one chunk at a
+    time. Killed or interrupted, it resumes where it stopped when run again. Images that are
+    missing, unreadable, truncated or decompression bombs become invalid rows, with the reason.
+    """
+    from hashtagkit.backbones import DEFAULT_BACKBONES, load_backbone, parse_backbone_option
+    from hashtagkit.extract import extract as run_extract
+    from hashtagkit.stores import open_store
+
+    open_store(store)  # a missing store fails before any weights are loaded
+    chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
+    loaded = [load_backbone(name, source, seed=seed) for name, source in chosen]
+    run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
+                workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                allow_truncated=allow_truncated, progress=not no_progress, log=echo_err)
+
+
+@cli.command("convert-caffe")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--arch", default="vgg16", show_default=True, type=click.Choice(["vgg16", "raw"]),
+              help="vgg16: torchvision vgg16 state dict; raw: <layer>.weight/<layer>.bias for any net.")
+@click.option("--keep-fc8", is_flag=True, help="vgg16: keep the classification layer (fc8 / fc8a).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .pth file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: bool) -> None:
+    """Convert a Caffe .caffemodel into a PyTorch state dict, without Caffe.
+
+    For the Places365 VGG-16 (vgg16-scene):
+    hashtagkit convert-caffe vgg16_places365.caffemodel -o ~/.cache/hashtagkit/weights/vgg16_places365.pth
+    """
+    import os
+
+    import torch
+
+    from hashtagkit import provenance
+    from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
+    from hashtagkit.outputs import refuse_existing
+
+    refuse_existing(out, overwrite)
+    layers = read_caffemodel(model)
+    state = vgg16_state_dict(layers, keep_fc8) if arch == "vgg16" else raw_state_dict(layers)
+    if arch == "vgg16":
+        from hashtagkit.backbones.vgg import vgg16_fc7
+
+        try:
+            vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
+        except RuntimeError as e:
+            raise UserError(f"{model}: converted weights do not fit torchvision's vgg16: {str(e).splitlines()[0]}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
+    os.replace(tmp, out)
+    n_params = sum(v.size for v in state.values())
+    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}); sha256 {provenance.sha256_file(out)}")
+
+
 # --- info --------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
@@ -269,7 +349,14 @@ def info(store: Path, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _show_warning  # one readable line, not a source location
     cli(prog_name="hashtagkit")
 
 

@@ -1,0 +1,60 @@
+"""How a backbone wants its pixels: size, crop, colour order, value range, mean and std.
+
+A backbone's weights are only meaningful with the preprocessing they were trained with, so
+the preprocessing travels with the backbone (like torchvision's `weights.transforms()`) and is
+recorded in the store next to the weights' sha256. Two conventions matter here:
+
+- torchvision / ImageNet: RGB, values in [0, 1], resize the shorter side to 256, centre crop
+  224, subtract mean (0.485, 0.456, 0.406) and divide by std (0.229, 0.224, 0.225).
+- Caffe (the Places365 VGG-16): BGR, values in [0, 255], resize to 256 x 256, centre crop 224,
+  subtract the per-channel mean (BGR), no division.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize: int | tuple[int, int]  # int: shorter side (keeps aspect); (h, w): exact size
+    crop: int
+    colour_order: str  # "RGB" or "BGR"
+    value_range: float  # 1.0 (pixels / 255) or 255.0 (raw pixels)
+    mean: tuple[float, float, float]  # in the colour order and value range above
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """A decoded RGB PIL image -> a float32 (3, crop, crop) tensor."""
+        size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        image = F.center_crop(image, [self.crop, self.crop])
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+        if self.colour_order == "BGR":
+            x = x.flip(0)
+        if self.value_range != 255.0:
+            x = x * (self.value_range / 255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+        return d
+
+
+IMAGENET = Preprocessing(
+    resize=256, crop=224, colour_order="RGB", value_range=1.0,
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+)
+# the Places365 training mean, BGR, 0-255 (places365 repository: places365CNN_mean.binaryproto)
+PLACES365_CAFFE = Preprocessing(
+    resize=(256, 256), crop=224, colour_order="BGR", value_range=255.0, mean=(104.051, 112.514, 116.676),
+)

@@ -1,0 +1,151 @@
+"""A small backbone registry in the manner of torchvision's `models/_api.py`.
+
+A `BackboneSpec` knows its architecture, which feature block it fills (`object`, `scene`), the
+width and layer of its output, its preprocessing and where its pretrained weights come from.
+`load_backbone(name, source)` resolves the weights and returns a ready, eval-mode module plus
+a provenance record. Weights are resolved in exactly one of three explicit ways:
+
+- the default source of the spec (torchvision's weights through its hub cache, or a converted
+  file in hashtagkit's weights folder);
+- `PATH`: a local state-dict file, checked against the architecture;
+- `random`: random initialisation, for smoke runs only, loudly warned and recorded as such.
+
+Nothing ever falls back to random weights on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hashtagkit import provenance
+from hashtagkit.backbones.preprocessing import Preprocessing
+from hashtagkit.errors import InputError
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    block: str  # the store block it fills: "object" or "scene"
+    dim: int
+    layer: str  # which activation is the feature, in words
+    preprocessing: Preprocessing
+    build: Callable[[dict | None], nn.Module]  # state dict (or None for random) -> feature module
+    default_source: Callable[[], Path]  # finds (or fetches) the default weights file, or raises InputError
+    default_source_help: str = ""
+    notes: dict = field(default_factory=dict)
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in BACKBONES:
+        raise ValueError(f"backbone {spec.name!r} registered twice")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise InputError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
+def weights_dir() -> Path:
+    """Where converted or downloaded hashtagkit weights live ($HASHTAGKIT_WEIGHTS overrides)."""
+    if os.environ.get("HASHTAGKIT_WEIGHTS"):
+        return Path(os.environ["HASHTAGKIT_WEIGHTS"])
+    base = os.environ.get("HASHTAGKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hashtagkit")
+    return Path(base) / "weights"
+
+
+def read_state_dict(path: Path) -> dict:
+    """A state dict from a .pth file (weights only: never unpickles code)."""
+    if not path.is_file():
+        raise InputError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign file
+        raise InputError(f"{path} is not a loadable PyTorch weights file: {str(e).splitlines()[0]}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path} does not hold a state dict (name -> tensor)")
+    return state
+
+
+class RandomWeightsWarning(UserWarning):
+    pass
+
+
+def warn_random(name: str) -> None:
+    warnings.warn(
+        f"backbone {name} uses RANDOM weights: its features carry no pretrained knowledge; "
+        "use this only for smoke tests (recorded in the store as source 'random')",
+        RandomWeightsWarning, stacklevel=3,
+    )
+
+
+@dataclass
+class LoadedBackbone:
+    spec: BackboneSpec
+    module: nn.Module
+    weights: dict  # provenance: source, path, sha256
+
+    def describe(self, columns: tuple[int, int]) -> dict:
+        return {
+            "name": self.spec.block,
+            "backbone": self.spec.name,
+            "columns": list(columns),
+            "dim": self.spec.dim,
+            "layer": self.spec.layer,
+            "weights": self.weights,
+            "preprocessing": self.spec.preprocessing.describe(),
+        }
+
+
+def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sha256: str | None = None) -> LoadedBackbone:
+    """Resolve weights and build the module. `source` is None (the spec's default), a path or
+    'random'. `expect_sha256` (from a store's provenance) refuses different weights."""
+    spec = get_spec(name)
+    if source == RANDOM:
+        warn_random(name)
+        torch.manual_seed(seed)
+        module = spec.build(None)
+        weights = {"source": RANDOM, "seed": seed, "sha256": None, "path": None}
+    else:
+        path = Path(source) if source else spec.default_source()
+        sha = provenance.sha256_file(path) if path.is_file() else None
+        if expect_sha256 and sha != expect_sha256:
+            raise InputError(
+                f"{name}: weights at {path} have sha256 {str(sha)[:12]}..., but the store was extracted with "
+                f"{expect_sha256[:12]}...: pass the same weights file"
+            )
+        state = read_state_dict(path)
+        try:
+            module = spec.build(state)
+        except RuntimeError as e:  # load_state_dict's shape / key mismatch
+            raise InputError(f"{path} does not fit {name}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
+        weights = {"source": "default" if not source else "file", "path": str(path.resolve()), "sha256": sha}
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedBackbone(spec=spec, module=module, weights=weights)
+
+
+def parse_backbone_option(text: str) -> tuple[str, str | None]:
+    """`NAME`, `NAME=PATH` or `NAME=random` (the `--backbone` option)."""
+    name, sep, source = text.partition("=")
+    get_spec(name)
+    if sep and not source:
+        raise InputError(f"--backbone {text!r}: give a weights path or 'random' after '='")
+    return name, (source or None)

@@ -1,0 +1,25 @@
+"""ResNet-50 penultimate features (2,048-d): the second example that keeps the registry general."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+from hashtagkit.backbones.preprocessing import IMAGENET
+from hashtagkit.backbones.registry import BackboneSpec, register
+from hashtagkit.backbones.torchvision_weights import torchvision_source
+
+
+def resnet50_pool(state: dict | None) -> nn.Module:
+    model = resnet50(weights=None)
+    if state is not None:
+        model.load_state_dict(state)
+    model.fc = nn.Identity()  # global average pool output
+    return model
+
+
+register(BackboneSpec(
+    name="resnet50-object", block="object", dim=2048, layer="global average pool", preprocessing=IMAGENET,
+    build=resnet50_pool, default_source=lambda: torchvision_source(ResNet50_Weights.IMAGENET1K_V1, "resnet50-object"),
+    notes={"weights": "torchvision ResNet50_Weights.IMAGENET1K_V1"},
+))

@@ -1,0 +1,55 @@
+"""VGG-16 fc7 (after ReLU, 4,096-d): the paper's feature, from an ImageNet and a Places model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
+
+from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE
+from hashtagkit.backbones.registry import BackboneSpec, register, weights_dir
+from hashtagkit.backbones.torchvision_weights import torchvision_source
+from hashtagkit.errors import InputError
+
+PLACES_FILE = "vgg16_places365.pth"
+
+
+def vgg16_fc7(state: dict | None) -> nn.Module:
+    """torchvision's vgg16 cut after fc7's ReLU: features -> avgpool -> flatten -> classifier[:5].
+
+    The classifier's last layer (fc8) is not needed for the feature, so a state dict without it
+    (a converted Caffe model with fc8 dropped) loads, and one with any number of classes does.
+    """
+    n_out = state["classifier.6.weight"].shape[0] if state and "classifier.6.weight" in state else 1000
+    model = vgg16(weights=None, num_classes=n_out)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("classifier.6.")]
+        if missing or unexpected:
+            raise RuntimeError(f"state dict does not match vgg16\nmissing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.classifier = model.classifier[:5]  # Linear, ReLU, Dropout, Linear, ReLU = fc7 after ReLU
+    return model
+
+
+def places_source() -> Path:
+    path = weights_dir() / PLACES_FILE
+    if path.is_file():
+        return path
+    raise InputError(
+        f"vgg16-scene: no converted Places365 VGG-16 at {path}. Download vgg16_places365.caffemodel "
+        f"(the Places365 project, CSAIL MIT) and run `hashtagkit convert-caffe vgg16_places365.caffemodel "
+        f"--arch vgg16 -o {path}`, or pass --backbone vgg16-scene=PATH"
+    )
+
+
+register(BackboneSpec(
+    name="vgg16-object", block="object", dim=4096, layer="fc7 after ReLU", preprocessing=IMAGENET,
+    build=vgg16_fc7, default_source=lambda: torchvision_source(VGG16_Weights.IMAGENET1K_V1, "vgg16-object"),
+    notes={"weights": "torchvision VGG16_Weights.IMAGENET1K_V1"},
+))
+register(BackboneSpec(
+    name="vgg16-scene", block="scene", dim=4096, layer="fc7 after ReLU", preprocessing=PLACES365_CAFFE,
+    build=vgg16_fc7, default_source=places_source,
+    notes={"weights": "Places365 VGG-16 (Caffe), converted with hashtagkit convert-caffe"},
+))

@@ -1,0 +1,359 @@
+"""The extraction engine: reader -> model -> writer, resumable, batched, device and precision aware.
+
+- reader: worker processes decode each image once with Pillow (EXIF orientation applied, any
+  mode to RGB) and apply every backbone's preprocessing; an image that is missing, unreadable,
+  truncated or a decompression bomb becomes an invalid row with its reason, and the run goes on.
+- model: all backbones in one pass over the decoded batch, in inference mode, channels_last,
+  under autocast (bf16 on a CPU that has it, fp16 on CUDA) unless fp32 is asked for.
+- writer: the store's `features` array is written one whole chunk at a time; `done[c]` is set
+  only after chunk c's features, `valid` flags and reasons are written, so a run killed at any
+  instant resumes from the first chunk not done and loses at most one chunk of work. Batches
+  never straddle a chunk, so a resumed fp32 run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+import zarr.codecs
+from PIL import Image, ImageFile, ImageOps
+from torch import nn
+
+from hashtagkit import provenance
+from hashtagkit.backbones import LoadedBackbone, Preprocessing
+from hashtagkit.errors import InputError
+from hashtagkit.stores import Store, open_store
+from hashtagkit.stores.store import rows_per_chunk
+
+LOCK_FILE = ".extract.lock"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# --- reader ------------------------------------------------------------------------------------
+class DecodeError(Exception):
+    """An image that cannot become pixels; the message is the reason recorded for its row."""
+
+
+def decode(path: Path, allow_truncated: bool = False) -> Image.Image:
+    """Open an image as RGB with its EXIF orientation applied, or raise DecodeError(reason)."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    return Image.alpha_composite(background, im).convert("RGB")
+                return im.convert("RGB")
+    except FileNotFoundError:
+        raise DecodeError("missing") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DecodeError("decompression bomb") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("unreadable") from None
+    except OSError as e:
+        raise DecodeError("truncated" if "truncated" in str(e) else "unreadable") from None
+    except (ValueError, SyntaxError):  # Pillow's plugins raise these on malformed headers
+        raise DecodeError("unreadable") from None
+
+
+class ImageReader(torch.utils.data.Dataset):
+    """Row -> (row, one tensor per distinct preprocessing, reason or '')."""
+
+    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
+        self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            image = decode(self.root / self.paths[row], self.allow_truncated)
+            return row, [t(image) for t in self.transforms], ""
+        except DecodeError as e:
+            return row, [torch.zeros(3, t.crop, t.crop) for t in self.transforms], str(e)
+
+
+def collate(items):
+    rows = torch.tensor([r for r, _, _ in items])
+    inputs = [torch.stack([x[i] for _, x, _ in items]) for i in range(len(items[0][1]))]
+    return rows, inputs, [reason for _, _, reason in items]
+
+
+# --- model -------------------------------------------------------------------------------------
+class FeatureModel(nn.Module):
+    """Every backbone on its own preprocessed input, outputs concatenated in block order."""
+
+    def __init__(self, backbones: Sequence[LoadedBackbone]):
+        super().__init__()
+        self.nets = nn.ModuleList([b.module for b in backbones])
+        distinct = list(dict.fromkeys(b.spec.preprocessing for b in backbones))
+        self.transforms = distinct
+        self.input_of = [distinct.index(b.spec.preprocessing) for b in backbones]
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([net(inputs[i]).float() for net, i in zip(self.nets, self.input_of, strict=True)], dim=1)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def cpu_has_bf16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else ("bf16" if cpu_has_bf16() else "fp32")
+    if precision == "fp16" and device.type == "cpu":
+        raise InputError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+class Extractor:
+    """The model half of the engine, shared by `extract` and `recommend`."""
+
+    def __init__(self, backbones: Sequence[LoadedBackbone], device: torch.device, precision: str):
+        self.backbones = list(backbones)
+        self.device, self.precision = device, precision
+        self.model = FeatureModel(self.backbones).to(device).to(memory_format=torch.channels_last).eval()
+        self.dim = sum(b.spec.dim for b in self.backbones)
+
+    @property
+    def transforms(self) -> list[Preprocessing]:
+        return self.model.transforms
+
+    @torch.inference_mode()
+    def __call__(self, inputs: list[torch.Tensor]) -> np.ndarray:
+        inputs = [x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last) for x in inputs]
+        with autocast(self.device, self.precision):
+            out = self.model(inputs)
+        return out.float().cpu().numpy()
+
+    def columns(self) -> list[tuple[int, int]]:
+        out, start = [], 0
+        for b in self.backbones:
+            out.append((start, start + b.spec.dim))
+            start += b.spec.dim
+        return out
+
+
+# --- writer ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def store_lock(store: Store) -> Iterator[None]:
+    """One extraction per store at a time: an OS lock, released even if the process is killed."""
+    path = Path(store.path) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock, but say so
+            warnings.warn("no file locking on this platform: do not run two extracts on one store", stacklevel=2)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise InputError(f"{store.path} is being extracted by another process ({other or 'unknown pid'}); "
+                             "wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def block_signature(block: dict) -> tuple:
+    return (block["backbone"], block["weights"].get("sha256"), block["weights"].get("seed"), tuple(block["columns"]))
+
+
+@dataclass
+class Plan:
+    chunk_rows: int
+    pending: list[int]  # chunk ids not done
+    n_chunks: int
+
+
+def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int | None, overwrite: bool) -> Plan:
+    """Create the feature arrays, or check that existing ones belong to the same extraction."""
+    g = store.group
+    dim = blocks[-1]["columns"][1]
+    if "features" in g:
+        same = [block_signature(b) for b in store.blocks] == [block_signature(b) for b in blocks] \
+            and str(g["features"].dtype) == dtype
+        if not same and not overwrite:
+            have = ", ".join(f"{b['backbone']} ({str(b['weights'].get('sha256') or b['weights'].get('source'))[:12]})" for b in store.blocks)
+            raise InputError(f"{store.path} already has features from {have or 'another extraction'} "
+                             f"({g['features'].dtype}); pass --overwrite to replace them")
+        if overwrite:
+            for name in ("features", "done", "valid", "reason"):
+                if name in g:
+                    del g[name]
+    n = store.n_rows
+    if "features" not in g:
+        rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
+        rows = max(1, min(rows, n))
+        compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)]
+        g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=compressors, fill_value=0)
+        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
+        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
+        n_chunks = -(-n // rows)
+        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False)
+        g.attrs["blocks"] = blocks
+    rows = int(g["features"].chunks[0])
+    done = np.asarray(g["done"][...])
+    return Plan(chunk_rows=rows, pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
+
+
+class ChunkBatches(torch.utils.data.Sampler):
+    """Batches that never straddle a chunk, so every chunk is computed the same way on a resume."""
+
+    def __init__(self, chunks: list[int], chunk_rows: int, n_rows: int, batch_size: int):
+        self.batches = []
+        for c in chunks:
+            rows = list(range(c * chunk_rows, min((c + 1) * chunk_rows, n_rows)))
+            self.batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class Summary:
+    rows: int
+    extracted: int
+    invalid: dict
+    seconds: float
+    device: str
+    precision: str
+    skipped_chunks: int
+
+    def text(self) -> str:
+        rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
+        bad = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.invalid.items())) or "none"
+        return (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
+                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; invalid rows: {bad}")
+
+
+def extract(
+    store_path: str | Path,
+    backbones: Sequence[LoadedBackbone],
+    *,
+    images: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    dtype: str = "float16",
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    allow_truncated: bool = False,
+    progress: bool = True,
+    log=print,
+) -> Summary:
+    """Fill the store's features with the given backbones; resumes unless `overwrite`."""
+    if dtype not in ("float16", "float32"):
+        raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    blocks_names = [b.spec.block for b in backbones]
+    if len(set(blocks_names)) != len(blocks_names):
+        raise InputError(f"two backbones fill the same block ({', '.join(blocks_names)}): choose one per block")
+    store = open_store(store_path, mode="r+")
+    root = Path(images) if images else (Path(store.image_root) if store.image_root else None)
+    if root is None or not root.is_dir():
+        raise InputError(f"image folder {root} does not exist: pass --images DIR")
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    log(f"device {dev} ({'chosen automatically' if device == 'auto' else 'as asked'}), precision {prec}")
+    engine = Extractor(backbones, dev, prec)
+    blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
+    workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
+    with store_lock(store):
+        plan = prepare_arrays(store, blocks, dtype, chunk_rows, overwrite)
+        g = store.group
+        n = store.n_rows
+        reader = ImageReader(root, store.paths(), engine.transforms, allow_truncated)
+        sampler = ChunkBatches(plan.pending, plan.chunk_rows, n, batch_size)
+        loader = torch.utils.data.DataLoader(
+            reader, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=dev.type == "cuda", persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        todo = sum(min((c + 1) * plan.chunk_rows, n) - c * plan.chunk_rows for c in plan.pending)
+        invalid: Counter = Counter()
+        started = time.perf_counter()
+        from tqdm import tqdm
+
+        bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
+        pending = iter(plan.pending)
+        chunk = next(pending, None)
+        buf = None
+        for rows, inputs, reasons in loader:
+            feats = engine(inputs)
+            rows_np = rows.numpy()
+            if buf is None:
+                start, stop = chunk * plan.chunk_rows, min((chunk + 1) * plan.chunk_rows, n)
+                buf = (np.zeros((stop - start, engine.dim), dtype=np.float32), np.ones(stop - start, bool),
+                       [""] * (stop - start), start, stop)
+            feat_buf, valid_buf, reason_buf, start, stop = buf
+            for j, (r, reason) in enumerate(zip(rows_np, reasons, strict=True)):
+                if reason:
+                    valid_buf[r - start] = False
+                    reason_buf[r - start] = reason
+                    invalid[reason] += 1
+                else:
+                    feat_buf[r - start] = feats[j]
+            bar.update(len(rows_np))
+            if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
+                g["features"][start:stop] = feat_buf.astype(dtype)
+                g["valid"][start:stop] = valid_buf
+                g["reason"][start:stop] = np.asarray(reason_buf, dtype=str)
+                g["done"][chunk] = True
+                chunk, buf = next(pending, None), None
+        bar.close()
+        seconds = time.perf_counter() - started
+        summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
+                          precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending))
+        runs = list(g.attrs.get("extraction", {}).get("runs", [])) if not overwrite else []
+        runs.append({"started": provenance.now(), "rows": todo, "seconds": round(seconds, 2),
+                     "images_per_second": round(todo / seconds, 2) if seconds > 0 else None})
+        g.attrs["extraction"] = provenance.record(
+            device=str(dev), precision=prec, batch_size=batch_size, workers=workers, dtype=dtype,
+            chunk_rows=plan.chunk_rows, allow_truncated=allow_truncated, image_root=str(root.resolve()),
+            invalid=dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r)), runs=runs,
+        )
+    log(summary.text())
+    return summary
