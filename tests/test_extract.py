@@ -1,0 +1,248 @@
+"""The extraction engine against torchvision's own forward pass, its resume, its bad-image policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+from hashtagkit.backbones import load_backbone
+from hashtagkit.cli.main import cli
+from hashtagkit.errors import InputError
+from hashtagkit.extract import decode, extract, store_lock
+from hashtagkit.stores import open_store
+
+from .conftest import SHARED
+from .test_backbones import vgg_file, vgg_state  # noqa: F401  (session fixtures)
+
+FIXED = SHARED / "fixtures" / "harrison_fixed"
+
+
+def make_image_store(tmp_path, n=6, name="s.zarr", seed=0, extra: dict | None = None):
+    """A store over n small JPEGs (plus optional extra files by relative path -> bytes)."""
+    from hashtagkit.data.split import random_split
+    from hashtagkit.stores import create_store
+
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = int(rng.integers(160, 400)), int(rng.integers(160, 400))
+        arr = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(images / f"{i}.jpg", quality=90)
+        paths.append(f"{i}.jpg")
+    for rel, data in (extra or {}).items():
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            (images / rel).write_bytes(data)
+        paths.append(rel)
+    labels = np.eye(len(paths), 3, dtype=np.uint8)
+    labels[:, 0] = 1
+    split, info = random_split(len(paths), 1, 0, 0)
+    create_store(tmp_path / name, paths=paths, labels=labels, vocab=["a", "b", "c"], split=split,
+                 split_info=info, kind="test", image_root=str(images))
+    return tmp_path / name
+
+
+def test_fp32_features_equal_torchvision_forward(tmp_path, vgg_file, vgg_state):  # noqa: F811
+    store = make_image_store(tmp_path, n=3)
+    backbone = load_backbone("vgg16-object", str(vgg_file))
+    extract(store, [backbone], precision="fp32", dtype="float32", workers=0, batch_size=2, progress=False, log=lambda s: None)
+    s = open_store(store)
+    ours = s.features()
+    reference = vgg16_reference(vgg_state)
+    for row, path in enumerate(s.paths()):
+        x = backbone.spec.preprocessing(decode(tmp_path / "images" / path)).unsqueeze(0)
+        with torch.no_grad():
+            y = reference.classifier[:5](torch.flatten(reference.avgpool(reference.features(x)), 1))
+        assert np.allclose(ours[row], y[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert s.valid().all() and s.completeness() == (1, 1)
+    block = s.blocks[0]
+    assert block["backbone"] == "vgg16-object" and block["columns"] == [0, 4096]
+    assert block["weights"]["sha256"] and block["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    ext = s.group.attrs["extraction"]
+    assert ext["precision"] == "fp32" and ext["device"] == "cpu" and "torch" in ext["versions"]
+
+
+def vgg16_reference(state):
+    from torchvision.models import vgg16
+
+    model = vgg16(weights=None)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def test_bf16_close_to_fp32(tmp_path, vgg_file):  # noqa: F811
+    if not torch.cpu._is_avx512_bf16_supported() and not torch.cpu._is_amx_tile_supported():
+        pytest.skip("this CPU has no bf16 support")
+    store = make_image_store(tmp_path, n=3)
+    backbone = load_backbone("vgg16-object", str(vgg_file))
+    extract(store, [backbone], precision="fp32", dtype="float32", workers=0, progress=False, log=lambda s: None)
+    fp32 = open_store(store).features()
+    extract(store, [backbone], precision="bf16", dtype="float32", workers=0, progress=False, log=lambda s: None,
+            overwrite=True)
+    bf16 = open_store(store).features()
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() > 0.99, cos
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
+
+
+def test_two_backbones_one_pass(tmp_path):
+    store = make_image_store(tmp_path, n=4)
+    with pytest.warns(UserWarning):
+        obj = load_backbone("resnet50-object", "random", seed=1)
+        scene = load_backbone("vgg16-scene", "random", seed=2)
+    extract(store, [obj, scene], precision="fp32", workers=1, progress=False, log=lambda s: None, chunk_rows=3)
+    s = open_store(store)
+    assert s.features().shape == (4, 2048 + 4096)
+    assert [b["name"] for b in s.blocks] == ["object", "scene"]
+    assert s.blocks[1]["preprocessing"]["colour_order"] == "BGR"
+    assert s.blocks[0]["weights"]["source"] == "random"
+    assert s.features().dtype == np.float16 and s.completeness() == (2, 2)
+    # each block equals that backbone run alone
+    x = scene.spec.preprocessing(decode(tmp_path / "images" / "0.jpg")).unsqueeze(0)
+    with torch.no_grad():
+        alone = scene.module(x)[0].numpy()
+    assert np.allclose(s.features("scene")[0, 2048:], alone, rtol=2e-2, atol=2e-2)  # float16 storage
+
+
+def test_bad_images_become_invalid_rows(tmp_path):
+    Image.MAX_IMAGE_PIXELS, saved = 1_000_000, Image.MAX_IMAGE_PIXELS
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (2500, 1000)).save(bomb)  # 2.5 MP > 2 x the lowered limit: a bomb by Pillow's rule
+    try:
+        extra = {"missing.jpg": None, "text.jpg": b"this is not an image", "bomb.png": bomb.read_bytes()}
+        good = tmp_path / "good.jpg"
+        Image.new("RGB", (300, 300), (200, 10, 10)).save(good)
+        data = good.read_bytes()
+        extra["cut.jpg"] = data[: len(data) // 2]
+        rgba = tmp_path / "rgba.png"
+        Image.new("RGBA", (200, 200), (0, 0, 0, 0)).save(rgba)
+        extra["rgba.png"] = rgba.read_bytes()
+        store = make_image_store(tmp_path, n=2, extra=extra)
+        with pytest.warns(UserWarning):
+            backbone = load_backbone("resnet50-object", "random")
+        summary = extract(store, [backbone], workers=0, progress=False, log=lambda s: None)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    s = open_store(store)
+    reasons = dict(zip(s.paths(), np.asarray(s.group["reason"][...]).tolist(), strict=True))
+    assert reasons == {"0.jpg": "", "1.jpg": "", "missing.jpg": "missing", "text.jpg": "unreadable",
+                       "bomb.png": "decompression bomb", "cut.jpg": "truncated", "rgba.png": ""}
+    assert summary.invalid == {"missing": 1, "unreadable": 1, "decompression bomb": 1, "truncated": 1}
+    valid = s.valid()
+    assert valid.tolist() == [r == "" for r in reasons.values()]
+    assert not s.features()[~valid].any()
+    # transparent pixels are composited on white, not black
+    assert decode(tmp_path / "images" / "rgba.png").getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_real_truncated_harrison_photos(tmp_path):
+    if not FIXED.is_dir():
+        pytest.skip(f"{FIXED} absent (../shared not beside the repository)")
+    rel = ["instagram_dataset/sun/image_99.jpg", "instagram_dataset/family/image_2411.jpg"]
+    for r in rel:
+        with pytest.raises(Exception, match="truncated"):
+            decode(FIXED / r)
+        img = decode(FIXED / r, allow_truncated=True)
+        assert img.mode == "RGB" and min(img.size) > 100
+    from hashtagkit.data.split import random_split
+    from hashtagkit.stores import create_store
+
+    split, info = random_split(2, 1, 0, 0)
+    store = tmp_path / "fixed.zarr"
+    create_store(store, paths=rel, labels=np.ones((2, 1), np.uint8), vocab=["sun"], split=split, split_info=info,
+                 kind="test", image_root=str(FIXED))
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "2 truncated" in res.output
+    assert not open_store(store).valid().any()
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "0", "--allow-truncated", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert open_store(store).valid().all()
+    assert open_store(store).group.attrs["extraction"]["allow_truncated"] is True
+
+
+def test_second_extract_is_refused_while_one_runs(tmp_path):
+    store = make_image_store(tmp_path, n=2)
+    with store_lock(open_store(store)):
+        res = subprocess.run([sys.executable, "-m", "hashtagkit.cli.main", "extract", str(store),
+                              "--backbone", "resnet50-object=random", "--no-progress"], capture_output=True, text=True)
+    assert res.returncode == 2 and "being extracted by another process" in res.stderr
+    assert "features" not in zarr.open_group(store, mode="r")
+
+
+def test_different_backbone_needs_overwrite(tmp_path):
+    store = make_image_store(tmp_path, n=2)
+    args = ["extract", str(store), "--no-progress", "--workers", "0"]
+    assert CliRunner().invoke(cli, [*args, "--backbone", "resnet50-object=random"]).exit_code == 0
+    res = CliRunner().invoke(cli, [*args, "--backbone", "resnet50-object=random", "--seed", "7"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = CliRunner().invoke(cli, [*args, "--backbone", "resnet50-object=random"])  # same: resumes, nothing to do
+    assert res.exit_code == 0 and "extracted 0 of 2 rows" in res.output
+
+
+def test_cli_errors(tmp_path):
+    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "none.zarr")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    store = make_image_store(tmp_path, n=2)
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--device", "cuda"])
+    if not torch.cuda.is_available():
+        assert res.exit_code == 2 and "no CUDA device" in res.output
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--images", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    with pytest.raises(InputError, match="fp16 is for CUDA"):
+        from hashtagkit.extract import pick_precision
+
+        pick_precision("fp16", torch.device("cpu"))
+
+
+def test_killed_run_resumes_to_the_same_store(tmp_path):
+    """SIGKILL mid-way, run again: the store equals one from an uninterrupted run (fp32)."""
+    store = make_image_store(tmp_path, n=30)
+    shutil.copytree(store, tmp_path / "b.zarr")
+    cmd = [sys.executable, "-m", "hashtagkit.cli.main", "extract", "--backbone", "resnet50-object=random",
+           "--precision", "fp32", "--dtype", "float32", "--chunk-rows", "4", "--batch-size", "3", "--no-progress",
+           "--workers", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([*cmd, str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = np.asarray(zarr.open_group(store, mode="r")["done"][...])
+        except Exception:  # arrays not created yet
+            done = np.zeros(1, bool)
+        if 2 <= done.sum() < len(done):
+            proc.send_signal(signal.SIGKILL)
+            killed_at = int(done.sum())
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, "the run finished before it could be killed"
+    assert open_store(store).completeness()[0] < 8
+    resumed = subprocess.run([*cmd, str(store)], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already done" in resumed.stderr
+    fresh = subprocess.run([*cmd, str(tmp_path / "b.zarr")], capture_output=True, text=True, env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    a, b = open_store(store), open_store(tmp_path / "b.zarr")
+    assert a.completeness() == b.completeness() == (8, 8)
+    assert np.array_equal(a.features(), b.features())
+    assert np.array_equal(a.valid(), b.valid())
+    info = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)
+    assert info["completeness"] == [8, 8]
