@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo clean bench-extract
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
+
+# Benchmarks: each writes a Markdown table under benchmarks/results/ (machine and versions included).
+bench-extract: $(STAMP)
+	$(BIN)/python benchmarks/extract_throughput.py --n 64

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
-import zarr.codecs
 from PIL import Image, ImageFile, ImageOps
 from torch import nn
 
@@ -33,7 +31,7 @@ from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
 from hashtagkit.errors import InputError
 from hashtagkit.stores import Store, open_store
-from hashtagkit.stores.store import rows_per_chunk
+from hashtagkit.stores.store import feature_compressors, rows_per_chunk
 
 LOCK_FILE = ".extract.lock"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -222,8 +220,8 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
     if "features" not in g:
         rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
         rows = max(1, min(rows, n))
-        compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)]
-        g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=compressors, fill_value=0)
+        g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
+                       fill_value=0)
         g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
         g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
         n_chunks = -(-n // rows)

@@ -46,6 +46,13 @@ def _compressors() -> list:
     return [zarr.codecs.ZstdCodec(level=3)]
 
 
+def feature_compressors() -> list:
+    """The features' codec: plain zstd level 1. On fc7 features (half zeros after ReLU) it
+    compressed float16 2.2x at ~125 MB/s written, ahead of Blosc zstd-3 + shuffle (2.0x at
+    ~55 MB/s) and lz4 (1.1-1.3x) when measured here (benchmarks/extract_throughput.py)."""
+    return [zarr.codecs.ZstdCodec(level=1)]
+
+
 def create_store(
     path: str | Path,
     *,
