@@ -64,8 +64,9 @@ def cli() -> None:
     The steps hand over one store (a Zarr folder):
       hashtagkit prepare harrison|posts|demo ... -o STORE   labels, vocabulary, split
       hashtagkit extract STORE                                image features (VGG-16 object + scene)
-      hashtagkit fit STORE --head popularity -o RUN           fit a head on the train split
+      hashtagkit fit STORE --head mlp|knn|ovr|popularity -o RUN   fit a head on the train split
       hashtagkit evaluate RUN                                 P@K, R@K, A@K, mAP on the test split
+      hashtagkit recommend RUN IMAGE...                       top hashtags for new photos
       hashtagkit info STORE                                   what a store holds and how it was made
     """
 
@@ -180,6 +181,53 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
     write_store(data, out, test_size, val_size, seed, "demo", overwrite, synthetic=True)
 
 
+@prepare.command("planted")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="HARRISON label files (ROOT or ROOT/HARRISON) to take the label matrix from [default: Zipf-shaped].")
+@click.option("--n", type=click.IntRange(min=10), help="Rows to keep (a seeded random subset) [default: all, 57,383].")
+@click.option("--classes", default=997, show_default=True, type=click.IntRange(min=3),
+              help="Vocabulary size of the Zipf-shaped labels (ignored with --labels).")
+@click.option("--dim", default=4096, show_default=True, type=click.IntRange(min=8), help="Columns per block.")
+@click.option("--strength", default=0.7, show_default=True, type=click.FloatRange(min=0), help="Signal against unit noise.")
+@click.option("--test-size", default=None, type=SplitSize(), help="Test rows [default: 5,000, or 20% below 25,000 rows].")
+@click.option("--val-size", default="0", show_default=True, type=SplitSize())
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split and of the features.")
+@click.option("--overwrite", is_flag=True, help="Replace STORE if it exists.")
+def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int, dim: int, strength: float, test_size,
+                    val_size, seed: int, overwrite: bool) -> None:
+    """A synthetic feature store with a known answer, for comparing heads at HARRISON's size.
+
+    Labels are HARRISON's (with --labels) or Zipf-shaped; classes with id % 3 == 1 show in the
+    object block, id % 3 == 2 in the scene block, id % 3 == 0 (like #love) nowhere. Features
+    are non-negative and half zero, like fc7. Every head and command runs on it unchanged.
+    """
+    from tqdm import tqdm
+
+    from hashtagkit.data.planted import PlantedConfig, fill_planted, planted_labels
+    from hashtagkit.data.split import random_split
+    from hashtagkit.outputs import refuse_existing
+    from hashtagkit.stores import create_store
+
+    refuse_existing(out, overwrite)
+    label_matrix, vocab, source = planted_labels(labels, n, seed, classes)
+    rows = len(label_matrix)
+    if test_size is None:
+        test_size = 5000 if rows > 25000 else 0.2
+    split, info = random_split(rows, resolve_size(test_size, rows), resolve_size(val_size, rows), seed)
+    config = PlantedConfig(dim=dim, strength=strength, seed=seed)
+    with tqdm(total=rows, unit="row", desc="generating", leave=False) as bar:
+        store = create_store(
+            out, paths=[f"planted/{i:06d}" for i in range(rows)], labels=label_matrix, vocab=vocab, split=split,
+            split_info=info, kind="planted", image_root=None, synthetic=True,
+            source={**source, "generator": "hashtagkit.data.planted"}, overwrite=overwrite,
+            fill=fill_planted(label_matrix, config, bar.update),
+        )
+    counts = store.split_info["counts"]
+    echo_err(f"wrote {out}: {rows:,} rows x {2 * dim:,} planted features, {len(vocab):,} classes; "
+             f"train {counts['train']:,} / test {counts['test']:,} / val {counts['val']:,} (seed {seed})")
+
+
 # --- fit / evaluate ----------------------------------------------------------------------------
 def parse_sets(pairs: tuple[str, ...]) -> dict:
     """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else text."""
@@ -197,7 +245,9 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--head", "head_name", required=True, help="Which head: popularity (more to come).")
+@click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity"]),
+              help="mlp: the paper's two-layer MLP; knn: FAISS label transfer; ovr: one-vs-rest linear (scikit-learn); "
+                   "popularity: the floor.")
 @click.option("--features", "view", default="both", show_default=True, type=click.Choice(["object", "scene", "both"]),
               help="Feature view; a single view zero-pads the other block, as the paper does.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")
@@ -205,7 +255,16 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace RUN if it exists.")
 def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool) -> None:
-    """Fit a head on the train split of STORE and save it as a run directory."""
+    """Fit a head on the train split of STORE and save it as a run directory.
+
+    \b
+    Hyper-parameters (--set KEY=VALUE):
+      mlp  preset=fast|paper hidden=4096 dropout lr batch_size iterations epochs weight_decay
+           momentum val_fraction patience device=auto|cpu|cuda precision=auto|fp32|bf16|fp16
+      knn  k=50 temperature=0.05 pca=256|null index=auto|flat|hnsw|ivf batch_size=1024
+      ovr  estimator=logistic|linearsvc|sgd C=1.0 pca=256 max_iter=100 n_jobs=-1
+    --seed sets random_state for the heads that have one.
+    """
     from hashtagkit.runs import fit_run, read_run
 
     fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
@@ -235,6 +294,48 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) 
 
     result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Hashtags per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, hashtags: [{tag, score}]}].")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="auto: the precision the store was extracted with, where this device supports it.")
+@click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
+              help="Where a backbone's weights are now, if moved (checked against the recorded sha256).")
+def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, device: str, precision: str,
+              weights: tuple[str, ...]) -> None:
+    """Rank hashtags for IMAGES with a fitted RUN.
+
+    Each image is re-extracted with exactly the backbones and weights of the run's store, then
+    scored by the run's head. An image that cannot be decoded is reported and the others go on
+    (exit status 2 if any failed).
+    """
+    from hashtagkit.recommend import recommend as run_recommend
+
+    moved = {}
+    for item in weights:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
+        moved[name] = path
+    results = run_recommend(run, list(images), top=top, device=device, precision=precision, weights=moved)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                continue
+            tags = "  ".join(f"#{t} {s:.3f}" for t, s in r.hashtags)
+            click.echo(f"{r.image}: {tags}")
+    failed = [r for r in results if r.error]
+    for r in failed:
+        echo_err(f"Error: {r.image}: {r.error}")
+    if failed:
+        sys.exit(2)
 
 
 # --- extract / convert-caffe ----------------------------------------------------------------------

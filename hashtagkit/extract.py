@@ -31,7 +31,6 @@ from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
 from hashtagkit.errors import InputError
 from hashtagkit.stores import Store, open_store
-from hashtagkit.stores.store import feature_compressors, rows_per_chunk
 
 LOCK_FILE = ".extract.lock"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -204,32 +203,20 @@ class Plan:
 def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int | None, overwrite: bool) -> Plan:
     """Create the feature arrays, or check that existing ones belong to the same extraction."""
     g = store.group
-    dim = blocks[-1]["columns"][1]
     if "features" in g:
         same = [block_signature(b) for b in store.blocks] == [block_signature(b) for b in blocks] \
             and str(g["features"].dtype) == dtype
         if not same and not overwrite:
-            have = ", ".join(f"{b['backbone']} ({str(b['weights'].get('sha256') or b['weights'].get('source'))[:12]})" for b in store.blocks)
+            have = ", ".join(f"{b['backbone']} ({str(b['weights'].get('sha256') or b['weights'].get('source'))[:12]})"
+                             for b in store.blocks)
             raise InputError(f"{store.path} already has features from {have or 'another extraction'} "
                              f"({g['features'].dtype}); pass --overwrite to replace them")
         if overwrite:
-            for name in ("features", "done", "valid", "reason"):
-                if name in g:
-                    del g[name]
-    n = store.n_rows
+            store.drop_features()
     if "features" not in g:
-        rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
-        rows = max(1, min(rows, n))
-        g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
-                       fill_value=0)
-        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
-        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
-        n_chunks = -(-n // rows)
-        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False)
-        g.attrs["blocks"] = blocks
-    rows = int(g["features"].chunks[0])
+        store.init_features(blocks[-1]["columns"][1], dtype, blocks, chunk_rows)
     done = np.asarray(g["done"][...])
-    return Plan(chunk_rows=rows, pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
+    return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
 
 
 class ChunkBatches(torch.utils.data.Sampler):
@@ -336,10 +323,7 @@ def extract(
                     feat_buf[r - start] = feats[j]
             bar.update(len(rows_np))
             if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
-                g["features"][start:stop] = feat_buf.astype(dtype)
-                g["valid"][start:stop] = valid_buf
-                g["reason"][start:stop] = np.asarray(reason_buf, dtype=str)
-                g["done"][chunk] = True
+                store.write_chunk(chunk, feat_buf, valid_buf, reason_buf)
                 chunk, buf = next(pending, None), None
         bar.close()
         seconds = time.perf_counter() - started

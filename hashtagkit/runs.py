@@ -91,7 +91,10 @@ def fit_run(
                 "split_sha256": split_sha,
                 "split_seed": store.split_info.get("seed"),
                 "vocab_size": store.n_classes,
+                "vocab": store.vocab,
                 "blocks": store.blocks,
+                "extraction": {k: v for k, v in dict(store.group.attrs.get("extraction", {})).items()
+                               if k in ("precision", "dtype", "allow_truncated", "device")},
             },
             "provenance": provenance.record(),
         }

@@ -15,7 +15,7 @@ all (written to a hidden sibling, then renamed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +66,13 @@ def create_store(
     synthetic: bool = False,
     source: dict | None = None,
     overwrite: bool = False,
+    fill: Callable[[Store], None] | None = None,
 ) -> Store:
     """Write a new store (atomically) and return it opened read-only.
 
     `split_info` describes how the split was made (seed, method, sizes); its sha256 is
-    computed here from the array itself, never trusted from the caller.
+    computed here from the array itself, never trusted from the caller. `fill`, if given,
+    writes more (e.g. generated features) into the store before it is renamed into place.
     """
     labels = np.asarray(labels)
     split = np.asarray(split)
@@ -111,6 +113,8 @@ def create_store(
                 },
             }
         )
+        if fill is not None:
+            fill(Store(tmp, group))
     return open_store(path)
 
 
@@ -194,6 +198,43 @@ class Store:
         return actual
 
     # --- features ---------------------------------------------------------------------------
+    def init_features(self, dim: int, dtype: str, blocks: list[dict], chunk_rows: int | None = None) -> int:
+        """Create the empty feature arrays (features, valid, reason, done) and record the blocks.
+
+        Returns the rows per chunk. `done[c]` is the only truth about chunk c: writers set it
+        after the chunk's features (see `write_chunk`)."""
+        g, n = self.group, self.n_rows
+        rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
+        rows = max(1, min(rows, max(n, 1)))
+        g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
+                       fill_value=0)
+        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
+        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
+        n_chunks = max(1, -(-n // rows))
+        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False)
+        g.attrs["blocks"] = blocks
+        return rows
+
+    def drop_features(self) -> None:
+        for name in ("features", "done", "valid", "reason"):
+            if name in self.group:
+                del self.group[name]
+        self.group.attrs["blocks"] = []
+
+    def chunk_rows(self) -> int:
+        return int(self.group["features"].chunks[0])
+
+    def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray, reasons: list[str] | None = None) -> None:
+        """Write one whole chunk, then flag it done: a crash in between only loses this chunk."""
+        g = self.group
+        rows = self.chunk_rows()
+        start = chunk * rows
+        stop = start + len(features)
+        g["features"][start:stop] = features.astype(g["features"].dtype, copy=False)
+        g["valid"][start:stop] = valid
+        g["reason"][start:stop] = np.asarray(reasons if reasons is not None else [""] * len(features), dtype=str)
+        g["done"][chunk] = True
+
     def has_features(self) -> bool:
         return "features" in self.group and bool(self.blocks)
 

@@ -246,3 +246,80 @@ def test_killed_run_resumes_to_the_same_store(tmp_path):
     assert np.array_equal(a.valid(), b.valid())
     info = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)
     assert info["completeness"] == [8, 8]
+
+
+# --- recommend: re-extracting with the run's exact backbones -----------------------------------------
+def sample_photo() -> str:
+    from pathlib import Path
+
+    import sklearn
+
+    path = Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg"  # a real photo scikit-learn ships
+    if not path.is_file():
+        pytest.skip("scikit-learn's sample photo is not installed")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def extracted_demo(tmp_path_factory):
+    """A demo store extracted by `hashtagkit extract` (random resnet50 weights from a file) and a kNN run on it."""
+    tmp = tmp_path_factory.mktemp("rec")
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    weights = tmp / "resnet50.pth"
+    torch.save(resnet50().state_dict(), weights)
+    store = tmp / "demo.zarr"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["prepare", "demo", "-o", str(store), "--n", "40"]).exit_code == 0
+    res = runner.invoke(cli, ["extract", str(store), "--backbone", f"resnet50-object={weights}", "--no-progress",
+                              "--workers", "0", "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["fit", str(store), "--head", "knn", "--features", "object", "-o", str(tmp / "run"),
+                              "--set", "k=5"])
+    assert res.exit_code == 0, res.output
+    return tmp, store, weights
+
+
+def test_recommend_reproduces_store_features(extracted_demo):
+    """An image of the store, re-extracted by `recommend`, scores as its stored features do."""
+    tmp, store, _ = extracted_demo
+    s = open_store(store)
+    row = int(s.split_rows("test")[0])
+    image = str(tmp / "demo_images" / s.paths([row])[0])
+    res = CliRunner().invoke(cli, ["recommend", str(tmp / "run"), image, sample_photo(), "--json", "--top", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["image"] for r in out] == [image, sample_photo()]
+    assert all(len(r["hashtags"]) == 3 and set(r["hashtags"][0]) == {"tag", "score"} for r in out)
+    from hashtagkit.heads import Head
+
+    head = Head.load(tmp / "run" / "model")
+    stored = head.predict_proba(s.features("object", np.array([row])))[0]
+    expected = [s.vocab[j] for j in np.argsort(-stored, kind="stable")[:3]]
+    assert [h["tag"] for h in out[0]["hashtags"]] == expected
+    assert [h["score"] for h in out[0]["hashtags"]] == pytest.approx(np.sort(stored)[::-1][:3].tolist(), abs=1e-3)
+    text = CliRunner().invoke(cli, ["recommend", str(tmp / "run"), sample_photo()]).output
+    assert text.startswith(sample_photo()) and "#" in text
+
+
+def test_recommend_refuses_other_weights_and_reports_bad_images(extracted_demo):
+    tmp, store, weights = extracted_demo
+    other = tmp / "other.pth"
+    from torchvision.models import resnet50
+
+    torch.save(resnet50().state_dict(), other)
+    res = CliRunner().invoke(cli, ["recommend", str(tmp / "run"), sample_photo(), "--weights", f"resnet50-object={other}"])
+    assert res.exit_code == 2 and "sha256" in res.output
+    (tmp / "bad.jpg").write_bytes(b"nope")
+    res = CliRunner().invoke(cli, ["recommend", str(tmp / "run"), str(tmp / "bad.jpg"), sample_photo()])
+    assert res.exit_code == 2
+    assert "bad.jpg: unreadable" in res.output and sample_photo() in res.output
+
+
+def test_recommend_on_planted_run_is_refused(tmp_path):
+    store = tmp_path / "p.zarr"
+    assert CliRunner().invoke(cli, ["prepare", "planted", "-o", str(store), "--n", "60", "--dim", "8"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["fit", str(store), "--head", "knn", "-o", str(tmp_path / "run")]).exit_code == 0
+    res = CliRunner().invoke(cli, ["recommend", str(tmp_path / "run"), sample_photo()])
+    assert res.exit_code == 2 and "planted" in res.output

@@ -10,9 +10,12 @@ from typing import Any
 
 from hashtagkit.errors import InputError
 from hashtagkit.heads.base import Head, NotFittedError
+from hashtagkit.heads.knn import KNNHead
+from hashtagkit.heads.mlp import MLPHead
+from hashtagkit.heads.ovr import OVRHead
 from hashtagkit.heads.popularity import PopularityHead
 
-HEADS: dict[str, type[Head]] = {cls.name: cls for cls in (PopularityHead,)}
+HEADS: dict[str, type[Head]] = {cls.name: cls for cls in (MLPHead, KNNHead, OVRHead, PopularityHead)}
 
 
 def make_head(name: str, **params: Any) -> Head:
@@ -21,4 +24,4 @@ def make_head(name: str, **params: Any) -> Head:
     return HEADS[name]().set_params(**params)
 
 
-__all__ = ["HEADS", "Head", "NotFittedError", "PopularityHead", "make_head"]
+__all__ = ["HEADS", "Head", "KNNHead", "MLPHead", "NotFittedError", "OVRHead", "PopularityHead", "make_head"]
