@@ -24,16 +24,13 @@ test: $(STAMP) lint
 # weights can be downloaded on our machines, so the demo extracts with RANDOM VGG-16 weights
 # (said loudly and recorded in the store); with real weights, drop the --backbone options.
 DEMO_N ?= 600
-HEADS  ?= popularity knn ovr mlp
+HEADS  ?= mlp,knn,ovr,popularity
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/hashtagkit prepare demo -o $(DEMO)/demo.zarr --n $(DEMO_N) --seed 0
 	$(BIN)/hashtagkit extract $(DEMO)/demo.zarr --backbone vgg16-object=random --backbone vgg16-scene=random
 	$(BIN)/hashtagkit info $(DEMO)/demo.zarr
-	for head in $(HEADS); do \
-	  $(BIN)/hashtagkit fit $(DEMO)/demo.zarr --head $$head -o $(DEMO)/runs/$$head || exit 1; \
-	done
-	for head in $(HEADS); do $(BIN)/hashtagkit evaluate $(DEMO)/runs/$$head || exit 1; echo; done
+	$(BIN)/hashtagkit bench $(DEMO)/demo.zarr --heads $(HEADS) -o $(DEMO)/bench
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

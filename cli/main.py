@@ -66,6 +66,7 @@ def cli() -> None:
       hashtagkit extract STORE                                image features (VGG-16 object + scene)
       hashtagkit fit STORE --head mlp|knn|ovr|popularity -o RUN   fit a head on the train split
       hashtagkit evaluate RUN                                 P@K, R@K, A@K, mAP on the test split
+      hashtagkit bench STORE -o DIR                           every head x view x seed, Table-1 style
       hashtagkit recommend RUN IMAGE...                       top hashtags for new photos
       hashtagkit info STORE                                   what a store holds and how it was made
     """
@@ -338,6 +339,37 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
         sys.exit(2)
 
 
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--heads", default="mlp,knn,ovr,popularity", show_default=True, help="Comma-separated heads.")
+@click.option("--features", "views", default="object,scene,both", show_default=True,
+              help="Comma-separated feature views; views the store lacks are skipped.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (mean ± std over them).")
+@click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Results folder.")
+def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path) -> None:
+    """Fit and evaluate every head x view x seed on STORE; write results.json, results.csv, table.md.
+
+    Resumable: combinations already in OUT/results.json are not redone. The popularity floor
+    is always a row; on a HARRISON store the paper's reported Table 1 rows are added.
+    """
+    from hashtagkit.bench import TABLE, run_bench
+
+    params: dict[str, dict] = {}
+    for key, value in parse_sets(sets).items():
+        head, dot, name = key.partition(".")
+        if not dot or not name:
+            raise UserError(f"--set takes HEAD.KEY=VALUE in bench, got {key!r}")
+        params.setdefault(head, {})[name] = value
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+    run_bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
+              [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err)
+    click.echo((out / TABLE).read_text())
+
+
 # --- extract / convert-caffe ----------------------------------------------------------------------
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
@@ -437,7 +469,7 @@ def info(store: Path, as_json: bool) -> None:
         f"rows       {data['rows']:,}   classes {data['classes']:,}   hashtags/image {t['mean']:.2f} ({t['min']}..{t['max']})",
         f"split      train {s['train']:,} / test {s['test']:,} / val {s['val']:,}"
         f"   (seed {data['split_seed']}, sha256 {str(data['split_sha256'])[:12]})",
-        f"images     {data['image_root']}",
+        f"images     {data['image_root'] or '(none: features only)'}",
     ]
     if not data["blocks"]:
         lines.append("features   none yet (run `hashtagkit extract`)")

@@ -36,7 +36,8 @@ def harrison_store(harrison_root, tmp_path_factory):
                         split=split, split_info=info, kind="harrison", image_root=data.image_root, source=data.source)
 
 
-def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15):
+def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15,
+               kind: str = "test"):
     """A small store with random labels and (optionally) two feature blocks of 4 columns each."""
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store, open_store
@@ -47,7 +48,7 @@ def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: boo
     split, info = random_split(n, test, 0, seed)
     create_store(path, paths=[f"img_{i}.jpg" for i in range(n)], labels=labels,
                          vocab=[f"tag{j}" for j in range(c)], split=split, split_info=info,
-                         kind="test", image_root=None, synthetic=True)
+                         kind=kind, image_root=None, synthetic=True)
     if features:
         import zarr
 

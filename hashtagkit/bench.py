@@ -1,0 +1,123 @@
+"""Comparison tables in the manner of the paper's Table 1: heads x feature views x seeds.
+
+Every combination is fitted and evaluated through the same `fit_run` / `evaluate_run` as the
+CLI, into `DIR/runs/<head>-<view>-s<seed>`; `DIR/results.json` gains a record after each one
+(written atomically), so an interrupted bench resumes with the combinations not yet done.
+`results.csv` and `table.md` (mean ± std over seeds) are rewritten at the end. The popularity
+floor is always a row; on a store prepared from HARRISON the paper's reported rows are added,
+marked as reported rather than measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hashtagkit import provenance
+from hashtagkit.errors import InputError
+from hashtagkit.evaluate import evaluate_run
+from hashtagkit.heads import HEADS
+from hashtagkit.runs import VIEWS, fit_run
+from hashtagkit.stores import open_store
+
+RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
+METRICS = ("precision@1", "recall@5", "accuracy@5")
+# Park, Li, Kim 2016, Table 1 (P@1, R@5, A@5 in %)
+PAPER_ROWS = (("VGG-Object", "object", 28.30, 20.83, 50.70), ("VGG-Scene", "scene", 25.34, 18.66, 46.30),
+              ("VGG-Object + VGG-Scene", "both", 30.16, 21.38, 52.52))
+
+
+def plan(store, heads: list[str], views: list[str], seeds: list[int], log: Callable[[str], None]) -> list[tuple]:
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise InputError(f"unknown head {unknown[0]!r}: choose from {', '.join(HEADS)}")
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise InputError(f"unknown feature view {bad[0]!r}: choose from {', '.join(VIEWS)}")
+    blocks = {b["name"] for b in store.blocks}
+    usable = [v for v in views if store.has_features() and (v == "both" or v in blocks)]
+    for v in views:
+        if v not in usable:
+            log(f"skipping view {v!r}: {store.path} has {'no features' if not store.has_features() else 'no such block'}")
+    combos = []
+    for head in dict.fromkeys(["popularity", *heads]):  # the floor is always a row
+        if not HEADS[head].needs_features:
+            combos += [(head, "-", seed) for seed in seeds[:1]]  # deterministic: one seed is enough
+        else:
+            combos += [(head, v, seed) for v in usable for seed in seeds]
+    return combos
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
+              sets: dict[str, dict] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    store = open_store(store_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS
+    records = json.loads(results_path.read_text())["records"] if results_path.is_file() else []
+    done = {(r["head"], r["view"], r["seed"]) for r in records}
+    combos = plan(store, heads, views, seeds, log)
+    todo = [c for c in combos if c not in done]
+    log(f"{len(combos)} combinations, {len(combos) - len(todo)} already done")
+    for i, (head, view, seed) in enumerate(todo, 1):
+        run_dir = out / "runs" / f"{head}-{view if view != '-' else 'none'}-s{seed}"
+        log(f"[{i}/{len(todo)}] {head} {view} seed {seed}")
+        fit_run(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
+                seed=seed, overwrite=True)
+        result = evaluate_run(run_dir, ks=(1, 5, 10))
+        fit_seconds = json.loads((run_dir / "run.json").read_text())["fit_seconds"]
+        records.append({"head": head, "view": view, "seed": seed, "run": str(run_dir), "fit_seconds": fit_seconds,
+                        **{k: v for k, v in result.items() if k not in ("head", "features", "store", "skipped")}})
+        _write_json(results_path, {"store": str(store.path), "store_kind": store.meta.get("kind"),
+                                   "provenance": provenance.record(), "records": records})
+    wanted = set(combos)
+    current = [r for r in records if (r["head"], r["view"], r["seed"]) in wanted]
+    write_csv(out / CSV, current)
+    (out / TABLE).write_text(make_table(current, store))
+    return current
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    keys = sorted({k for r in records for k in r}, key=lambda k: (k not in ("head", "view", "seed"), k))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def _cell(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    return f"{np.mean(values):.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def make_table(records: list[dict], store) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["head"], r["view"]), []).append(r)
+    seeds = sorted({r["seed"] for r in records})
+    lines = [
+        f"Store `{store.path}` ({store.meta.get('kind')}{', synthetic' if store.meta.get('synthetic') else ''}), "
+        f"test split, {records[0]['n_images'] if records else 0:,} images; mean ± std over seeds {seeds} where more than one.",
+        "",
+        "| head | features | P@1 % | R@5 % | A@5 % | fit s | seeds |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    order = {h: i for i, h in enumerate(["popularity", *HEADS])}
+    for (head, view), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
+        lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
+                     + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")
+    if store.meta.get("kind") == "harrison":
+        for name, view, p, r, a in PAPER_ROWS:
+            lines.append(f"| paper: {name} (reported, not measured) | {view} | {p:.2f} | {r:.2f} | {a:.2f} | | |")
+    return "\n".join(lines) + "\n"
