@@ -113,7 +113,7 @@ def make_table(records: list[dict], store) -> str:
         "| head | features | P@1 % | R@5 % | A@5 % | fit s | seeds |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    order = {h: i for i, h in enumerate(["popularity", *HEADS])}
+    order = {h: i for i, h in enumerate(dict.fromkeys(["popularity", *HEADS]))}
     for (head, view), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
         lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
                      + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")

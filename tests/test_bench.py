@@ -31,6 +31,7 @@ def test_bench_writes_all_three_files_and_resumes(tmp_path):
     assert len(rows) == len(records) == 9
     table = (out / "table.md").read_text()
     assert "| popularity | - |" in table and "| knn | object |" in table and " ± " in table
+    assert table.index("| popularity |") < table.index("| knn |")  # the floor first
     assert "paper" not in table  # not a HARRISON store
     assert "| knn | both |" in res.output  # the table is printed too
     # a second run with one more seed does only the new combinations
