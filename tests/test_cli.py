@@ -64,7 +64,7 @@ def test_end_to_end_on_demo(tmp_path):
 def test_fit_errors(tmp_path):
     store = make_store(tmp_path / "s.zarr", features=False)
     cases = [
-        (["--head", "nope"], "unknown head 'nope'"),
+        (["--head", "nope"], "Invalid value for '--head': 'nope'"),
         (["--head", "popularity", "--set", "alpha=1"], "has no parameter 'alpha'"),
         (["--head", "popularity", "--set", "alpha"], "--set takes key=value"),
         (["--head", "popularity", "--features", "people"], "Invalid value for '--features'"),
