@@ -16,9 +16,8 @@ planted HARRISON-size store.
   data, so that an epoch has at least 50 steps), dropout 0.5, a
   cosine schedule over at most 30 epochs, and early stopping on Recall@5 of a 10% validation
   part of the training rows (patience 3 epochs, not before epoch 5; the best epoch's weights
-  are kept). On our 2-core CPU a step of batch 512 runs 871 rows/s against 506 for the paper's
-  SGD at batch 256, and the paper's 100,000 iterations of 100 rows would take hours, so `fast`
-  is the default; benchmarks/results/heads.md compares them.
+  are kept). The paper's 100,000 iterations of 100 rows would take many hours on a 2-core CPU
+  (benchmarks/results/heads.md projects them from measured steps), so `fast` is the default.
 
 bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present; the features are
 cached in memory as float16 and converted per batch.
@@ -169,7 +168,7 @@ class MLPHead(Head):
         if cfg["optimizer"] == "sgd":
             opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
         else:
-            # fused: one kernel for all 55M parameters, 1.5x faster a step than foreach on our CPU
+            # fused: one kernel for all 55M parameters (faster than foreach in a one-off timing here)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
         batch = int(min(cfg["batch_size"], len(train_rows)))
         if self.batch_size is None and self.preset == "fast":  # small data: still ~50 steps an epoch
