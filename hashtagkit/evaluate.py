@@ -18,35 +18,37 @@ from hashtagkit.runs import design_matrix, load_run
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 
 
-def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, dict]:
-    """Rows to score: the split, less rows without ground truth (recall is undefined there)
-    and, for heads that read features, rows whose image failed to decode. Counts reported."""
+def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Rows to score and their labels: the split, less rows without ground truth (recall is
+    undefined there) and, for heads that read features, rows whose image failed to decode.
+    Counts reported."""
     rows = store.split_rows(split)
+    labels = store.labels(rows)
     skipped = {}
-    has_gt = store.labels(rows).any(axis=1)
+    has_gt = labels.any(axis=1)
     if not has_gt.all():
         skipped["no_ground_truth"] = int((~has_gt).sum())
-        rows = rows[has_gt]
+        rows, labels = rows[has_gt], labels[has_gt]
     if head.needs_features:
         ok = store.valid(rows)
         if not ok.all():
             skipped["invalid_image"] = int((~ok).sum())
-            rows = rows[ok]
-    return rows, skipped
+            rows, labels = rows[ok], labels[ok]
+    return rows, labels, skipped
 
 
 def evaluate_run(
     run_dir: str | Path, split: str = "test", ks: tuple[int, ...] = (1, 5, 10), store_path: str | Path | None = None
 ) -> dict:
     record, head, store = load_run(run_dir, store_path)
-    rows, skipped = evaluation_rows(store, head, split)
+    rows, labels, skipped = evaluation_rows(store, head, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
     X = design_matrix(store, head, record.get("features") or "both", rows)
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
     predict_seconds = time.perf_counter() - t0
-    result = metrics.summary(scores, store.labels(rows), ks=tuple(sorted(set(ks) | set(PAPER_KS))))
+    result = metrics.summary(scores, labels, ks=tuple(sorted(set(ks) | set(PAPER_KS))))
     result.update(
         {
             "head": record["head"],

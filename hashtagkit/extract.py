@@ -297,7 +297,7 @@ def extract(
             pin_memory=dev.type == "cuda", persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
         )
-        todo = sum(min((c + 1) * plan.chunk_rows, n) - c * plan.chunk_rows for c in plan.pending)
+        todo = sum(len(batch) for batch in sampler)
         invalid: Counter = Counter()
         started = time.perf_counter()
         from tqdm import tqdm
