@@ -7,13 +7,16 @@ Every head is judged here and only here, through `predict_proba` and the ranking
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
+from hashtagkit.heads import Head
 from hashtagkit.runs import design_matrix, load_run
+from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 
@@ -37,9 +40,23 @@ def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, np.ndarray, di
     return rows, labels, skipped
 
 
-def evaluate_run(
-    run_dir: str | Path, split: str = "test", ks: tuple[int, ...] = (1, 5, 10), store_path: str | Path | None = None
-) -> dict:
+@dataclass
+class ScoredSplit:
+    """A run's scores on one split of its store, with everything needed to judge or show them."""
+
+    record: dict
+    head: Head
+    store: Store
+    split: str
+    rows: np.ndarray  # store rows, in split order, less the skipped ones
+    labels: np.ndarray  # (n, C) bool ground truth of those rows
+    scores: np.ndarray  # (n, C) the head's predict_proba
+    skipped: dict
+    predict_seconds: float
+
+
+def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
+    """Load a run and score every evaluable row of a split: the one place a run meets its data."""
     record, head, store = load_run(run_dir, store_path)
     rows, labels, skipped = evaluation_rows(store, head, split)
     if len(rows) == 0:
@@ -48,15 +65,31 @@ def evaluate_run(
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
     predict_seconds = time.perf_counter() - t0
-    result = metrics.summary(scores, labels, ks=tuple(sorted(set(ks) | set(PAPER_KS))))
+    return ScoredSplit(record, head, store, split, rows, labels, scores, skipped, predict_seconds)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    ks: tuple[int, ...] = (1, 5, 10),
+    store_path: str | Path | None = None,
+    per_class_k: int | None = None,
+) -> dict:
+    """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
+    class (None where the split has no positive of it), for long-tail plots."""
+    s = score_split(run_dir, split, store_path)
+    result = metrics.summary(s.scores, s.labels, ks=tuple(sorted(set(ks) | set(PAPER_KS))))
+    if per_class_k:
+        recall = metrics.per_class_recall_at_k(s.scores, s.labels, per_class_k)
+        result[f"per_class_recall@{per_class_k}"] = [None if np.isnan(v) else round(float(v), 6) for v in recall]
     result.update(
         {
-            "head": record["head"],
-            "features": record.get("features"),
+            "head": s.record["head"],
+            "features": s.record.get("features"),
             "split": split,
-            "skipped": skipped,
-            "predict_seconds": round(predict_seconds, 3),
-            "store": str(store.path),
+            "skipped": s.skipped,
+            "predict_seconds": round(s.predict_seconds, 3),
+            "store": str(s.store.path),
         }
     )
     return result
