@@ -34,6 +34,7 @@ setup(
         "click>=8.1",
         "tqdm>=4.60",
         "Pillow>=10.0",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # faiss ships its GPU build as a separate wheel; install it in place of faiss-cpu.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit import provenance
+from hashtagkit import plots, provenance
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import evaluate_run
 from hashtagkit.heads import HEADS
@@ -26,6 +26,8 @@ from hashtagkit.runs import VIEWS, fit_run
 from hashtagkit.stores import open_store
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
+CURVE_KS = tuple(range(1, 11))  # Precision@K / Recall@K curves
+PER_CLASS_K = 5
 METRICS = ("precision@1", "recall@5", "accuracy@5")
 # Park, Li, Kim 2016, Table 1 (P@1, R@5, A@5 in %)
 PAPER_ROWS = (("VGG-Object", "object", 28.30, 20.83, 50.70), ("VGG-Scene", "scene", 25.34, 18.66, 46.30),
@@ -69,26 +71,37 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
     done = {(r["head"], r["view"], r["seed"]) for r in records}
     combos = plan(store, heads, views, seeds, log)
     todo = [c for c in combos if c not in done]
+    counts = store.labels(store.split_rows("train")).sum(axis=0).astype(int).tolist()
     log(f"{len(combos)} combinations, {len(combos) - len(todo)} already done")
     for i, (head, view, seed) in enumerate(todo, 1):
         run_dir = out / "runs" / f"{head}-{view if view != '-' else 'none'}-s{seed}"
         log(f"[{i}/{len(todo)}] {head} {view} seed {seed}")
         fit_run(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
                 seed=seed, overwrite=True)
-        result = evaluate_run(run_dir, ks=(1, 5, 10))
+        result = evaluate_run(run_dir, ks=CURVE_KS, per_class_k=PER_CLASS_K)
         fit_seconds = json.loads((run_dir / "run.json").read_text())["fit_seconds"]
         records.append({"head": head, "view": view, "seed": seed, "run": str(run_dir), "fit_seconds": fit_seconds,
                         **{k: v for k, v in result.items() if k not in ("head", "features", "store", "skipped")}})
         _write_json(results_path, {"store": str(store.path), "store_kind": store.meta.get("kind"),
+                                   "class_train_counts": counts, "vocab": store.vocab,
                                    "provenance": provenance.record(), "records": records})
     wanted = set(combos)
     current = [r for r in records if (r["head"], r["view"], r["seed"]) in wanted]
     write_csv(out / CSV, current)
-    (out / TABLE).write_text(make_table(current, store))
+    (out / TABLE).write_text(make_table(current, store, sets))
+    title = f"{Path(store.path).name}: {store.meta.get('kind')}{', synthetic' if store.meta.get('synthetic') else ''}"
+    paper = PAPER_ROWS[-1]  # the best model: its P@1 and R@5 as points on the curves
+    plots.plot_curves(current, out / plots.CURVES, title=f"{title} - Precision@K and Recall@K, test split",
+                      reference={"precision": {1: paper[2]}, "recall": {5: paper[3]}} if harrison_labels(store) else None,
+                      reference_label="paper, object + scene (reported)")
+    plots.plot_per_class(current, counts, out / plots.PER_CLASS, k=PER_CLASS_K,
+                         title=f"{title} - per-class Recall@{PER_CLASS_K} against training frequency")
     return current
 
 
 def write_csv(path: Path, records: list[dict]) -> None:
+    """One row per record; per-class lists stay in results.json."""
+    records = [{k: v for k, v in r.items() if not isinstance(v, list | dict)} for r in records]
     keys = sorted({k for r in records for k in r}, key=lambda k: (k not in ("head", "view", "seed"), k))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -101,7 +114,7 @@ def _cell(values: list[float]) -> str:
     return f"{np.mean(values):.2f}" if len(values) == 1 else f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
 
 
-def make_table(records: list[dict], store) -> str:
+def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["head"], r["view"]), []).append(r)
@@ -117,7 +130,38 @@ def make_table(records: list[dict], store) -> str:
     for (head, view), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
         lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
                      + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")
-    if store.meta.get("kind") == "harrison":
+    footer = ["", _params_line(sets), _made_line()]
+    labels_from = harrison_labels(store)
+    if labels_from:
         for name, view, p, r, a in PAPER_ROWS:
             lines.append(f"| paper: {name} (reported, not measured) | {view} | {p:.2f} | {r:.2f} | {a:.2f} | | |")
-    return "\n".join(lines) + "\n"
+        if labels_from == "planted":
+            lines += ["", "The features are planted (synthetic) on HARRISON's labels: the paper's rows show the scale "
+                          "of the real task, they are not comparable with the measured rows."]
+    return "\n".join(lines + footer) + "\n"
+
+
+def _params_line(sets: dict[str, dict] | None) -> str:
+    if not sets:
+        return "Every head at its defaults (each run's run.json records its hyper-parameters)."
+    pairs = ", ".join(f"{head}.{key}={json.dumps(value)}" for head, kv in sets.items() for key, value in kv.items())
+    return f"Hyper-parameters set: {pairs}; the rest are the heads' defaults (each run's run.json has them all)."
+
+
+def _made_line() -> str:
+    made = provenance.record()
+    v = made["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "faiss-cpu", "scikit-learn", "numpy") if k in v)
+    return (f"Made {made['created']} by `{made['command']}` on {made['machine']['processor']}, {os.cpu_count()} cores "
+            f"({made['machine']['platform']}); Python {v['python']}, {libs}.")
+
+
+def harrison_labels(store) -> str | None:
+    """'harrison' for a store prepared from HARRISON, 'planted' for planted features on
+    HARRISON's labels, else None: when the paper's Table 1 rows belong in the table."""
+    kind = store.meta.get("kind")
+    if kind == "harrison":
+        return "harrison"
+    if kind == "planted" and store.meta.get("source", {}).get("labels") == "HARRISON":
+        return "planted"
+    return None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from hashtagkit.cli.main import cli
+from hashtagkit.plots import curve_data, per_class_bins
 
 from .conftest import make_store
 
@@ -34,6 +37,11 @@ def test_bench_writes_all_three_files_and_resumes(tmp_path):
     assert table.index("| popularity |") < table.index("| knn |")  # the floor first
     assert "paper" not in table  # not a HARRISON store
     assert "| knn | both |" in res.output  # the table is printed too
+    assert all(f"precision@{k}" in r and f"recall@{k}" in r for r in records for k in range(1, 11))
+    assert all(len(r["per_class_recall@5"]) == 7 for r in records) and "per_class_recall@5" not in rows[0]
+    for name in ("curves.png", "per_class_recall.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.width > 500
     # a second run with one more seed does only the new combinations
     res = bench(store, out, "--heads", "knn,ovr", "--features", "object,both", "--seeds", "0,1,2",
                 "--set", "knn.k=3", "--set", "ovr.pca=null", "--set", "ovr.n_jobs=1")
@@ -66,3 +74,56 @@ def test_bench_errors(tmp_path, args, message):
     store = make_store(tmp_path / "s.zarr").path
     res = bench(store, tmp_path / "b", *args)
     assert res.exit_code == 2 and message in res.output
+
+
+def test_paper_rows_beside_planted_harrison_features(tmp_path, harrison_root):
+    store = tmp_path / "p.zarr"
+    res = CliRunner().invoke(cli, ["prepare", "planted", "-o", str(store), "--labels", str(harrison_root),
+                                   "--n", "300", "--dim", "8"])
+    assert res.exit_code == 0, res.output
+    res = bench(store, tmp_path / "b", "--heads", "popularity", "--features", "both")
+    table = (tmp_path / "b" / "table.md").read_text()
+    assert res.exit_code == 0 and "| 30.16 | 21.38 | 52.52 |" in table and "not comparable" in table
+
+
+def records_for(rng, heads=("knn", "ovr"), seeds=(0, 1, 2), c=12):
+    out = []
+    for head in heads:
+        for seed in seeds:
+            r = {"head": head, "view": "both", "seed": seed}
+            for k in range(1, 11):
+                r[f"precision@{k}"], r[f"recall@{k}"] = rng.random(), rng.random()
+            pcr = rng.random(c).round(3).tolist()
+            pcr[3] = None  # a class without test positives
+            r["per_class_recall@5"] = pcr
+            out.append(r)
+    return out
+
+
+def test_curve_data_is_the_mean_over_seeds():
+    records = records_for(np.random.default_rng(0))
+    data = curve_data(records)
+    assert set(data) == {("knn", "both"), ("ovr", "both")}
+    ks, ys = data[("ovr", "both")]["recall"]
+    assert ks == list(range(1, 11))
+    ovr = [r for r in records if r["head"] == "ovr"]
+    assert ys[6] == pytest.approx(100 * sum(r["recall@7"] for r in ovr) / 3)
+    old = [dict(r) for r in records]  # a record from an older bench, without K = 10, drops only that K
+    del old[0]["precision@10"]
+    assert curve_data(old)[("knn", "both")]["precision"][0] == list(range(1, 10))
+
+
+def test_per_class_bins_against_brute_force():
+    rng = np.random.default_rng(1)
+    records = records_for(rng)
+    counts = [1, 2, 3, 5, 8, 13, 21, 40, 80, 160, 0, 500]  # class 10 has no training images
+    bins = per_class_bins(records, counts, n_bins=4)
+    edges = bins["edges"]
+    assert len(edges) == 5 and edges[0] == 1 and edges[-1] >= 500
+    knn = [r for r in records if r["head"] == "knn"]
+    for b in range(4):
+        members = [c for c in range(12) if counts[c] > 0 and edges[b] <= counts[c] < edges[b + 1] and c != 3]
+        assert bins["n_classes"][b] == len(members)
+        want = np.mean([np.mean([r["per_class_recall@5"][c] for r in knn]) for c in members]) if members else np.nan
+        got = bins["groups"][("knn", "both")][b]
+        assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(100 * want)
