@@ -340,6 +340,55 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
 
 
 @cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--n", "n", default=12, show_default=True, type=click.IntRange(min=1, max=200), help="Images on the sheet.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Which random sample, or which of the tied worst/best images.")
+@click.option("--worst", "mode", flag_value="worst", help="The images with the lowest Recall@TOP (failure cases).")
+@click.option("--best", "mode", flag_value="best", help="The images with the highest Recall@TOP (successes).")
+@click.option("--random", "mode", flag_value="random", default=True, help="A seeded random sample (the default).")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1, max=20), help="Predicted hashtags per image.")
+@click.option("--cols", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Images per row.")
+@click.option("--images", type=click.Path(path_type=Path, file_okay=False),
+              help="Image folder [default: the one extraction read].")
+@click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The sheet to write: .png, .pdf, .svg or .jpg.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: int, images: Path | None,
+         store: Path | None, out: Path, overwrite: bool) -> None:
+    """Draw a contact sheet of RUN's predictions, like the paper's Figures 6-8.
+
+    Each photo of the split gets its top predicted hashtags with scores and its ground truth;
+    hashtags in both are red and bold. --worst / --best pick failures / successes by the
+    image's Recall@TOP; the image list is printed too.
+    """
+    from hashtagkit.evaluate import score_split
+    from hashtagkit.outputs import refuse_existing
+    from hashtagkit.show import draw_sheet, image_folder, image_recall, select_rows, sheet_entries, write_sheet
+
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
+    refuse_existing(out, overwrite)
+    scored = score_split(run, split, store)
+    root = image_folder(scored, images)
+    recall = image_recall(scored.scores, scored.labels, top)
+    positions = select_rows(recall, n, mode, seed)
+    entries = sheet_entries(scored, positions, top)
+    view = scored.record.get("features") or "no features"
+    picked = {"random": f"random sample (seed {seed})", "worst": f"lowest Recall@{top}",
+              "best": f"highest Recall@{top}"}[mode]
+    title = (f"{scored.record['head']} ({view}) on {split}: {len(entries)} of {len(scored.rows):,} images, "
+             f"{picked}; mean Recall@{top} of the split {100 * recall.mean():.1f}%. Matches in red.")
+    write_sheet(draw_sheet(entries, root, title, cols=cols), out)
+    for e in entries:
+        hits = " ".join(f"#{t}" for t, _, hit in e.predicted if hit) or "-"
+        click.echo(f"{e.row}\t{e.path}\tR@{top} {100 * e.recall:.0f}%\tmatched {hits}")
+    echo_err(f"wrote {out}: {len(entries)} images")
+
+
+@cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--heads", default="mlp,knn,ovr,popularity", show_default=True, help="Comma-separated heads.")
 @click.option("--features", "views", default="object,scene,both", show_default=True,

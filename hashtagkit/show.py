@@ -1,0 +1,163 @@
+"""Contact sheets in the manner of the paper's Figures 6-8: photos with their top-K predicted
+hashtags and their ground truth, matches highlighted.
+
+Numbers say how good a head is; a sheet says *why*: which hashtags it gets (colours, objects)
+and which it cannot (#love, fine-grained or inferential tags). `select_rows` picks the images
+(a seeded random sample, or the worst / best by Recall@K with seeded tie-breaks, so a
+different seed shows different failures among the many that tie), `sheet_entries` works out
+what each cell says, and `draw_sheet` lays it out with matplotlib's object API.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hashtagkit import metrics
+from hashtagkit.errors import InputError
+from hashtagkit.evaluate import ScoredSplit
+
+MATCH_COLOR = "#d62728"  # the paper marks matched hashtags in red
+OTHER_COLOR = "#333333"
+MODES = ("random", "worst", "best")
+THUMB = 320  # longest side of a cell's photo, in pixels
+
+
+@dataclass
+class Entry:
+    row: int
+    path: str
+    predicted: list[tuple[str, float, bool]]  # (tag, score, in ground truth), best first
+    truth: list[tuple[str, bool]]  # (tag, among the predicted)
+    recall: float  # Recall@K of this image
+
+
+def image_recall(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-image Recall@K, the quantity --worst / --best sort by."""
+    ids = metrics.top_k(scores, k)
+    hits = np.take_along_axis(labels.astype(bool), ids, axis=1).sum(axis=1)
+    return hits / labels.astype(bool).sum(axis=1)
+
+
+def select_rows(recall: np.ndarray, n: int, mode: str = "random", seed: int = 0) -> np.ndarray:
+    """Positions (into the scored rows) of the images to show, in display order.
+
+    random: a seeded sample. worst / best: lowest / highest Recall@K first; ties, which are
+    common (every image with no hit scores 0), are broken by a seeded permutation."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    rng = np.random.default_rng(seed)
+    n = min(n, len(recall))
+    if mode == "random":
+        return np.sort(rng.choice(len(recall), size=n, replace=False))
+    tiebreak = rng.permutation(len(recall))
+    key = recall if mode == "worst" else -recall
+    return np.lexsort((tiebreak, key))[:n]
+
+
+def sheet_entries(scored: ScoredSplit, positions: np.ndarray, top: int) -> list[Entry]:
+    vocab = scored.store.vocab
+    ids = metrics.top_k(scored.scores[positions], top)
+    recall = image_recall(scored.scores[positions], scored.labels[positions], top)
+    paths = scored.store.paths(scored.rows[positions])
+    entries = []
+    for i, pos in enumerate(positions):
+        truth_ids = np.flatnonzero(scored.labels[pos])
+        predicted = [(vocab[c], float(scored.scores[pos, c]), bool(scored.labels[pos, c])) for c in ids[i]]
+        shown = set(ids[i].tolist())
+        truth = [(vocab[c], c in shown) for c in truth_ids]
+        entries.append(Entry(int(scored.rows[pos]), paths[i], predicted, truth, float(recall[i])))
+    return entries
+
+
+def load_thumbnail(path: Path) -> tuple[np.ndarray | None, str]:
+    """The photo as an RGB array no larger than THUMB, or (None, reason) when it cannot be read."""
+    from hashtagkit.extract import DecodeError, decode
+
+    try:
+        im = decode(path, allow_truncated=True)  # a truncated photo is still worth seeing
+    except DecodeError as e:
+        return None, str(e)
+    im.thumbnail((THUMB, THUMB))
+    return np.asarray(im), ""
+
+
+def draw_sheet(entries: list[Entry], image_root: Path | None, title: str, cols: int = 4):
+    """A matplotlib Figure: one cell per entry, the photo over two columns of hashtags
+    (predicted with scores | ground truth), matches in red and bold."""
+    from matplotlib.figure import Figure
+
+    cols = max(1, min(cols, len(entries)))
+    rows = math.ceil(len(entries) / cols)
+    n_lines = max([len(e.predicted) for e in entries] + [len(e.truth) for e in entries] + [1])
+    text_h = 0.16 * (n_lines + 1.5)  # inches under each photo
+    cell_w, photo_h = 3.3, 2.6
+    fig = Figure(figsize=(cols * cell_w, rows * (photo_h + text_h) + 0.6))
+    top_margin = 0.6 / fig.get_figheight()
+    cell_h = (1 - top_margin) / rows
+    for i, e in enumerate(entries):
+        r, c = divmod(i, cols)
+        x0, y_top = c / cols, 1 - top_margin - r * cell_h
+        photo_frac = photo_h / (photo_h + text_h)
+        ax = fig.add_axes((x0 + 0.01, y_top - cell_h * photo_frac + 0.004, 1 / cols - 0.02, cell_h * photo_frac - 0.02))
+        ax.set_axis_off()
+        pixels, reason = load_thumbnail(image_root / e.path) if image_root else (None, "no image folder")
+        if pixels is None:
+            ax.set_facecolor("#dddddd")
+            ax.text(0.5, 0.5, f"image {reason}\n{e.path}", ha="center", va="center", fontsize=7, wrap=True,
+                    transform=ax.transAxes)
+            ax.add_patch(_frame(ax))
+        else:
+            ax.imshow(pixels)
+        ax.set_title(f"{Path(e.path).name}  (row {e.row}, R@{len(e.predicted)} {100 * e.recall:.0f}%)",
+                     fontsize=7, color="#555555", pad=2)
+        text_top = y_top - cell_h * photo_frac
+        line = (cell_h * (1 - photo_frac)) / (n_lines + 1.5)
+        fig.text(x0 + 0.015, text_top - 0.2 * line, "predicted", fontsize=7, color="#777777", va="top")
+        fig.text(x0 + 0.5 / cols + 0.005, text_top - 0.2 * line, "ground truth", fontsize=7, color="#777777", va="top")
+        for j, (tag, score, hit) in enumerate(e.predicted):
+            fig.text(x0 + 0.015, text_top - (j + 1.2) * line, f"#{tag}  {score:.2f}", fontsize=8, va="top",
+                     color=MATCH_COLOR if hit else OTHER_COLOR, fontweight="bold" if hit else "normal")
+        for j, (tag, hit) in enumerate(e.truth):
+            fig.text(x0 + 0.5 / cols + 0.005, text_top - (j + 1.2) * line, f"#{tag}", fontsize=8, va="top",
+                     color=MATCH_COLOR if hit else OTHER_COLOR, fontweight="bold" if hit else "normal")
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 * top_margin, va="top")
+    return fig
+
+
+def _frame(ax):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="#aaaaaa", zorder=-1)
+
+
+def image_folder(scored: ScoredSplit, images: str | Path | None) -> Path:
+    """Where the photos are: --images, else the folder extraction read, else the store's."""
+    if images:
+        root = Path(images)
+    else:
+        extraction = dict(scored.store.group.attrs.get("extraction", {}))
+        root_text = extraction.get("image_root") or scored.store.image_root
+        if not root_text:
+            raise InputError(f"{scored.store.path} has no images (a features-only store such as `prepare planted`): "
+                             "a sheet needs the photos")
+        root = Path(root_text)
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist: pass --images DIR")
+    return root
+
+
+def write_sheet(fig, out: Path) -> Path:
+    """Save atomically, so an interrupted save never leaves half an image under the real name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
