@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,14 @@ bench-extract: $(STAMP)
 
 bench-heads: $(STAMP)
 	$(BIN)/python benchmarks/heads.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)
+
+# `hashtagkit bench` on the planted HARRISON-size store (HARRISON's labels when ../shared has them):
+# every head x view, then the table, results.csv and plots are copied to benchmarks/results/planted/.
+# The MLP is capped at 8 epochs to keep the run near an hour on a 2-core CPU.
+PLANTED       ?= benchmarks/.cache/planted-harrison.zarr
+PLANTED_BENCH ?= benchmarks/.cache/bench-planted
+bench-planted: $(STAMP)
+	test -d $(PLANTED) || $(BIN)/hashtagkit prepare planted -o $(PLANTED) $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)
+	$(BIN)/hashtagkit bench $(PLANTED) --set mlp.epochs=8 -o $(PLANTED_BENCH)
+	mkdir -p benchmarks/results/planted
+	cp $(PLANTED_BENCH)/table.md $(PLANTED_BENCH)/results.csv $(PLANTED_BENCH)/curves.png $(PLANTED_BENCH)/per_class_recall.png benchmarks/results/planted/
