@@ -36,8 +36,9 @@ clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
 
 # Benchmarks: each writes a Markdown table under benchmarks/results/ (machine and versions included).
+DEVICE ?= cpu
 bench-extract: $(STAMP)
-	$(BIN)/python benchmarks/extract_throughput.py --n 64
+	$(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
 
 bench-heads: $(STAMP)
 	$(BIN)/python benchmarks/heads.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)

@@ -13,7 +13,11 @@ Then the store's write and read speed against plain `.npy` of the same feature a
 compression ratio. Prints a Markdown table and writes it to benchmarks/results/ with the
 machine and versions.
 
-    python benchmarks/extract_throughput.py [--n 64] [--out benchmarks/results/extract_throughput.md]
+    python benchmarks/extract_throughput.py [--n 64] [--device cpu|cuda|auto]
+                                            [--out benchmarks/results/extract_throughput[_cuda].md]
+
+On a GPU (`make bench-extract DEVICE=cuda`) all three paths run on it, the engine at its
+CUDA default (fp16); the table goes to extract_throughput_cuda.md.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from PIL import Image
 
 from hashtagkit import provenance
 from hashtagkit.backbones import load_backbone
-from hashtagkit.extract import Extractor, cpu_has_bf16, decode, extract
+from hashtagkit.extract import Extractor, decode, extract, pick_device, pick_precision
 from hashtagkit.stores.store import feature_compressors
 
 
@@ -53,23 +57,25 @@ def write_photos(folder: Path, n: int, seed: int = 0) -> list[str]:
     return names
 
 
-def naive(folder: Path, names: list[str], nets) -> float:
+def naive(folder: Path, names: list[str], nets, device: torch.device) -> float:
     from torchvision.models import VGG16_Weights
 
     tf_object = VGG16_Weights.IMAGENET1K_V1.transforms()
     tf_scene = nets[1].spec.preprocessing
+    for net in nets:
+        net.module.to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         for name in names:
             img = Image.open(folder / name).convert("RGB")
-            a = nets[0].module(tf_object(img).unsqueeze(0))
-            b = nets[1].module(tf_scene(img).unsqueeze(0))
-            torch.cat([a, b], 1).numpy()
+            a = nets[0].module(tf_object(img).unsqueeze(0).to(device))
+            b = nets[1].module(tf_scene(img).unsqueeze(0).to(device))
+            torch.cat([a, b], 1).cpu().numpy()
     return len(names) / (time.perf_counter() - t0)
 
 
-def ceiling(folder: Path, names: list[str], nets, precision: str, batch: int) -> float:
-    engine = Extractor(nets, torch.device("cpu"), precision)
+def ceiling(folder: Path, names: list[str], nets, device: torch.device, precision: str, batch: int) -> float:
+    engine = Extractor(nets, device, precision)
     decoded = [decode(folder / n) for n in names]
     inputs = [torch.stack([t(im) for im in decoded]) for t in engine.transforms]
     engine([x[:2] for x in inputs])  # warm-up: oneDNN picks its kernels
@@ -79,7 +85,8 @@ def ceiling(folder: Path, names: list[str], nets, precision: str, batch: int) ->
     return len(names) / (time.perf_counter() - t0)
 
 
-def end_to_end(folder: Path, names: list[str], nets, work: Path, batch: int, workers: int) -> tuple[float, Path]:
+def end_to_end(folder: Path, names: list[str], nets, work: Path, device: torch.device, precision: str, batch: int,
+               workers: int) -> tuple[float, Path]:
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store
 
@@ -89,7 +96,8 @@ def end_to_end(folder: Path, names: list[str], nets, work: Path, batch: int, wor
     create_store(store, paths=names, labels=np.ones((n, 1), np.uint8), vocab=["x"], split=split, split_info=info,
                  kind="benchmark", image_root=str(folder))
     t0 = time.perf_counter()
-    extract(store, nets, batch_size=batch, workers=workers, progress=False, log=lambda s: None)
+    extract(store, nets, device=device.type, precision=precision, batch_size=batch, workers=workers, progress=False,
+            log=lambda s: None)
     return n / (time.perf_counter() - t0), store
 
 
@@ -125,9 +133,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="images per measurement")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract_throughput.md")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--out", type=Path, help="[default: benchmarks/results/extract_throughput.md, _cuda.md on a GPU]")
     args = ap.parse_args()
-    precision = "bf16" if cpu_has_bf16() else "fp32"
+    device = pick_device(args.device)
+    precision = pick_precision("auto", device)
+    results = Path(__file__).parent / "results"
+    args.out = args.out or results / ("extract_throughput.md" if device.type == "cpu" else "extract_throughput_cuda.md")
+    where = (f"GPU {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}" if device.type == "cuda"
+             else f"CPU, torch threads {torch.get_num_threads()}")
     work = Path(tempfile.mkdtemp(prefix="hashtagkit-bench-"))
     try:
         photos = work / "photos"
@@ -136,9 +150,9 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nets = [load_backbone("vgg16-object", "random"), load_backbone("vgg16-scene", "random", seed=1)]
-        a = naive(photos, names, nets)
-        b = ceiling(photos, names, nets, precision, args.batch_size)
-        c, store = end_to_end(photos, names, nets, work, args.batch_size, args.workers)
+        a = naive(photos, names, nets, device)
+        b = ceiling(photos, names, nets, device, precision, args.batch_size)
+        c, store = end_to_end(photos, names, nets, work, device, precision, args.batch_size, args.workers)
         io = store_io(np.asarray(zarr.open_group(store, mode="r")["features"][...]), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -146,8 +160,9 @@ def main() -> None:
     lines = [
         "# Extraction throughput",
         "",
-        f"`python benchmarks/extract_throughput.py --n {args.n}` (`make bench-extract`), {provenance.now()}.",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"`python benchmarks/extract_throughput.py --n {args.n} --device {device.type}` (`make bench-extract`), "
+        f"{provenance.now()}.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {where}, "
         f"{platform.platform()}. Versions: torch {v.get('torch')}, torchvision {v.get('torchvision')}, "
         f"zarr {v.get('zarr')}, numpy {v.get('numpy')}, Pillow {v.get('Pillow')}, Python {v.get('python')}.",
         f"Both paper backbones (vgg16-object + vgg16-scene, 8,192-d), {args.n} JPEGs of 320-1080 px written by the "
