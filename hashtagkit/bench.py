@@ -131,6 +131,10 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
         lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
                      + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")
     footer = ["", _params_line(sets), _made_line()]
+    random = [b.get("backbone") or b["name"] for b in store.blocks if (b.get("weights") or {}).get("source") == "random"]
+    if random:
+        footer.insert(1, f"**Features from RANDOM weights** ({', '.join(random)}): a smoke test of the pipeline, "
+                         "not a measurement of the backbones.")
     labels_from = harrison_labels(store)
     if labels_from:
         for name, view, p, r, a in PAPER_ROWS:

@@ -127,3 +127,17 @@ def test_per_class_bins_against_brute_force():
         want = np.mean([np.mean([r["per_class_recall@5"][c] for r in knn]) for c in members]) if members else np.nan
         got = bins["groups"][("knn", "both")][b]
         assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(100 * want)
+
+
+def test_table_says_when_features_come_from_random_weights(tmp_path):
+    import zarr
+
+    store = make_store(tmp_path / "s.zarr").path
+    g = zarr.open_group(store, mode="r+")
+    g.attrs["blocks"] = [{"name": "object", "columns": [0, 4], "backbone": "vgg16-object", "weights": {"source": "random"}},
+                         {"name": "scene", "columns": [4, 8], "backbone": "vgg16-scene", "weights": {"source": "file"}}]
+    assert bench(store, tmp_path / "b", "--heads", "popularity").exit_code == 0
+    table = (tmp_path / "b" / "table.md").read_text()
+    assert "RANDOM weights** (vgg16-object)" in table
+    assert bench(make_store(tmp_path / "t.zarr").path, tmp_path / "c", "--heads", "popularity").exit_code == 0
+    assert "RANDOM" not in (tmp_path / "c" / "table.md").read_text()
