@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ demo: $(STAMP)
 	$(BIN)/hashtagkit extract $(DEMO)/demo.zarr --backbone vgg16-object=random --backbone vgg16-scene=random
 	$(BIN)/hashtagkit info $(DEMO)/demo.zarr
 	$(BIN)/hashtagkit bench $(DEMO)/demo.zarr --heads $(HEADS) -o $(DEMO)/bench
+
+# The demo's bench table, plots and a contact sheet of its mlp run, copied to benchmarks/results/demo/.
+bench-demo: demo
+	mkdir -p benchmarks/results/demo
+	cp $(DEMO)/bench/table.md $(DEMO)/bench/results.csv $(DEMO)/bench/curves.png $(DEMO)/bench/per_class_recall.png benchmarks/results/demo/
+	$(BIN)/hashtagkit show $(DEMO)/bench/runs/mlp-both-s0 --n 8 --overwrite -o benchmarks/results/demo/sheet.png
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

@@ -397,10 +397,14 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
 @click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Results folder.")
 def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path) -> None:
-    """Fit and evaluate every head x view x seed on STORE; write results.json, results.csv, table.md.
+    """Fit and evaluate every head x view x seed on STORE; write tables and plots to OUT.
 
-    Resumable: combinations already in OUT/results.json are not redone. The popularity floor
-    is always a row; on a HARRISON store the paper's reported Table 1 rows are added.
+    OUT gets results.json (every metric of every run, K = 1..10, per-class Recall@5),
+    results.csv, table.md (P@1, R@5, A@5 as mean ± std over seeds), curves.png (P@K and R@K)
+    and per_class_recall.png (recall against class frequency), and runs/ with each fitted run
+    (for `hashtagkit show`). Resumable: combinations already in OUT/results.json are not
+    redone. The popularity floor is always a row; on HARRISON labels the paper's reported
+    Table 1 rows are added.
     """
     from hashtagkit.bench import TABLE, run_bench
 
