@@ -365,15 +365,16 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
     image's Recall@TOP; the image list is printed too.
     """
     from hashtagkit.evaluate import score_split
+    from hashtagkit.metrics import recall_per_image
     from hashtagkit.outputs import refuse_existing
-    from hashtagkit.show import draw_sheet, image_folder, image_recall, select_rows, sheet_entries, write_sheet
+    from hashtagkit.show import draw_sheet, image_folder, select_rows, sheet_entries, write_sheet
 
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
     refuse_existing(out, overwrite)
     scored = score_split(run, split, store)
     root = image_folder(scored, images)
-    recall = image_recall(scored.scores, scored.labels, top)
+    recall = recall_per_image(scored.scores, scored.labels, top)
     positions = select_rows(recall, n, mode, seed)
     entries = sheet_entries(scored, positions, top)
     view = scored.record.get("features") or "no features"
@@ -477,13 +478,11 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
     For the Places365 VGG-16 (vgg16-scene):
     hashtagkit convert-caffe vgg16_places365.caffemodel -o ~/.cache/hashtagkit/weights/vgg16_places365.pth
     """
-    import os
-
     import torch
 
     from hashtagkit import provenance
     from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
-    from hashtagkit.outputs import refuse_existing
+    from hashtagkit.outputs import atomic_file, refuse_existing
 
     refuse_existing(out, overwrite)
     layers = read_caffemodel(model)
@@ -495,10 +494,8 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
             vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
         except RuntimeError as e:
             raise UserError(f"{model}: converted weights do not fit torchvision's vgg16: {str(e).splitlines()[0]}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
     n_params = sum(v.size for v in state.values())
     echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}); sha256 {provenance.sha256_file(out)}")
 

@@ -22,6 +22,7 @@ from hashtagkit import plots, provenance
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import evaluate_run
 from hashtagkit.heads import HEADS
+from hashtagkit.outputs import atomic_file
 from hashtagkit.runs import VIEWS, fit_run
 from hashtagkit.stores import open_store
 
@@ -56,9 +57,8 @@ def plan(store, heads: list[str], views: list[str], seeds: list[int], log: Calla
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
@@ -115,9 +115,7 @@ def _cell(values: list[float]) -> str:
 
 
 def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) -> str:
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["head"], r["view"]), []).append(r)
+    groups = plots.group_records(records)
     seeds = sorted({r["seed"] for r in records})
     lines = [
         f"Store `{store.path}` ({store.meta.get('kind')}{', synthetic' if store.meta.get('synthetic') else ''}), "

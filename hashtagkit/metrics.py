@@ -21,6 +21,7 @@ __all__ = [
     "top_k",
     "precision_at_k",
     "recall_at_k",
+    "recall_per_image",
     "accuracy_at_k",
     "mean_average_precision",
     "per_class_recall_at_k",
@@ -90,16 +91,22 @@ def precision_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(hits / k)) if len(hits) else float("nan")
 
 
-def recall_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Mean over images of |top-k ∩ GT| / |GT|. An image with no ground truth is an error:
-    its recall is undefined, and silently counting it as 0 or 1 would bias the mean."""
+def recall_per_image(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """|top-k ∩ GT| / |GT| of every image. An image with no ground truth is an error: its
+    recall is undefined, and silently counting it as 0 or 1 would bias any mean of it."""
     hits, _ = _hits(scores, labels, k)
     n_true = np.asarray(labels).astype(bool).sum(axis=1)
     if (n_true == 0).any():
         raise ValueError(
             f"{int((n_true == 0).sum())} image(s) have no ground-truth hashtag: recall is undefined"
         )
-    return float(np.mean(hits / n_true)) if len(hits) else float("nan")
+    return hits / n_true
+
+
+def recall_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Mean over images of |top-k ∩ GT| / |GT| (see `recall_per_image`)."""
+    recall = recall_per_image(scores, labels, k)
+    return float(np.mean(recall)) if len(recall) else float("nan")
 
 
 def accuracy_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:

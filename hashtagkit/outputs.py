@@ -1,4 +1,4 @@
-"""Writing an output directory so that a crash never leaves half of it, nor loses the old one.
+"""Writing an output so that a crash never leaves half of it, nor loses the old one.
 
 Every command that makes a store or a run directory writes into a hidden sibling first and
 renames it into place only when it is complete. With `overwrite`, the old output is moved
@@ -29,6 +29,20 @@ def refuse_existing(target: str | Path, overwrite: bool) -> Path:
     if (target.exists() or target.is_symlink()) and not overwrite:
         raise InputError(f"{target} already exists: pass --overwrite to replace it")
     return target
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `target` (same suffix, so writers that infer the
+    format from it still work) that replaces `target` when the block ends without error."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

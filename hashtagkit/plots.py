@@ -23,7 +23,8 @@ HEAD_COLORS = {"popularity": "#7f7f7f", "knn": "#1f77b4", "ovr": "#2ca02c", "mlp
 VIEW_STYLES = {"both": "-", "object": "--", "scene": ":", "-": "-."}
 
 
-def _groups(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+def group_records(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(head, view) -> its records (one per seed), in first-seen order: a table row, a line."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["head"], r["view"]), []).append(r)
@@ -38,7 +39,7 @@ def curve_data(records: list[dict], max_k: int = 10) -> dict[tuple[str, str], di
     """(head, view) -> {"precision": (Ks, means), "recall": (Ks, means)}, in percent, mean over
     seeds, for every K in 1..max_k that all of the group's records have."""
     out = {}
-    for key, rs in _groups(records).items():
+    for key, rs in group_records(records).items():
         ks = [k for k in range(1, max_k + 1) if all(f"precision@{k}" in r for r in rs)]
         out[key] = {m: (ks, [100 * float(np.mean([r[f"{m}@{k}"] for r in rs])) for k in ks])
                     for m in ("precision", "recall")}
@@ -55,7 +56,7 @@ def per_class_bins(records: list[dict], class_counts: list[int], k: int = 5, n_b
     """
     counts = np.asarray(class_counts, dtype=float)
     key = f"per_class_recall@{k}"
-    groups = {g: rs for g, rs in _groups(records).items() if all(r.get(key) is not None for r in rs)}
+    groups = {g: rs for g, rs in group_records(records).items() if all(r.get(key) is not None for r in rs)}
     if not groups or counts.size == 0 or counts.max() <= 0:
         return {"edges": [], "n_classes": [], "groups": {}}
     lo, hi = counts[counts > 0].min(), counts.max()
@@ -116,7 +117,7 @@ def plot_per_class(records: list[dict], class_counts: list[int], path: str | Pat
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    groups = _groups(records)
+    groups = group_records(records)
     key = f"recall@{k}"
     best_view = {}  # one line per head, its best view, so the figure stays readable
     for (head, view), rs in groups.items():

@@ -11,7 +11,6 @@ what each cell says, and `draw_sheet` lays it out with matplotlib's object API.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import ScoredSplit
+from hashtagkit.outputs import atomic_file
 
 MATCH_COLOR = "#d62728"  # the paper marks matched hashtags in red
 OTHER_COLOR = "#333333"
@@ -34,13 +34,6 @@ class Entry:
     predicted: list[tuple[str, float, bool]]  # (tag, score, in ground truth), best first
     truth: list[tuple[str, bool]]  # (tag, among the predicted)
     recall: float  # Recall@K of this image
-
-
-def image_recall(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-image Recall@K, the quantity --worst / --best sort by."""
-    ids = metrics.top_k(scores, k)
-    hits = np.take_along_axis(labels.astype(bool), ids, axis=1).sum(axis=1)
-    return hits / labels.astype(bool).sum(axis=1)
 
 
 def select_rows(recall: np.ndarray, n: int, mode: str = "random", seed: int = 0) -> np.ndarray:
@@ -62,7 +55,7 @@ def select_rows(recall: np.ndarray, n: int, mode: str = "random", seed: int = 0)
 def sheet_entries(scored: ScoredSplit, positions: np.ndarray, top: int) -> list[Entry]:
     vocab = scored.store.vocab
     ids = metrics.top_k(scored.scores[positions], top)
-    recall = image_recall(scored.scores[positions], scored.labels[positions], top)
+    recall = metrics.recall_per_image(scored.scores[positions], scored.labels[positions], top)
     paths = scored.store.paths(scored.rows[positions])
     entries = []
     for i, pos in enumerate(positions):
@@ -107,7 +100,6 @@ def draw_sheet(entries: list[Entry], image_root: Path | None, title: str, cols: 
         ax.set_axis_off()
         pixels, reason = load_thumbnail(image_root / e.path) if image_root else (None, "no image folder")
         if pixels is None:
-            ax.set_facecolor("#dddddd")
             ax.text(0.5, 0.5, f"image {reason}\n{e.path}", ha="center", va="center", fontsize=7, wrap=True,
                     transform=ax.transAxes)
             ax.add_patch(_frame(ax))
@@ -153,11 +145,6 @@ def image_folder(scored: ScoredSplit, images: str | Path | None) -> Path:
 
 def write_sheet(fig, out: Path) -> Path:
     """Save atomically, so an interrupted save never leaves half an image under the real name."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    try:
+    with atomic_file(out) as tmp:
         fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

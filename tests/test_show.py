@@ -11,7 +11,8 @@ from PIL import Image
 
 from hashtagkit.cli.main import cli
 from hashtagkit.evaluate import score_split
-from hashtagkit.show import MATCH_COLOR, draw_sheet, image_recall, select_rows, sheet_entries
+from hashtagkit.metrics import recall_per_image
+from hashtagkit.show import MATCH_COLOR, draw_sheet, select_rows, sheet_entries
 from hashtagkit.stores import open_store
 
 
@@ -68,13 +69,13 @@ def test_entries_match_a_direct_computation(demo_run):
         assert {t for t, _ in e.truth} == truth
         assert {t for t, hit in e.truth if hit} == {t for t, _, hit in e.predicted if hit}
         assert e.recall == pytest.approx(sum(hit for _, _, hit in e.predicted) / len(truth))
-    assert image_recall(scored.scores, scored.labels, 5).mean() == pytest.approx(np.mean([e.recall for e in entries]))
+    assert recall_per_image(scored.scores, scored.labels, 5).mean() == pytest.approx(np.mean([e.recall for e in entries]))
 
 
 def test_sheet_highlights_exactly_the_matches(demo_run, tmp_path):
     store, run = demo_run
     scored = score_split(run)
-    entries = sheet_entries(scored, select_rows(image_recall(scored.scores, scored.labels, 5), 6, "best"), top=5)
+    entries = sheet_entries(scored, select_rows(recall_per_image(scored.scores, scored.labels, 5), 6, "best"), top=5)
     fig = draw_sheet(entries, Path(open_store(store).image_root), "t", cols=3)
     red = sorted(t.get_text().split()[0] for t in fig.texts if t.get_color() == MATCH_COLOR)
     expected = sorted([f"#{t}" for e in entries for t, _, hit in e.predicted if hit]
