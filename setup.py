@@ -24,12 +24,12 @@ setup(
     ],
     package_dir={"hashtagkit.stores": "stores", "hashtagkit.cli": "cli"},
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.4,<=2.14.1",  # 2.4: fused AdamW on CPU, torch.amp.GradScaler("cpu")
+        "torchvision>=0.19,<=0.29.1",
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "numpy>=1.24",
-        "zarr>=3.0,<4",
+        "zarr>=3.1.3,<4",  # 3.1.3: the local store writes files atomically (crash safety)
         "nltk>=3.8",
         "click>=8.1",
         "tqdm>=4.60",
@@ -39,7 +39,7 @@ setup(
     extras_require={
         # faiss ships its GPU build as a separate wheel; install it in place of faiss-cpu.
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7", "ruff>=0.4"],
+        "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80"],
     },
     entry_points={"console_scripts": ["hashtagkit=hashtagkit.cli.main:main"]},
 )
