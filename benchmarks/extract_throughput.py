@@ -38,7 +38,9 @@ from PIL import Image
 
 from hashtagkit import provenance
 from hashtagkit.backbones import load_backbone
-from hashtagkit.extract import Extractor, decode, extract, pick_device, pick_precision
+from hashtagkit.devices import pick_device, pick_precision
+from hashtagkit.extract import Extractor, extract
+from hashtagkit.images import decode
 from hashtagkit.stores.store import feature_compressors
 
 

@@ -24,49 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
 from torch import nn
 
 from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
+from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
+from hashtagkit.images import DecodeError, decode
 from hashtagkit.stores import Store, open_store
 
 LOCK_FILE = ".extract.lock"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # --- reader ------------------------------------------------------------------------------------
-class DecodeError(Exception):
-    """An image that cannot become pixels; the message is the reason recorded for its row."""
-
-
-def decode(path: Path, allow_truncated: bool = False) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied, or raise DecodeError(reason)."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
-                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    return Image.alpha_composite(background, im).convert("RGB")
-                return im.convert("RGB")
-    except FileNotFoundError:
-        raise DecodeError("missing") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DecodeError("decompression bomb") from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError("unreadable") from None
-    except OSError as e:
-        raise DecodeError("truncated" if "truncated" in str(e) else "unreadable") from None
-    except (ValueError, SyntaxError):  # Pillow's plugins raise these on malformed headers
-        raise DecodeError("unreadable") from None
-
-
 class ImageReader(torch.utils.data.Dataset):
     """Row -> (row, one tensor per distinct preprocessing, reason or '')."""
 
@@ -105,38 +75,6 @@ class FeatureModel(nn.Module):
         return torch.cat([net(inputs[i]).float() for net, i in zip(self.nets, self.input_of, strict=True)], dim=1)
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def cpu_has_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
-def pick_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else ("bf16" if cpu_has_bf16() else "fp32")
-    if precision == "fp16" and device.type == "cpu":
-        raise InputError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 class Extractor:
     """The model half of the engine, shared by `extract` and `recommend`."""
 
@@ -168,17 +106,22 @@ class Extractor:
 # --- writer ------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def store_lock(store: Store) -> Iterator[None]:
-    """One extraction per store at a time: an OS lock, released even if the process is killed."""
+    """One extraction per store at a time: an OS lock, released even if the process is killed.
+
+    A POSIX record lock (`lockf`), not `flock`: decode workers are forked children, and an
+    `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
+    the orphaned workers kept the store locked for seconds and the resume was refused. A
+    record lock belongs to the process that took it and dies with it."""
     path = Path(store.path) / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             import fcntl
 
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no lock, but say so
             warnings.warn("no file locking on this platform: do not run two extracts on one store", stacklevel=2)
-        except BlockingIOError:
+        except OSError:  # EAGAIN / EACCES: held by another process
             other = os.pread(fd, 64, 0).decode(errors="replace").strip()
             raise InputError(f"{store.path} is being extracted by another process ({other or 'unknown pid'}); "
                              "wait for it to finish") from None

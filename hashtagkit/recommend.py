@@ -15,9 +15,11 @@ import torch
 
 from hashtagkit import metrics
 from hashtagkit.backbones import load_backbone
+from hashtagkit.devices import pick_device, pick_precision
 from hashtagkit.errors import InputError
-from hashtagkit.extract import DecodeError, Extractor, decode, pick_device, pick_precision
+from hashtagkit.extract import Extractor
 from hashtagkit.heads import Head
+from hashtagkit.images import DecodeError, decode
 from hashtagkit.runs import MODEL_DIR, read_run
 
 

@@ -69,7 +69,7 @@ def sheet_entries(scored: ScoredSplit, positions: np.ndarray, top: int) -> list[
 
 def load_thumbnail(path: Path) -> tuple[np.ndarray | None, str]:
     """The photo as an RGB array no larger than THUMB, or (None, reason) when it cannot be read."""
-    from hashtagkit.extract import DecodeError, decode
+    from hashtagkit.images import DecodeError, decode
 
     try:
         im = decode(path, allow_truncated=True)  # a truncated photo is still worth seeing

@@ -20,7 +20,8 @@ from PIL import Image
 from hashtagkit.backbones import load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import decode, extract, store_lock
+from hashtagkit.extract import extract, store_lock
+from hashtagkit.images import decode
 from hashtagkit.stores import open_store
 
 from .conftest import SHARED
@@ -206,7 +207,7 @@ def test_cli_errors(tmp_path):
     res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--images", str(tmp_path / "x")])
     assert res.exit_code == 2 and "does not exist" in res.output
     with pytest.raises(InputError, match="fp16 is for CUDA"):
-        from hashtagkit.extract import pick_precision
+        from hashtagkit.devices import pick_precision
 
         pick_precision("fp16", torch.device("cpu"))
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from hashtagkit import metrics
+from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head
 
 PRESETS = {
@@ -45,22 +46,6 @@ PRESETS = {
              "val_fraction": 0.1, "patience": 3, "min_epochs": 5},
 }
 MODEL_FILE, HISTORY_FILE = "model.pt", "history.json"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    from hashtagkit.extract import cpu_has_bf16
-
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 class Standardize(nn.Module):
@@ -137,18 +122,13 @@ class MLPHead(Head):
             cfg["iterations"] = None
         return cfg
 
-    def _autocast(self, device: torch.device, precision: str):
-        if precision == "fp32":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
     def fit(self, X: np.ndarray, Y: np.ndarray) -> MLPHead:
         from tqdm import tqdm
 
         X, Y = self._check_xy(X, Y)
         cfg = self.config()
-        device = resolve_device(self.device)
-        precision = resolve_precision(self.precision, device)
+        device = pick_device(self.device)
+        precision = pick_precision(self.precision, device, training=True)
         self.n_classes_, self.n_features_ = Y.shape[1], X.shape[1]
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
@@ -196,7 +176,7 @@ class MLPHead(Head):
                 idx = perm[i : i + batch]
                 xb = Xt[idx].to(device, non_blocking=True).float()
                 yb = Yt[idx].to(device, non_blocking=True).float()
-                with self._autocast(device, precision):
+                with autocast(device, precision):
                     loss = loss_fn(model(xb).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -239,7 +219,7 @@ class MLPHead(Head):
         out = np.empty((len(X), self.n_classes_), dtype=np.float32)
         for start in range(0, len(X), 4096):
             xb = torch.from_numpy(np.ascontiguousarray(X[start : start + 4096], dtype=np.float32)).to(self.device_)
-            with self._autocast(self.device_, self.precision_):
+            with autocast(self.device_, self.precision_):
                 logits = model(xb)
             out[start : start + len(xb)] = torch.sigmoid(logits.float()).cpu().numpy()
         return out
@@ -251,9 +231,9 @@ class MLPHead(Head):
     def _load_state(self, directory: Path) -> None:
         self.history_ = json.loads((directory / HISTORY_FILE).read_text())
         cfg = self.history_["config"]
-        self.device_ = resolve_device(self.device)
+        self.device_ = pick_device(self.device)
         self.precision_ = self.history_["precision"] if self.device_.type == self.history_["device"].split(":")[0] \
-            else resolve_precision(self.precision, self.device_)
+            else pick_precision(self.precision, self.device_, training=True)
         model = build_mlp(self.n_features_, self.hidden, self.n_classes_, cfg["dropout"])
         model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
         self.model_ = model.to(self.device_).eval()
