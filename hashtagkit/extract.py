@@ -16,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +31,6 @@ from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.images import DecodeError, decode
 from hashtagkit.stores import Store, open_store
-
-LOCK_FILE = ".extract.lock"
 
 
 # --- reader ------------------------------------------------------------------------------------
@@ -104,32 +101,9 @@ class Extractor:
 
 
 # --- writer ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def store_lock(store: Store) -> Iterator[None]:
-    """One extraction per store at a time: an OS lock, released even if the process is killed.
-
-    A POSIX record lock (`lockf`), not `flock`: decode workers are forked children, and an
-    `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
-    the orphaned workers kept the store locked for seconds and the resume was refused. A
-    record lock belongs to the process that took it and dies with it."""
-    path = Path(store.path) / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
-
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock, but say so
-            warnings.warn("no file locking on this platform: do not run two extracts on one store", stacklevel=2)
-        except OSError:  # EAGAIN / EACCES: held by another process
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise InputError(f"{store.path} is being extracted by another process ({other or 'unknown pid'}); "
-                             "wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+def store_lock(store: Store) -> contextlib.AbstractContextManager:
+    """One writer per store: the store layer's POSIX record lock (see `stores.store.store_lock`)."""
+    return store.lock("extracting")
 
 
 def block_signature(block: dict) -> tuple:
@@ -158,6 +132,7 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
             store.drop_features()
     if "features" not in g:
         store.init_features(blocks[-1]["columns"][1], dtype, blocks, chunk_rows)
+    store.mark_not_done(list(store.damaged_chunks(decode=False)))  # a deleted chunk file is redone
     done = np.asarray(g["done"][...])
     return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
 

@@ -4,6 +4,6 @@
 every head reads it. See `hashtagkit.stores.store` for the schema.
 """
 
-from hashtagkit.stores.store import SPLIT_CODES, SPLIT_NAMES, Store, create_store, open_store
+from hashtagkit.stores.store import SPLIT_CODES, SPLIT_NAMES, Store, create_store, open_store, store_lock
 
-__all__ = ["SPLIT_CODES", "SPLIT_NAMES", "Store", "create_store", "open_store"]
+__all__ = ["SPLIT_CODES", "SPLIT_NAMES", "Store", "create_store", "open_store", "store_lock"]

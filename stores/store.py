@@ -15,7 +15,10 @@ all (written to a hidden sibling, then renamed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,8 @@ FORMAT = 1
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 CHUNK_BYTES = 4 << 20
+LOCK_FILE = ".extract.lock"  # the name extract always used: an old lock file stays harmless
+CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
 
 
 def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -40,6 +45,37 @@ def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
 def split_sha256(split: np.ndarray) -> str:
     """The fingerprint a run records, so evaluation can prove it uses the split it trained on."""
     return provenance.sha256_bytes(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
+
+
+@contextlib.contextmanager
+def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
+    """One writer per store: an OS lock on a file inside the store, released even if the
+    process is killed. `extract` holds it while it writes; `create_store` takes the old store's
+    lock before replacing it, so `prepare --overwrite` cannot rename a store away under an
+    extraction (nor start one on a store being replaced).
+
+    A POSIX record lock (`lockf`), not `flock`: decode workers are forked children, and an
+    `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
+    the orphaned workers kept the store locked for seconds and the resume was refused. A
+    record lock belongs to the process that took it and dies with it."""
+    path = Path(path)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # not POSIX: no lock, but say so
+            warnings.warn("no file locking on this platform: run one writer per store at a time", stacklevel=3)
+        except OSError:  # EAGAIN / EACCES: held by another process
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise InputError(f"{path} is being written by another process ({other or 'unknown pid'}); "
+                             "wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({doing})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _compressors() -> list:
@@ -87,7 +123,11 @@ def create_store(
     if len(set(vocab)) != len(vocab):
         raise ValueError("vocabulary has duplicate hashtags")
     counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    old = Path(path)
+    replacing = overwrite and (old / "zarr.json").is_file()
+    # the old store's writer (an extract) must finish first; held until the swap is done
+    with (store_lock(old, "being replaced") if replacing else contextlib.nullcontext()), \
+            atomic_dir(path, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         c = max(1, len(vocab))
         lab = group.create_array(
@@ -199,6 +239,10 @@ class Store:
         return actual
 
     # --- features ---------------------------------------------------------------------------
+    def lock(self, doing: str = "written") -> contextlib.AbstractContextManager:
+        """This store's writer lock (see `store_lock`)."""
+        return store_lock(self.path, doing)
+
     def init_features(self, dim: int, dtype: str, blocks: list[dict], chunk_rows: int | None = None) -> int:
         """Create the empty feature arrays (features, valid, reason, done) and record the blocks.
 
@@ -226,14 +270,19 @@ class Store:
         return int(self.group["features"].chunks[0])
 
     def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray, reasons: list[str] | None = None) -> None:
-        """Write one whole chunk, then flag it done: a crash in between only loses this chunk."""
+        """Write one whole chunk, then flag it done: a crash in between only loses this chunk.
+
+        Written with `write_empty_chunks`, so a done chunk always has its files (zarr skips a
+        chunk equal to the fill value, e.g. all zeros, and a missing file is how `verify`
+        recognises a deleted one)."""
         g = self.group
         rows = self.chunk_rows()
         start = chunk * rows
         stop = start + len(features)
-        g["features"][start:stop] = features.astype(g["features"].dtype, copy=False)
-        g["valid"][start:stop] = valid
-        g["reason"][start:stop] = np.asarray(reasons if reasons is not None else [""] * len(features), dtype=str)
+        reasons = reasons if reasons is not None else [""] * len(features)
+        for name, data in (("features", features.astype(g["features"].dtype, copy=False)), ("valid", valid),
+                           ("reason", np.asarray(reasons, dtype=str))):
+            g[name].with_config({"write_empty_chunks": True})[start:stop] = data
         g["done"][chunk] = True
 
     def has_features(self) -> bool:
@@ -244,17 +293,80 @@ class Store:
         data = np.asarray(self.group["valid"][...]) if "valid" in self.group else np.ones(self.n_rows, bool)
         return data if rows is None else data[rows]
 
+    def usable_rows(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
+        """`rows` less those whose image failed to decode, with the count left out.
+
+        Every head of a store, popularity included, fits and is scored on these same rows, so
+        the rows of one table are comparable. A store without complete features has no
+        verdict on its images yet: every row is kept."""
+        if not self.has_features() or self.completeness()[0] < self.completeness()[1]:
+            return rows, {}
+        ok = self.valid(rows)
+        return (rows, {}) if ok.all() else (rows[ok], {"invalid_image": int((~ok).sum())})
+
+    def block_signatures(self) -> list[tuple]:
+        """What makes the feature columns what they are: per block its name, backbone, columns
+        and weights (sha256 and seed). Runs compare it with the store they are scored on."""
+        return [(b.get("name"), b.get("backbone"), tuple(b.get("columns") or ()),
+                 (b.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("seed")) for b in self.blocks]
+
     def completeness(self) -> tuple[int, int]:
         """(chunks done, chunks in all): `done` is the only truth, a missing chunk reads as zeros."""
         if "done" not in self.group:
-            return (0, 0) if not self.has_features() else (1, 1)
+            return (0, 0) if not self.has_features() else (0, 1)
         done = np.asarray(self.group["done"][...])
         return int(done.sum()), int(done.size)
+
+    def _chunk_files(self, chunk: int) -> list[Path]:
+        """The files of chunk `chunk` of every per-row array (named by each array's own chunk
+        key encoding, `c/<i>/<j>` by default)."""
+        out = []
+        for name in CHUNKED:
+            arr = self.group[name]
+            coords = (chunk,) + (0,) * (arr.ndim - 1)
+            out.append(Path(self.path) / name / arr.metadata.encode_chunk_key(coords))
+        return out
+
+    def damaged_chunks(self, decode: bool = True) -> dict[int, str]:
+        """Chunks marked done whose files are missing or (with `decode`) do not decode, with why.
+
+        Without `decode` only the files' presence is checked: cheap enough for every read."""
+        if "done" not in self.group:
+            return {}
+        rows, n = self.chunk_rows(), self.n_rows
+        damaged = {}
+        for c in np.flatnonzero(np.asarray(self.group["done"][...])).tolist():
+            missing = [f for f in self._chunk_files(c) if not f.is_file()]
+            if missing:
+                damaged[c] = f"missing {missing[0].relative_to(self.path)}"
+                continue
+            if decode:
+                start, stop = c * rows, min((c + 1) * rows, n)
+                try:
+                    for name in CHUNKED:
+                        self.group[name][start:stop]
+                except Exception as e:  # zarr and its codecs raise many types for a damaged file
+                    damaged[c] = f"{name} does not decode ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+        return damaged
+
+    def mark_not_done(self, chunks: Sequence[int]) -> None:
+        """Clear the done flag of these chunks, so the next `extract` re-does exactly them."""
+        if chunks:
+            done = np.asarray(self.group["done"][...])
+            done[list(chunks)] = False
+            self.group["done"][...] = done
+
+    def _refuse_damaged(self, damaged: dict[int, str]) -> None:
+        if damaged:
+            first = ", ".join(f"chunk {c} ({why})" for c, why in list(damaged.items())[:3])
+            raise InputError(f"{self.path}: {len(damaged)} chunk(s) marked done are damaged: {first}; "
+                             f"run `hashtagkit info --verify {self.path}`, then `hashtagkit extract` to redo them")
 
     def features(self, view: str = "both", rows: np.ndarray | None = None) -> np.ndarray:
         """Feature rows for a view: `both` is every block; a single block keeps its columns and
         zero-pads the others, as the paper does for its single-feature models, so a head's
-        input width never depends on the view."""
+        input width never depends on the view. A chunk marked done whose file is missing or
+        does not decode is an error naming it, never rows of zeros."""
         if not self.has_features():
             raise InputError(f"{self.path} has no features yet: run `hashtagkit extract {self.path}` first")
         done, total = self.completeness()
@@ -266,8 +378,14 @@ class Store:
         names = [b["name"] for b in self.blocks]
         if view != "both" and view not in names:
             raise InputError(f"{self.path} has no {view!r} features (blocks: {', '.join(names)})")
+        self._refuse_damaged(self.damaged_chunks(decode=False))
         arr = self.group["features"]
-        data = np.asarray(arr[...] if rows is None else arr.get_orthogonal_selection((np.asarray(rows), slice(None))))
+        try:
+            data = np.asarray(arr[...] if rows is None
+                              else arr.get_orthogonal_selection((np.asarray(rows), slice(None))))
+        except Exception:
+            self._refuse_damaged(self.damaged_chunks(decode=True))
+            raise  # not a damaged chunk: a bug, keep the traceback
         if view != "both":
             data = data.copy()
             for block in self.blocks:

@@ -37,8 +37,10 @@ def harrison_store(harrison_root, tmp_path_factory):
 
 
 def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15,
-               kind: str = "test"):
-    """A small store with random labels and (optionally) two feature blocks of 4 columns each."""
+               kind: str = "test", invalid: tuple[int, ...] = (), chunk_rows: int = 16):
+    """A small store with random labels and (optionally) two feature blocks of 4 columns each,
+    written as `extract` writes them (init_features + write_chunk: features, valid, reason,
+    done); rows in `invalid` are recorded as images that failed to decode (zero features)."""
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store, open_store
 
@@ -47,14 +49,19 @@ def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: boo
     labels[np.arange(n), rng.integers(0, c, n)] = 1
     split, info = random_split(n, test, 0, seed)
     create_store(path, paths=[f"img_{i}.jpg" for i in range(n)], labels=labels,
-                         vocab=[f"tag{j}" for j in range(c)], split=split, split_info=info,
-                         kind=kind, image_root=None, synthetic=True)
+                 vocab=[f"tag{j}" for j in range(c)], split=split, split_info=info,
+                 kind=kind, image_root=None, synthetic=True)
     if features:
-        import zarr
-
-        g = zarr.open_group(path, mode="r+")
+        store = open_store(path, mode="r+")
         X = rng.random((n, 8)).astype(np.float32) + labels[:, :1] * 2  # class 0 is visible
-        arr = g.create_array("features", shape=X.shape, dtype="float32", chunks=(16, 8))
-        arr[...] = X
-        g.attrs["blocks"] = [{"name": "object", "columns": [0, 4]}, {"name": "scene", "columns": [4, 8]}]
+        valid = np.ones(n, bool)
+        valid[list(invalid)] = False
+        X[~valid] = 0
+        reasons = np.where(valid, "", "unreadable image").tolist()
+        blocks = [{"name": "object", "columns": [0, 4], "backbone": "test-object", "weights": {"sha256": "a" * 64}},
+                  {"name": "scene", "columns": [4, 8], "backbone": "test-scene", "weights": {"sha256": "b" * 64}}]
+        rows = store.init_features(8, "float32", blocks, chunk_rows)
+        for chunk, start in enumerate(range(0, n, rows)):
+            stop = min(start + rows, n)
+            store.write_chunk(chunk, X[start:stop], valid[start:stop], reasons[start:stop])
     return open_store(path)

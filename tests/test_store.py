@@ -72,9 +72,7 @@ def test_missing_features_and_incomplete_extraction(tmp_path):
     store = make_store(tmp_path / "s.zarr")
     with pytest.raises(InputError, match="no 'people' features"):
         store.features("people")
-    g = zarr.open_group(store.path, mode="r+")
-    done = g.create_array("done", shape=(4,), dtype="bool", chunks=(4,))
-    done[...] = np.array([True, True, False, True])
+    open_store(store.path, mode="r+").mark_not_done([2])
     with pytest.raises(InputError, match="3 of 4 chunks"):
         open_store(store.path).features()
 
