@@ -21,7 +21,7 @@ import numpy as np
 from hashtagkit import plots, provenance
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import evaluate_run
-from hashtagkit.heads import HEADS
+from hashtagkit.heads import HEADS, make_head
 from hashtagkit.outputs import atomic_file
 from hashtagkit.runs import VIEWS, fit_run
 from hashtagkit.stores import open_store
@@ -61,6 +61,16 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def record_key(store, head: str, view: str, seed: int, sets: dict[str, dict] | None) -> str:
+    """Everything that makes a record: the combination, the head's resolved hyper-parameters
+    (defaults included, so a changed default is a changed key), the store's split and the
+    backbones and weights of its features. Resume reuses a record only under the same key."""
+    params = make_head(head, **(sets or {}).get(head, {})).get_params()
+    return json.dumps({"head": head, "view": view, "seed": seed, "params": params,
+                       "split_sha256": store.split_info.get("sha256"), "features": store.block_signatures()},
+                      sort_keys=True, default=str)
+
+
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
               sets: dict[str, dict] | None = None, log: Callable[[str], None] = print) -> list[dict]:
     store = open_store(store_path)
@@ -68,11 +78,16 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS
     records = json.loads(results_path.read_text())["records"] if results_path.is_file() else []
-    done = {(r["head"], r["view"], r["seed"]) for r in records}
     combos = plan(store, heads, views, seeds, log)
+    keys = {c: record_key(store, *c, sets) for c in combos}
+    stale = [r for r in records if (r["head"], r["view"], r["seed"]) in keys
+             and r.get("key") != keys[(r["head"], r["view"], r["seed"])]]
+    records = [r for r in records if not any(r is st for st in stale)]  # recomputed below, never mixed in
+    done = {(r["head"], r["view"], r["seed"]) for r in records}
     todo = [c for c in combos if c not in done]
     counts = store.labels(store.split_rows("train")).sum(axis=0).astype(int).tolist()
-    log(f"{len(combos)} combinations, {len(combos) - len(todo)} already done")
+    log(f"{len(combos)} combinations, {len(combos) - len(todo)} already done"
+        + (f"; {len(stale)} earlier record(s) made with other settings or another store recomputed" if stale else ""))
     for i, (head, view, seed) in enumerate(todo, 1):
         run_dir = out / "runs" / f"{head}-{view if view != '-' else 'none'}-s{seed}"
         log(f"[{i}/{len(todo)}] {head} {view} seed {seed}")
@@ -80,13 +95,12 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
                 seed=seed, overwrite=True)
         result = evaluate_run(run_dir, ks=CURVE_KS, per_class_k=PER_CLASS_K)
         fit_seconds = json.loads((run_dir / "run.json").read_text())["fit_seconds"]
-        records.append({"head": head, "view": view, "seed": seed, "run": str(run_dir), "fit_seconds": fit_seconds,
-                        **{k: v for k, v in result.items() if k not in ("head", "features", "store", "skipped")}})
+        records.append({"head": head, "view": view, "seed": seed, "key": keys[(head, view, seed)], "run": str(run_dir),
+                        "fit_seconds": fit_seconds, **{k: v for k, v in result.items() if k not in ("head", "features", "store")}})
         _write_json(results_path, {"store": str(store.path), "store_kind": store.meta.get("kind"),
                                    "class_train_counts": counts, "vocab": store.vocab,
                                    "provenance": provenance.record(), "records": records})
-    wanted = set(combos)
-    current = [r for r in records if (r["head"], r["view"], r["seed"]) in wanted]
+    current = [r for r in records if keys.get((r["head"], r["view"], r["seed"])) == r.get("key")]
     write_csv(out / CSV, current)
     (out / TABLE).write_text(make_table(current, store, sets))
     title = f"{Path(store.path).name}: {store.meta.get('kind')}{', synthetic' if store.meta.get('synthetic') else ''}"
@@ -101,7 +115,7 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
 
 def write_csv(path: Path, records: list[dict]) -> None:
     """One row per record; per-class lists stay in results.json."""
-    records = [{k: v for k, v in r.items() if not isinstance(v, list | dict)} for r in records]
+    records = [{k: v for k, v in r.items() if not isinstance(v, list | dict) and k != "key"} for r in records]
     keys = sorted({k for r in records for k in r}, key=lambda k: (k not in ("head", "view", "seed"), k))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -119,7 +133,8 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
     seeds = sorted({r["seed"] for r in records})
     lines = [
         f"Store `{store.path}` ({store.meta.get('kind')}{', synthetic' if store.meta.get('synthetic') else ''}), "
-        f"test split, {records[0]['n_images'] if records else 0:,} images; mean ± std over seeds {seeds} where more than one.",
+        f"test split, {_images(records)} images, the same rows for every head; "
+        f"mean ± std over seeds {seeds} where more than one.",
         "",
         "| head | features | P@1 % | R@5 % | A@5 % | fit s | seeds |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -128,7 +143,7 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
     for (head, view), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
         lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
                      + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")
-    footer = ["", _params_line(sets), _made_line()]
+    footer = ["", *_left_out_lines(records), _params_line(sets), _made_line()]
     random = [b.get("backbone") or b["name"] for b in store.blocks if (b.get("weights") or {}).get("source") == "random"]
     if random:
         footer.insert(1, f"**Features from RANDOM weights** ({', '.join(random)}): a smoke test of the pipeline, "
@@ -141,6 +156,23 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
             lines += ["", "The features are planted (synthetic) on HARRISON's labels: the paper's rows show the scale "
                           "of the real task, they are not comparable with the measured rows."]
     return "\n".join(lines + footer) + "\n"
+
+
+def _images(records: list[dict]) -> str:
+    """The one row count of a table; every head is scored on the same rows (evaluation_rows),
+    so two counts would be a bug, not a footnote."""
+    counts = {r["n_images"] for r in records}
+    if len(counts) > 1:
+        raise RuntimeError(f"records scored on different row counts {sorted(counts)}: not one table")
+    return f"{counts.pop() if counts else 0:,}"
+
+
+def _left_out_lines(records: list[dict]) -> list[str]:
+    skipped = records[0].get("skipped") if records else None
+    if not skipped:
+        return []
+    why = ", ".join(f"{n:,} {reason.replace('_', ' ')}" for reason, n in skipped.items())
+    return [f"Test rows left out (for every head): {why}."]
 
 
 def _params_line(sets: dict[str, dict] | None) -> str:

@@ -21,10 +21,10 @@ from hashtagkit.stores import Store
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 
 
-def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def evaluation_rows(store, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Rows to score and their labels: the split, less rows without ground truth (recall is
-    undefined there) and, for heads that read features, rows whose image failed to decode.
-    Counts reported."""
+    undefined there) and rows whose image failed to decode. The same rows for every head of a
+    store, popularity included, so a table compares like with like. Counts reported."""
     rows = store.split_rows(split)
     labels = store.labels(rows)
     skipped = {}
@@ -32,11 +32,11 @@ def evaluation_rows(store, head, split: str) -> tuple[np.ndarray, np.ndarray, di
     if not has_gt.all():
         skipped["no_ground_truth"] = int((~has_gt).sum())
         rows, labels = rows[has_gt], labels[has_gt]
-    if head.needs_features:
-        ok = store.valid(rows)
-        if not ok.all():
-            skipped["invalid_image"] = int((~ok).sum())
-            rows, labels = rows[ok], labels[ok]
+    usable, dropped = store.usable_rows(rows)
+    if dropped:
+        labels = labels[np.isin(rows, usable)]
+        rows = usable
+        skipped.update(dropped)
     return rows, labels, skipped
 
 
@@ -58,7 +58,7 @@ class ScoredSplit:
 def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
     """Load a run and score every evaluable row of a split: the one place a run meets its data."""
     record, head, store = load_run(run_dir, store_path)
-    rows, labels, skipped = evaluation_rows(store, head, split)
+    rows, labels, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
     X = design_matrix(store, head, record.get("features") or "both", rows)
@@ -78,7 +78,11 @@ def evaluate_run(
     """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
     class (None where the split has no positive of it), for long-tail plots."""
     s = score_split(run_dir, split, store_path)
-    result = metrics.summary(s.scores, s.labels, ks=tuple(sorted(set(ks) | set(PAPER_KS))))
+    asked = sorted(set(ks) | set(PAPER_KS))
+    result = metrics.summary(s.scores, s.labels, ks=tuple(asked))
+    n_classes = s.scores.shape[1]
+    if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size
+        result["k_capped"] = {"asked": [k for k in asked if k > n_classes], "computed_at": n_classes}
     if per_class_k:
         recall = metrics.per_class_recall_at_k(s.scores, s.labels, per_class_k)
         result[f"per_class_recall@{per_class_k}"] = [None if np.isnan(v) else round(float(v), 6) for v in recall]
@@ -109,6 +113,10 @@ def format_table(result: dict) -> str:
             f"{100 * result[f'accuracy@{k}']:>10.2f}%"
         )
     lines.append(f"mAP (per image) {100 * result['map']:.2f}%   mAP (per class) {100 * result['map_class']:.2f}%")
+    capped = result.get("k_capped")
+    if capped:
+        asked = ", ".join(str(k) for k in capped["asked"])
+        lines.append(f"K = {asked} exceed(s) the vocabulary: computed at K = {capped['computed_at']} (every class)")
     for reason, n in result.get("skipped", {}).items():
         lines.append(f"skipped {n:,} image(s): {reason.replace('_', ' ')}")
     return "\n".join(lines)

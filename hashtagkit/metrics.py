@@ -158,7 +158,10 @@ def per_class_recall_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> np.
 
 def summary(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
     """Every metric the harness reports, keyed as in `hashtagkit evaluate --json`:
-    precision@K, recall@K, accuracy@K for each K, map (per image), map_class, n_images."""
+    precision@K, recall@K, accuracy@K for each K, map (per image), map_class, n_images.
+
+    A K above the number of classes C is computed at C and keyed `@C`, never under the K asked
+    for: a top-1000 of 997 classes is the top-997."""
     scores, labels = _check(scores, labels)
     n_true = labels.sum(axis=1)
     if (n_true == 0).any():
@@ -166,7 +169,7 @@ def summary(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5,
             f"{int((n_true == 0).sum())} image(s) have no ground-truth hashtag: recall is undefined"
         )
     out: dict = {"n_images": int(scores.shape[0])}
-    for k in sorted(set(ks)):
+    for k in sorted({_check_k(k, scores.shape[1]) for k in ks}):
         hits, kk = _hits(scores, labels, k)  # one top-k per K serves all three metrics
         out[f"precision@{k}"] = float(np.mean(hits / kk))
         out[f"recall@{k}"] = float(np.mean(hits / n_true))

@@ -44,7 +44,27 @@ def design_matrix(store: Store, head: Head, view: str, rows: np.ndarray) -> np.n
         raise InputError(f"unknown feature view {view!r}: choose one of {', '.join(VIEWS)}")
     if not head.needs_features:
         return np.zeros((len(rows), 0), dtype=np.float32)
-    return store.features(view, rows)
+    X = store.features(view, rows)
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
+        more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
+        raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
+                         "re-extract them (e.g. with --precision fp32) or drop them")
+    return X
+
+
+def training_rows(store: Store) -> tuple[np.ndarray, dict]:
+    """The train split less the rows whose image failed to decode, for every head alike (see
+    `Store.usable_rows`), with the count left out."""
+    rows = store.split_rows("train")
+    if len(rows) == 0:
+        raise InputError(f"{store.path} has no training rows")
+    rows, skipped = store.usable_rows(rows)
+    if len(rows) == 0:
+        raise InputError(f"{store.path}: training on a store with no valid rows "
+                         f"(all {skipped['invalid_image']:,} training images failed to decode)")
+    return rows, skipped
 
 
 def fit_run(
@@ -64,11 +84,7 @@ def fit_run(
     head = make_head(head_name, **(params or {}))
     if "random_state" in head.param_names() and (params or {}).get("random_state") is None:
         head.set_params(random_state=seed)
-    rows = store.split_rows("train")
-    if len(rows) == 0:
-        raise InputError(f"{store.path} has no training rows")
-    if head.needs_features:
-        rows = rows[store.valid(rows)]
+    rows, skipped = training_rows(store)
     X = design_matrix(store, head, view, rows)
     Y = store.labels(rows)
     seed_everything(seed)
@@ -83,6 +99,7 @@ def fit_run(
             "features": view if head.needs_features else None,
             "seed": seed,
             "n_train": int(len(rows)),
+            "train_skipped": skipped,
             "fit_seconds": round(fit_seconds, 3),
             "store": {
                 "path": str(Path(store.path).resolve()),
@@ -123,6 +140,32 @@ def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple
             f"{store.path}: its split differs from the one this run was trained on "
             f"(sha256 {record['store']['split_sha256'][:12]}...): evaluating would leak training rows"
         )
+    check_store_fits(store, record, head)
+    return record, head, store
+
+
+def check_store_fits(store: Store, record: dict, head: Head) -> None:
+    """Refuse a store whose columns would mean something else to the head: another vocabulary
+    (a scrambled class order scores nonsense), other backbones or weights, another width."""
+    trained = record["store"]
     if store.n_classes != head.n_classes_:
         raise InputError(f"{store.path} has {store.n_classes} classes, the run's head {head.n_classes_}")
-    return record, head, store
+    if "vocab" in trained and store.vocab != list(trained["vocab"]):
+        differ = next(i for i, (a, b) in enumerate(zip(store.vocab, trained["vocab"], strict=True)) if a != b)
+        raise InputError(f"{store.path}: its vocabulary differs from the run's (class {differ} is "
+                         f"{store.vocab[differ]!r} here, {trained['vocab'][differ]!r} in the run)")
+    if not head.needs_features:
+        return
+    ran_on = Store.block_signatures_of(trained.get("blocks") or [])
+    if store.block_signatures() != ran_on:
+        raise InputError(f"{store.path}: its features ({_describe(store.blocks)}) are not those the run was "
+                         f"trained on ({_describe(trained.get('blocks') or [])})")
+    width = int(store.group["features"].shape[1]) if "features" in store.group else 0
+    if width != head.n_features_:
+        raise InputError(f"{store.path} has {width} feature columns, the run's head expects {head.n_features_}")
+
+
+def _describe(blocks: list[dict]) -> str:
+    return ", ".join(f"{b.get('name')}: {b.get('backbone')} "
+                     f"{str((b.get('weights') or {}).get('sha256') or (b.get('weights') or {}).get('source'))[:12]}"
+                     for b in blocks) or "none"

@@ -307,8 +307,13 @@ class Store:
     def block_signatures(self) -> list[tuple]:
         """What makes the feature columns what they are: per block its name, backbone, columns
         and weights (sha256 and seed). Runs compare it with the store they are scored on."""
+        return self.block_signatures_of(self.blocks)
+
+    @staticmethod
+    def block_signatures_of(blocks: list[dict]) -> list[tuple]:
+        """`block_signatures` of a recorded list of blocks (e.g. a run's)."""
         return [(b.get("name"), b.get("backbone"), tuple(b.get("columns") or ()),
-                 (b.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("seed")) for b in self.blocks]
+                 (b.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("seed")) for b in blocks]
 
     def completeness(self) -> tuple[int, int]:
         """(chunks done, chunks in all): `done` is the only truth, a missing chunk reads as zeros."""

@@ -37,7 +37,10 @@ def test_bench_writes_all_three_files_and_resumes(tmp_path):
     assert table.index("| popularity |") < table.index("| knn |")  # the floor first
     assert "paper" not in table  # not a HARRISON store
     assert "| knn | both |" in res.output  # the table is printed too
-    assert all(f"precision@{k}" in r and f"recall@{k}" in r for r in records for k in range(1, 11))
+    # the store has 7 classes: K = 8..10 are computed at 7 and labelled so, never @8..@10
+    assert all(f"precision@{k}" in r and f"recall@{k}" in r for r in records for k in range(1, 8))
+    assert not any(f"precision@{k}" in r for r in records for k in (8, 9, 10))
+    assert all(r["k_capped"] == {"asked": [8, 9, 10], "computed_at": 7} for r in records)
     assert all(len(r["per_class_recall@5"]) == 7 for r in records) and "per_class_recall@5" not in rows[0]
     for name in ("curves.png", "per_class_recall.png"):
         with Image.open(out / name) as im:
