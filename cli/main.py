@@ -504,10 +504,14 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def info(store: Path, as_json: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Read every chunk marked done; mark damaged ones not done (exit 1) so `extract` redoes them.")
+def info(store: Path, as_json: bool, verify: bool) -> None:
     """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
     from hashtagkit.stores import open_store
 
+    if verify:
+        sys.exit(verify_store(store))
     data = open_store(store).info()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -530,6 +534,29 @@ def info(store: Path, as_json: bool) -> None:
         lines.append(f"extracted  {done} of {total} chunks")
     lines.append(f"made       {prov.get('created')} by `{prov.get('command')}`")
     click.echo("\n".join(lines))
+
+
+def verify_store(path: Path) -> int:
+    """`info --verify`: every chunk marked done must exist and decode. Damaged chunks are marked
+    not done (under the store's writer lock), so the next `extract` redoes exactly them."""
+    from hashtagkit.stores import open_store
+
+    store = open_store(path, mode="r+")
+    if not store.has_features():
+        click.echo(f"{path}: no features to verify")
+        return 0
+    with store.lock("verified"):
+        damaged = store.damaged_chunks(decode=True)
+        store.mark_not_done(sorted(damaged))
+    done, total = store.completeness()
+    for chunk, why in sorted(damaged.items()):
+        click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
+    if not damaged:
+        click.echo(f"{path}: all {done} done chunk(s) of {total} present and readable")
+        return 0
+    click.echo(f"{path}: {len(damaged)} damaged chunk(s) marked not done; repair with "
+               f"`hashtagkit extract {path}` and the same backbones (it redoes only those)")
+    return 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -103,7 +103,7 @@ class Extractor:
 # --- writer ------------------------------------------------------------------------------------
 def store_lock(store: Store) -> contextlib.AbstractContextManager:
     """One writer per store: the store layer's POSIX record lock (see `stores.store.store_lock`)."""
-    return store.lock("extracting")
+    return store.lock("extracted")
 
 
 def block_signature(block: dict) -> tuple:

@@ -57,7 +57,8 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
     A POSIX record lock (`lockf`), not `flock`: decode workers are forked children, and an
     `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
     the orphaned workers kept the store locked for seconds and the resume was refused. A
-    record lock belongs to the process that took it and dies with it."""
+    record lock belongs to the process that took it and dies with it. `doing` ("extracted",
+    "replaced") completes the refusal another process gets: "... is being extracted by ..."."""
     path = Path(path)
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -68,11 +69,11 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
         except ImportError:  # not POSIX: no lock, but say so
             warnings.warn("no file locking on this platform: run one writer per store at a time", stacklevel=3)
         except OSError:  # EAGAIN / EACCES: held by another process
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise InputError(f"{path} is being written by another process ({other or 'unknown pid'}); "
+            pid, _, what = os.pread(fd, 80, 0).decode(errors="replace").strip().partition(":")
+            raise InputError(f"{path} is being {what or 'written'} by another process ({pid or 'unknown pid'}); "
                              "wait for it to finish") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({doing})".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()}:{doing}".encode(), 0)  # what the refused one is told
         yield
     finally:
         os.close(fd)
@@ -126,7 +127,7 @@ def create_store(
     old = Path(path)
     replacing = overwrite and (old / "zarr.json").is_file()
     # the old store's writer (an extract) must finish first; held until the swap is done
-    with (store_lock(old, "being replaced") if replacing else contextlib.nullcontext()), \
+    with (store_lock(old, "replaced") if replacing else contextlib.nullcontext()), \
             atomic_dir(path, overwrite=overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         c = max(1, len(vocab))

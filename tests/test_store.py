@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import zarr
@@ -86,3 +91,144 @@ def test_not_a_store(tmp_path):
     zarr.open_group(tmp_path / "z.zarr", mode="w")
     with pytest.raises(InputError, match="not a hashtagkit store"):
         open_store(tmp_path / "z.zarr")
+
+
+# --- one writer per store ------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from hashtagkit.stores import store_lock
+with store_lock(sys.argv[1], "extracted"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_prepare_overwrite_refused_while_a_writer_holds_the_lock(tmp_path):
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    store = make_store(tmp_path / "s.zarr")
+    before = (store.vocab, store.verify_split(), store.features().copy())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = CliRunner().invoke(cli, ["prepare", "demo", "-o", str(store.path), "--n", "20", "--overwrite"])
+        assert res.exit_code == 2, res.output
+        assert f"is being extracted by another process (pid {holder.pid})" in res.output
+    finally:
+        holder.kill()
+        holder.wait()
+    again = open_store(store.path)  # intact: same vocabulary, split and features
+    assert (again.vocab, again.verify_split()) == before[:2] and np.array_equal(again.features(), before[2])
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-made sibling left
+    # the holder is gone (SIGKILL releases a record lock): now the overwrite goes through
+    res = CliRunner().invoke(cli, ["prepare", "demo", "-o", str(store.path), "--n", "20", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert open_store(store.path).n_rows == 20
+
+
+# --- crash safety of the group's attributes --------------------------------------------------------
+REWRITE_ATTRS = """
+import sys
+import numpy as np
+import zarr
+g = zarr.open_group(sys.argv[1], mode="r+")
+rng = np.random.default_rng(0)
+print("writing", flush=True)
+while True:  # a big, changing attribute, so that every rewrite of zarr.json takes a while
+    g.attrs["extraction"] = {"runs": rng.random(20000).tolist()}
+"""
+
+
+def test_store_survives_sigkill_while_its_attributes_are_rewritten(tmp_path):
+    """zarr >= 3.1.3 replaces zarr.json atomically: a writer killed at any moment leaves the old or
+    the new attributes, never a torn file that loses the vocabulary and split."""
+    store = make_store(tmp_path / "s.zarr", features=False)
+    vocab, sha = store.vocab, store.verify_split()
+    rng = np.random.default_rng()
+    for _ in range(6):
+        writer = subprocess.Popen([sys.executable, "-c", REWRITE_ATTRS, str(store.path)], stdout=subprocess.PIPE,
+                                  text=True)
+        assert writer.stdout.readline().strip() == "writing"
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        again = open_store(store.path)
+        assert again.vocab == vocab and again.verify_split() == sha
+        assert again.split_rows("test").size == 15
+
+
+# --- a done chunk is a chunk on disk ---------------------------------------------------------------
+def chunk_file(store, name: str, chunk: int):
+    arr = store.group[name]
+    return store.path / name / arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+
+
+def test_an_all_invalid_chunk_still_has_its_files(tmp_path):
+    # rows 0..15 (chunk 0) all failed to decode: all-zero features, all-False valid, the fill
+    # values, which zarr skips writing unless told to write empty chunks
+    store = make_store(tmp_path / "s.zarr", invalid=tuple(range(16)))
+    for name in ("features", "valid", "reason"):
+        assert chunk_file(store, name, 0).is_file(), name
+    assert store.damaged_chunks() == {}
+    assert store.features(rows=np.arange(16)).sum() == 0
+
+
+def test_deleted_or_corrupt_chunk_is_an_error_naming_it(tmp_path):
+    store = make_store(tmp_path / "s.zarr")  # 60 rows, 16 per chunk: chunks 0..3
+    chunk_file(store, "features", 1).unlink()
+    with pytest.raises(InputError, match=r"chunk 1 \(missing features/c/1/0\)"):
+        store.features()
+    with pytest.raises(InputError, match="chunk 1"):
+        store.features("object", np.array([0, 20]))
+    chunk_file(store, "features", 2).write_bytes(b"not zstd")
+    assert set(store.damaged_chunks(decode=False)) == {1}  # presence only
+    damaged = store.damaged_chunks()
+    assert set(damaged) == {1, 2} and "does not decode" in damaged[2]
+
+
+def test_info_verify_marks_damage_and_extract_redoes_only_it(tmp_path):
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+    from hashtagkit.extract import prepare_arrays
+
+    store = make_store(tmp_path / "s.zarr")
+    res = CliRunner().invoke(cli, ["info", "--verify", str(store.path)])
+    assert res.exit_code == 0 and "all 4 done chunk(s) of 4 present and readable" in res.output
+    chunk_file(store, "reason", 0).unlink()
+    chunk_file(store, "features", 3).write_bytes(b"garbage")
+    res = CliRunner().invoke(cli, ["info", "--verify", str(store.path)])
+    assert res.exit_code == 1, res.output
+    assert "chunk 0 (rows 0..): missing reason/c/0" in res.output and "chunk 3 (rows 48..)" in res.output
+    assert "2 damaged chunk(s) marked not done" in res.output and "hashtagkit extract" in res.output
+    again = open_store(store.path, mode="r+")
+    assert again.completeness() == (2, 4)
+    plan = prepare_arrays(again, again.blocks, "float32", None, overwrite=False)
+    assert plan.pending == [0, 3]
+
+
+def test_extract_redoes_a_deleted_chunk_end_to_end(tmp_path):
+    """A tiny real extraction: delete a chunk file, and the next extract (without verify) redoes
+    that chunk only, to the same features."""
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    from .test_extract import make_image_store
+
+    path = make_image_store(tmp_path, n=4)
+    args = ["extract", str(path), "--backbone", "resnet50-object=random", "--no-progress", "--workers", "0",
+            "--precision", "fp32", "--dtype", "float32", "--chunk-rows", "2"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    store = open_store(path)
+    first = store.features().copy()
+    chunk_file(store, "features", 1).unlink()
+    with pytest.raises(InputError, match="chunk 1"):
+        open_store(path).features()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "extracted 2 of 4 rows" in res.output and "1 chunk(s) already done" in res.output
+    assert np.array_equal(open_store(path).features(), first)
