@@ -94,9 +94,10 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
         fit_run(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
                 seed=seed, overwrite=True)
         result = evaluate_run(run_dir, ks=CURVE_KS, per_class_k=PER_CLASS_K)
-        fit_seconds = json.loads((run_dir / "run.json").read_text())["fit_seconds"]
+        made = json.loads((run_dir / "run.json").read_text())
         records.append({"head": head, "view": view, "seed": seed, "key": keys[(head, view, seed)], "run": str(run_dir),
-                        "fit_seconds": fit_seconds, **{k: v for k, v in result.items() if k not in ("head", "features", "store")}})
+                        "params": made["params"], "fit_seconds": made["fit_seconds"],
+                        **{k: v for k, v in result.items() if k not in ("head", "features", "store")}})
         _write_json(results_path, {"store": str(store.path), "store_kind": store.meta.get("kind"),
                                    "class_train_counts": counts, "vocab": store.vocab,
                                    "provenance": provenance.record(), "records": records})

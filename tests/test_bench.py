@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 from PIL import Image
 
@@ -133,8 +134,6 @@ def test_per_class_bins_against_brute_force():
 
 
 def test_table_says_when_features_come_from_random_weights(tmp_path):
-    import zarr
-
     store = make_store(tmp_path / "s.zarr").path
     g = zarr.open_group(store, mode="r+")
     g.attrs["blocks"] = [{"name": "object", "columns": [0, 4], "backbone": "vgg16-object", "weights": {"source": "random"}},
@@ -144,3 +143,40 @@ def test_table_says_when_features_come_from_random_weights(tmp_path):
     assert "RANDOM weights** (vgg16-object)" in table
     assert bench(make_store(tmp_path / "t.zarr").path, tmp_path / "c", "--heads", "popularity").exit_code == 0
     assert "RANDOM" not in (tmp_path / "c" / "table.md").read_text()
+
+
+def test_a_record_made_with_other_settings_is_recomputed(tmp_path):
+    store = make_store(tmp_path / "s.zarr").path
+    out = tmp_path / "b"
+    args = ["--heads", "knn", "--features", "both", "--seeds", "0"]
+    assert bench(store, out, *args, "--set", "knn.k=3").exit_code == 0
+    first = {r["head"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    assert first["knn"]["params"]["k"] == 3
+    res = bench(store, out, *args, "--set", "knn.k=9")
+    assert res.exit_code == 0, res.output
+    assert "1 already done; 1 earlier record(s) made with other settings or another store recomputed" in res.output
+    records = json.loads((out / "results.json").read_text())["records"]
+    knn = [r for r in records if r["head"] == "knn"]
+    assert len(knn) == 1 and knn[0]["params"]["k"] == 9  # the stale one is gone, not kept beside it
+    assert [r for r in records if r["head"] == "popularity"] == [first["popularity"]]  # still valid: reused
+    table = (out / "table.md").read_text()
+    assert f"| knn | both | {100 * knn[0]['precision@1']:.2f} |" in table and table.count("| knn |") == 1
+    assert "knn.k=9" in table
+    # the same settings on a store whose features came from other weights: everything is redone
+    g = zarr.open_group(store, mode="r+")
+    g.attrs["blocks"] = [{**b, "weights": {"sha256": "d" * 64}} for b in g.attrs["blocks"]]
+    res = bench(store, out, *args, "--set", "knn.k=9")
+    assert res.exit_code == 0 and "0 already done; 2 earlier record(s)" in res.output
+
+
+def test_table_counts_the_rows_once_and_says_what_was_left_out(tmp_path):
+    probe = make_store(tmp_path / "p.zarr", features=False)
+    test_rows = probe.split_rows("test")[:2].tolist()
+    store = make_store(tmp_path / "s.zarr", invalid=tuple(test_rows)).path
+    res = bench(store, tmp_path / "b", "--heads", "knn", "--features", "object", "--set", "knn.k=3")
+    assert res.exit_code == 0, res.output
+    records = json.loads((tmp_path / "b" / "results.json").read_text())["records"]
+    assert {r["head"] for r in records} == {"popularity", "knn"} and {r["n_images"] for r in records} == {13}
+    table = (tmp_path / "b" / "table.md").read_text()
+    assert "test split, 13 images, the same rows for every head" in table
+    assert "Test rows left out (for every head): 2 invalid image." in table
