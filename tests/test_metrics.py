@@ -97,15 +97,30 @@ def test_per_class_recall_brute_force():
     assert np.isnan(got[11])
 
 
-def test_summary_keys_and_consistency():
+def test_summary_against_brute_force_and_scikit_learn():
+    """Every number summary reports, each from an independent computation."""
     rng = np.random.default_rng(4)
     labels = (rng.random((50, 20)) < 0.2).astype(int)
-    labels[:, 0] = 1
-    scores = rng.random(labels.shape)
-    out = metrics.summary(scores, labels, ks=(1, 5))
-    assert {"precision@1", "recall@5", "accuracy@5", "map", "n_images"} <= set(out)
-    assert out["recall@5"] == metrics.recall_at_k(scores, labels, 5)
+    labels[np.arange(50), rng.integers(0, 20, 50)] = 1
+    scores = rng.random(labels.shape)  # continuous: no ties, so scikit-learn's AP is the same quantity
+    out = metrics.summary(scores, labels, ks=(1, 3, 5))
     assert out["n_images"] == 50
+    for k in (1, 3, 5):
+        p, r, a = brute_force(scores, labels, k)
+        assert (out[f"precision@{k}"], out[f"recall@{k}"], out[f"accuracy@{k}"]) == pytest.approx((p, r, a), abs=1e-12)
+    assert out["map"] == pytest.approx(label_ranking_average_precision_score(labels, scores))
+    per_class = [average_precision_score(labels[:, j], scores[:, j]) for j in range(20) if labels[:, j].any()]
+    assert out["map_class"] == pytest.approx(np.mean(per_class))
+
+
+def test_summary_labels_a_k_above_the_vocabulary_as_computed():
+    rng = np.random.default_rng(5)
+    labels = (rng.random((30, 6)) < 0.3).astype(int)
+    labels[:, 2] = 1
+    scores = rng.random(labels.shape)
+    out = metrics.summary(scores, labels, ks=(1, 6, 1000))
+    assert "precision@1000" not in out and "recall@1000" not in out
+    assert out["recall@6"] == 1.0 and out["precision@6"] == pytest.approx(labels.sum() / labels.size)
 
 
 def test_bad_inputs_are_errors():
