@@ -6,11 +6,16 @@
 | `split`     | (N,) uint8            | 0 train, 1 test, 2 val; seed and sha256 in attrs `split` |
 | `paths`     | (N,) str              | image path relative to attrs `hashtagkit.image_root`     |
 | `features`  | (N, D) float16/32     | added by `extract`; column blocks described in `blocks`  |
+| `valid`     | (N,) bool             | the row's image decoded (else `reason` says why)         |
+| `reason`    | (N,) str              | why an image failed, '' for a valid row                  |
+| `done`      | (n_chunks,) bool      | chunk c's rows of features/valid/reason are written      |
 | attrs       | `vocab`, `split`, `blocks`, `hashtagkit` (kind, synthetic, image root, provenance) |
 
 Rows per chunk are chosen so a chunk is a few MiB: big enough to compress and read fast,
 small enough that a resumed extraction loses little. A store is created complete or not at
-all (written to a hidden sibling, then renamed).
+all (written to a hidden sibling, then renamed). One process writes a store at a time
+(`store_lock`). A done chunk always has its files; one that is missing or does not decode is
+an error naming it, never rows of zeros (`damaged_chunks`, `hashtagkit info --verify`).
 """
 
 from __future__ import annotations
@@ -300,7 +305,8 @@ class Store:
         Every head of a store, popularity included, fits and is scored on these same rows, so
         the rows of one table are comparable. A store without complete features has no
         verdict on its images yet: every row is kept."""
-        if not self.has_features() or self.completeness()[0] < self.completeness()[1]:
+        done, total = self.completeness()
+        if not self.has_features() or done < total:
             return rows, {}
         ok = self.valid(rows)
         return (rows, {}) if ok.all() else (rows[ok], {"invalid_image": int((~ok).sum())})
