@@ -286,7 +286,9 @@ def parse_ks(text: str) -> tuple[int, ...]:
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
-@click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs K (P@1, R@5, A@5 always included).")
+@click.option("--k", "ks", default="1,5,10", show_default=True,
+              help="Cut-offs K (P@1, R@5, A@5 always included); a K above the vocabulary size is computed at it, "
+                   "labelled so.")
 @click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) -> None:

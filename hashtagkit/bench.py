@@ -63,12 +63,14 @@ def _write_json(path: Path, data) -> None:
 
 def record_key(store, head: str, view: str, seed: int, sets: dict[str, dict] | None) -> str:
     """Everything that makes a record: the combination, the head's resolved hyper-parameters
-    (defaults included, so a changed default is a changed key), the store's split and the
-    backbones and weights of its features. Resume reuses a record only under the same key."""
+    (defaults included, so a changed default is a changed key), the store's split, the
+    backbones and weights of its features and which rows are valid (a re-extraction with
+    --allow-truncated changes the rows scored). Resume reuses a record only under the same key."""
     params = make_head(head, **(sets or {}).get(head, {})).get_params()
+    valid = provenance.sha256_bytes(np.packbits(store.valid()).tobytes()) if store.has_features() else None
     return json.dumps({"head": head, "view": view, "seed": seed, "params": params,
-                       "split_sha256": store.split_info.get("sha256"), "features": store.block_signatures()},
-                      sort_keys=True, default=str)
+                       "split_sha256": store.split_info.get("sha256"), "features": store.block_signatures(),
+                       "valid_rows": valid}, sort_keys=True, default=str)
 
 
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
