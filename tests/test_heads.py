@@ -84,6 +84,21 @@ def test_knn_switches_to_an_approximate_index_above_exact_limit():
     assert overlap > 0.8
 
 
+def test_knn_saved_before_exact_limit_existed_still_loads(tmp_path):
+    from hashtagkit.heads import Head
+
+    X, Y = blobs(200, 16)
+    head = KNNHead(k=5, pca=None).fit(X, Y)
+    head.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "head.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["params"]["exact_limit"]  # as an earlier hashtagkit wrote it
+    meta_path.write_text(json.dumps(meta))
+    again = Head.load(tmp_path / "m")
+    assert again.exact_limit == 1_000_000 and again.index_desc_ == head.index_desc_
+    assert np.array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
 def test_knn_pca():
     X, Y = blobs(500, 64)
     head = KNNHead(k=5, pca=8).fit(X, Y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -81,6 +82,8 @@ def test_scikit_learn_fitted_attributes(head_name, tmp_path):
     assert head.n_features_in_ == X.shape[1] and np.array_equal(head.classes_, np.arange(Y.shape[1]))
     assert (head.n_features_, head.n_classes_) == (X.shape[1], Y.shape[1])  # the old names still answer
     head.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "head.json").read_text())
+    assert (meta["n_features_"], meta["n_classes_"]) == (X.shape[1], Y.shape[1])  # the format runs already hold
     again = Head.load(tmp_path / "m")
     assert again.n_features_in_ == X.shape[1] and np.array_equal(again.classes_, np.arange(Y.shape[1]))
 
