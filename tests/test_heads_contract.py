@@ -40,7 +40,7 @@ def test_unfitted_predict_is_an_error(head_name):
 
 def test_shapes_and_finite_scores(head_name):
     X, Y = data()
-    head = make_head(head_name)
+    head = small(head_name)
     assert head.fit(X, Y) is head
     scores = head.predict_proba(X[:7])
     assert scores.shape == (7, Y.shape[1]) and np.isfinite(scores).all()
@@ -167,7 +167,7 @@ def test_non_finite_query_is_an_error(head_name):
 
 def test_save_load_gives_identical_scores(head_name, tmp_path):
     X, Y = data()
-    head = make_head(head_name).fit(X, Y)
+    head = small(head_name).fit(X, Y)
     head.save(tmp_path / "m")
     again = Head.load(tmp_path / "m")
     assert type(again) is type(head) and again.get_params() == head.get_params()
@@ -176,8 +176,8 @@ def test_save_load_gives_identical_scores(head_name, tmp_path):
 
 def test_deterministic_under_a_seed(head_name):
     X, Y = data()
-    a = make_head(head_name)
-    b = make_head(head_name)
+    a = small(head_name)
+    b = small(head_name)
     if "random_state" in a.param_names():
         a.set_params(random_state=3)
         b.set_params(random_state=3)
@@ -186,7 +186,7 @@ def test_deterministic_under_a_seed(head_name):
 
 def test_float16_input(head_name):
     X, Y = data()
-    head = make_head(head_name).fit(X.astype(np.float16), Y)
+    head = small(head_name).fit(X.astype(np.float16), Y)
     scores = head.predict_proba(X.astype(np.float16))
     assert scores.shape == (len(X), Y.shape[1]) and np.isfinite(scores).all()
 
@@ -208,7 +208,7 @@ def test_class_without_positives_ranks_last(head_name):
 
 
 def test_wrong_width_is_an_error(head_name):
-    head = make_head(head_name)
+    head = small(head_name)
     if not head.needs_features:
         pytest.skip(f"{head_name} ignores the features")
     X, Y = data()
