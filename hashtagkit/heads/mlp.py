@@ -18,8 +18,9 @@ planted HARRISON-size store.
   part of the training rows (patience 3 epochs, not before epoch 5; the best epoch's weights
   are kept). Validation rows without a hashtag are left out of that Recall@5 and counted
   (`n_val_untagged` in history.json); if none is left, the validation loss is watched and
-  recorded as `val_loss` instead. The paper's 100,000 iterations of 100 rows would take many hours on a 2-core CPU
-  (benchmarks/results/heads.md projects them from measured steps), so `fast` is the default.
+  recorded as `val_loss` instead. The paper's 100,000 iterations of 100 rows would take many
+  hours on a 2-core CPU (benchmarks/results/heads.md projects them from measured steps), so
+  `fast` is the default.
 
 bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present; the features are
 cached in memory as float16 and converted per batch.
@@ -253,7 +254,7 @@ class MLPHead(Head):
         if best_state is not None:
             model.load_state_dict(best_state)
         self.model_, self.device_, self.precision_ = model.eval(), device, precision
-        self.val_rows_ = val_rows
+        self.val_rows_ = val_rows  # the held-out rows (not saved): lets a caller re-score them
         self.history_ = {"config": cfg, "batch_size": batch, "device": str(device), "precision": precision, "epochs": history,
                          "iterations": step, "n_val": n_val}
         if n_val:
