@@ -244,7 +244,20 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
     return params
 
 
-@cli.command()
+class FitCommand(click.Command):
+    """`fit`, whose help lists each head's parameters from the heads' own `param_spec`
+    (imported only when the help is shown: the heads pull in torch)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from hashtagkit.heads import params_help
+
+        with formatter.section("Hyper-parameters (--set KEY=VALUE; null means the default named)"):
+            for line in params_help():
+                formatter.write(f"{'':>{formatter.current_indent}}{line}\n")
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(cls=FitCommand)
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity"]),
               help="mlp: the paper's two-layer MLP; knn: FAISS label transfer; ovr: one-vs-rest linear (scikit-learn); "
@@ -258,13 +271,8 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
 def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool) -> None:
     """Fit a head on the train split of STORE and save it as a run directory.
 
-    \b
-    Hyper-parameters (--set KEY=VALUE):
-      mlp  preset=fast|paper hidden=4096 dropout lr batch_size iterations epochs weight_decay
-           momentum val_fraction patience device=auto|cpu|cuda precision=auto|fp32|bf16|fp16
-      knn  k=50 temperature=0.05 pca=256|null index=auto|flat|hnsw|ivf batch_size=1024
-      ovr  estimator=logistic|linearsvc|sgd C=1.0 pca=256 max_iter=100 n_jobs=-1
-    --seed sets random_state for the heads that have one.
+    --seed sets random_state for the heads that have one. Integer parameters take integers
+    only (not true/false, not 3.0); a value out of range is an error naming what is allowed.
     """
     from hashtagkit.runs import fit_run, read_run
 

@@ -6,14 +6,19 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import NearestNeighbors
 
+from hashtagkit import metrics
 from hashtagkit.cli.main import cli
 from hashtagkit.heads import KNNHead, MLPHead, OVRHead
+from hashtagkit.heads.mlp import caffe_loss
 from hashtagkit.stores import open_store
+
+from .conftest import make_store
 
 
 def blobs(n=300, d=32, c=6, seed=0):
@@ -21,6 +26,14 @@ def blobs(n=300, d=32, c=6, seed=0):
     Y = (rng.random((n, c)) < 0.3).astype(np.uint8)
     centres = rng.normal(0, 1, (c, d))
     X = np.maximum(Y @ centres + rng.normal(0, 0.5, (n, d)), 0).astype(np.float32)
+    return X, Y
+
+
+def noisy(n=400, d=32, c=20, seed=0):
+    """Overlapping classes: the MLP's validation recall climbs for a few epochs and then wobbles."""
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, c)) < 0.15).astype(np.uint8)
+    X = (Y @ rng.normal(0, 1, (c, d)) + rng.normal(0, 2.0, (n, d))).astype(np.float32)
     return X, Y
 
 
@@ -58,6 +71,32 @@ def test_knn_approximate_indexes_recorded_and_close(index):
     Q = blobs(100, 32, seed=2)[0]
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.kneighbors(Q)[1], approx.kneighbors(Q)[1], strict=True)])
     assert overlap > 0.8
+
+
+def test_knn_switches_to_an_approximate_index_above_exact_limit():
+    X, Y = blobs(2000, 32)
+    exact = KNNHead(k=10, exact_limit=2000).fit(X, Y)  # n <= limit: exact
+    approx = KNNHead(k=10, exact_limit=1999).fit(X, Y)
+    assert exact.index_desc_.startswith("IndexFlatIP") and approx.index_desc_.startswith("IndexHNSW")
+    assert KNNHead().exact_limit == 1_000_000
+    Q = blobs(100, 32, seed=2)[0]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.kneighbors(Q)[1], approx.kneighbors(Q)[1], strict=True)])
+    assert overlap > 0.8
+
+
+def test_knn_saved_before_exact_limit_existed_still_loads(tmp_path):
+    from hashtagkit.heads import Head
+
+    X, Y = blobs(200, 16)
+    head = KNNHead(k=5, pca=None).fit(X, Y)
+    head.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "head.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["params"]["exact_limit"]  # as an earlier hashtagkit wrote it
+    meta_path.write_text(json.dumps(meta))
+    again = Head.load(tmp_path / "m")
+    assert again.exact_limit == 1_000_000 and again.index_desc_ == head.index_desc_
+    assert np.array_equal(again.predict_proba(X), head.predict_proba(X))
 
 
 def test_knn_pca():
@@ -102,14 +141,76 @@ def test_mlp_is_the_papers_architecture_and_presets():
         MLPHead(preset="nope").fit(X, Y)
 
 
+def tagged_val_rows(head, Y):
+    return head.val_rows_[Y[head.val_rows_].any(axis=1)]
+
+
 def test_mlp_early_stopping_keeps_the_best_epoch():
-    X, Y = blobs(400, 32)
+    X, Y = noisy()
     head = MLPHead(hidden=64, epochs=60, patience=2, lr=3e-3).fit(X, Y)
-    epochs = head.history_["epochs"]
-    assert head.history_["n_val"] == 40 and all("val_recall@5" in e for e in epochs)
-    if len(epochs) < 60:  # stopped early: the last `patience` epochs did not beat the best
-        best = max(e["val_recall@5"] for e in epochs)
-        assert all(e["val_recall@5"] <= best for e in epochs[-2:])
+    h = head.history_
+    scores = [e["val_recall@5"] for e in h["epochs"]]
+    assert h["n_val"] == 40 and h["val_metric"] == "val_recall@5"
+    assert len(scores) < 60 and h["best_epoch"] < len(scores)  # stopped early, after a better epoch than the last
+    assert scores[h["best_epoch"] - 1] == max(scores) > scores[-1]
+    rows = tagged_val_rows(head, Y)
+    restored = metrics.recall_at_k(head.predict_proba(X[rows]), Y[rows], 5)
+    assert restored == pytest.approx(max(scores), abs=1e-9)  # the weights are the best epoch's, not the last's
+
+
+def test_mlp_validation_recall_leaves_out_rows_without_hashtags():
+    X, Y = noisy()
+    Y[:100] = 0  # as a store prepared with --min-tags 0 can hold
+    head = MLPHead(hidden=32, epochs=3, lr=3e-3).fit(X, Y)
+    h = head.history_
+    untagged = int((~Y[head.val_rows_].any(axis=1)).sum())
+    assert untagged > 0 and h["n_val_untagged"] == untagged and h["val_metric"] == "val_recall@5"
+    scores = [e["val_recall@5"] for e in h["epochs"]]
+    assert all(0 <= s <= 1 for s in scores)  # was minus the training loss when any row had no hashtag
+    rows = tagged_val_rows(head, Y)
+    assert metrics.recall_at_k(head.predict_proba(X[rows]), Y[rows], 5) == pytest.approx(max(scores), abs=1e-9)
+
+
+def test_mlp_without_a_tagged_validation_row_watches_the_validation_loss():
+    X, Y = noisy()
+    val_rows = MLPHead(hidden=32, epochs=1).fit(X, Y).val_rows_  # the split depends only on n and the seed
+    Y[val_rows] = 0
+    head = MLPHead(hidden=64, epochs=60, patience=2, lr=3e-3).fit(X, Y)
+    h = head.history_
+    assert np.array_equal(head.val_rows_, val_rows) and h["n_val_untagged"] == len(val_rows) == 40
+    assert h["val_metric"] == "val_loss" and not any("val_recall@5" in e for e in h["epochs"])
+    losses = [e["val_loss"] for e in h["epochs"]]
+    assert all(v > 0 for v in losses) and losses[h["best_epoch"] - 1] == min(losses)
+    assert len(losses) < 60  # the loss does give early stopping something to stop on
+    logits = torch.from_numpy(head.decision_function(X[val_rows]))
+    assert float(caffe_loss(logits, torch.from_numpy(Y[val_rows].astype(np.float32)))) == pytest.approx(min(losses), rel=1e-6)
+
+
+def test_bad_parameters_are_one_line_errors_from_the_cli(tmp_path):
+    store = make_store(tmp_path / "s.zarr").path
+    for head, setting, expected in [("knn", "k=2.5", "knn parameter k must be an integer >= 1, got 2.5"),
+                                    ("knn", "k=true", "knn parameter k must be an integer >= 1, got True"),
+                                    ("mlp", "hidden=0", "mlp parameter hidden must be an integer >= 1, got 0"),
+                                    ("mlp", "epochs=0", "mlp parameter epochs must be an integer >= 1 or null"),
+                                    ("mlp", "epochs=3.0", "mlp parameter epochs must be an integer >= 1 or null"),
+                                    ("mlp", "device=gpu", "mlp parameter device must be one of auto, cpu, cuda"),
+                                    ("ovr", "nope=1", "head 'ovr' has no parameter 'nope'")]:
+        out = tmp_path / f"run-{head}-{setting}"
+        res = CliRunner().invoke(cli, ["fit", str(store), "--head", head, "--set", setting, "-o", str(out)])
+        assert res.exit_code == 2, (setting, res.output)
+        assert res.stderr.startswith(f"Error: {expected}") and res.stderr.count("\n") == 1, res.stderr
+        assert not out.exists()
+
+
+def test_fit_help_lists_every_parameter_from_the_declarations():
+    from hashtagkit.heads import HEADS
+
+    res = CliRunner().invoke(cli, ["fit", "--help"])
+    assert res.exit_code == 0
+    for klass in HEADS.values():
+        for line in klass.describe_params():
+            assert line in res.output
+    assert "exact_limit=1000000  an integer >= 1" in res.output
 
 
 # --- all heads on a small planted store, through the CLI -------------------------------------------

@@ -2,14 +2,25 @@
 
 `fit(X, Y) -> self`, `predict_proba(X) -> (n, C)` scores (higher is better), `save(dir)` and
 `Head.load(dir)`. Constructor arguments are the hyper-parameters and nothing else; learned
-state ends in `_`. The harness only ever calls `predict_proba` and ranks, so a head is free
-in how it scores as long as the order is meaningful.
+state ends in `_` (`n_features_in_` and `classes_` = np.arange(C), as scikit-learn names
+them), so `sklearn.base.clone` works on a head. The harness only ever calls `predict_proba`
+and ranks, so a head is free in how it scores as long as the order is meaningful.
+
+Each head declares its parameters' types and ranges once, in `param_spec` (scikit-learn's
+`_parameter_constraints` idea): `make_head` checks them when a head is made from the CLI's
+`--set` values, `fit` checks them again, and `fit --help` lists them from the same place.
+Integer parameters take Python ints only: `True` (bool is an int subclass in Python) and a
+whole float such as 3.0 are refused, as scikit-learn's `Integral` constraint refuses them,
+so a saved run records exactly the type it was trained with.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +36,87 @@ class NotFittedError(RuntimeError):
     pass
 
 
+class InvalidParameterError(InputError, ValueError):
+    """A hyper-parameter the head does not have, or a value outside what it allows.
+
+    A ValueError for library callers (as scikit-learn raises), and an InputError so the CLI
+    shows it as its one-line `Error: ...` with exit 2."""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _shown(value: Any) -> str:
+    """A default as one would type it after `--set key=`."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Param:
+    """What one hyper-parameter admits: `kind` int, float or str; an optional range (`low`,
+    `high`, each closed unless `low_open`/`high_open`); `choices` for a str; `none` if null
+    is allowed (it then means the default named in `none_means`); `exclude` for lone
+    forbidden values (n_jobs=0)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    none: bool = False
+    none_means: str = ""
+    exclude: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind is str:
+            text = "one of " + ", ".join(self.choices)
+        else:
+            text = "an integer" if self.kind is int else "a number"
+            if self.low is not None and self.high is not None:
+                text += f" in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+            elif self.low is not None:
+                text += f" {'>' if self.low_open else '>='} {_num(self.low)}"
+            elif self.high is not None:
+                text += f" {'<' if self.high_open else '<='} {_num(self.high)}"
+            if self.exclude:
+                text += " other than " + ", ".join(map(str, self.exclude))
+        if self.none:
+            text += " or null" + (f" ({self.none_means})" if self.none_means else "")
+        return text
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.none
+        if self.kind is str:
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, Integral if self.kind is int else Real):
+            return False
+        if not math.isfinite(value) or value in self.exclude:
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def _nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """Indices of rows holding NaN or inf, checked in row batches (a float16 feature matrix
+    is never expanded whole into a boolean copy)."""
+    if not np.issubdtype(A.dtype, np.floating) and not np.issubdtype(A.dtype, np.complexfloating):
+        return np.zeros(0, dtype=np.int64)
+    bad = [start + np.flatnonzero(~np.isfinite(A[start : start + batch]).all(axis=1))
+           for start in range(0, len(A), batch)]
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def _check_finite(A: np.ndarray, what: str) -> None:
+    rows = _nonfinite_rows(A)
+    if len(rows):
+        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+        raise ValueError(f"{what} has NaN or inf in {len(rows)} row(s): {shown}")
+
+
 class Head:
     """Base class: parameter handling, checks and numpy-state persistence.
 
@@ -36,6 +128,7 @@ class Head:
     name: ClassVar[str] = ""
     needs_features: ClassVar[bool] = True
     state_attrs: ClassVar[tuple[str, ...]] = ()
+    param_spec: ClassVar[dict[str, Param]] = {}
 
     # --- parameters (scikit-learn style) ------------------------------------------------
     @classmethod
@@ -43,13 +136,22 @@ class Head:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
 
-    def get_params(self) -> dict[str, Any]:
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {p: sig.parameters[p].default for p in cls.param_names()}
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments as set (`deep` is accepted for scikit-learn: a head has
+        no nested estimators)."""
         return {p: getattr(self, p) for p in self.param_names()}
 
     def set_params(self, **params: Any) -> Head:
+        """Set hyper-parameters by name; an unknown name raises InvalidParameterError (a
+        ValueError). Values are checked by `_validate_params` (make_head and fit call it)."""
         unknown = set(params) - set(self.param_names())
         if unknown:
-            raise InputError(
+            raise InvalidParameterError(
                 f"head {self.name!r} has no parameter {sorted(unknown)[0]!r}; "
                 f"it takes: {', '.join(self.param_names()) or 'none'}"
             )
@@ -57,18 +159,48 @@ class Head:
             setattr(self, k, v)
         return self
 
+    def _validate_params(self) -> None:
+        """Every parameter against `param_spec`; the first bad one is named with what it admits."""
+        for key, value in self.get_params().items():
+            spec = self.param_spec[key]
+            if not spec.admits(value):
+                raise InvalidParameterError(f"{self.name} parameter {key} must be {spec.describe()}, got {value!r}")
+
+    @classmethod
+    def describe_params(cls) -> list[str]:
+        """One line per parameter, `name=default  what it admits`, for `fit --help`."""
+        defaults = cls.param_defaults()
+        return [f"{key}={_shown(defaults[key])}  {cls.param_spec[key].describe()}" for key in cls.param_names()]
+
+    # --- fitted shape (scikit-learn's names; the old ones stay readable) -----------------------
+    def _set_shape(self, X: np.ndarray, Y: np.ndarray) -> None:
+        self.n_features_in_ = int(X.shape[1])
+        self.classes_ = np.arange(Y.shape[1])
+
+    @property
+    def n_classes_(self) -> int:
+        return len(self.classes_)
+
+    @property
+    def n_features_(self) -> int:
+        return self.n_features_in_
+
     # --- checks shared by every head ------------------------------------------------------
-    @staticmethod
-    def _check_xy(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_xy(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters, shapes and finiteness, before any work: a NaN in X or Y would
+        otherwise train a model that scores NaN, or a kNN index that answers nonsense."""
+        self._validate_params()
         X, Y = np.asarray(X), np.asarray(Y)
         if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
             raise ValueError(f"fit needs X (n, d) and Y (n, C) with the same n, got {X.shape} and {Y.shape}")
         if len(X) == 0:
             raise ValueError("fit needs at least one training row")
+        _check_finite(X, "X")
+        _check_finite(Y, "Y")
         return X, Y
 
     def _check_fitted(self) -> None:
-        if not getattr(self, "n_classes_", None):
+        if not hasattr(self, "classes_"):
             raise NotFittedError(f"head {self.name!r} is not fitted: call fit first")
 
     def _check_x(self, X: np.ndarray) -> np.ndarray:
@@ -76,8 +208,9 @@ class Head:
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-d, got shape {X.shape}")
-        if self.needs_features and X.shape[1] != self.n_features_:
-            raise ValueError(f"X has {X.shape[1]} features, the head was fitted on {self.n_features_}")
+        if self.needs_features and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, the head was fitted on {self.n_features_in_}")
+        _check_finite(X, "X")
         return X
 
     # --- the protocol -----------------------------------------------------------------------
@@ -111,7 +244,7 @@ class Head:
         if cls is not Head and klass is not cls:
             raise InputError(f"{directory} holds a {meta['head']!r} head, not {cls.name!r}")
         head = klass(**meta["params"])
-        head.n_classes_, head.n_features_ = meta["n_classes_"], meta["n_features_"]
+        head.n_features_in_, head.classes_ = int(meta["n_features_"]), np.arange(int(meta["n_classes_"]))
         head._load_state(directory)
         return head
 

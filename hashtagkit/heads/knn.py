@@ -7,8 +7,8 @@ run on the planted HARRISON-size store while choosing this default, the PCA rais
 shrinks from 52,383 x 8,192 to 52,383 x 256 floats. Each of the k neighbours votes for its hashtags with
 weight exp(similarity / temperature); the votes are divided by their sum, so scores are in
 [0, 1] per image. The FAISS index is chosen from the data size, autofaiss-style, and recorded:
-exact `Flat` up to a million rows (HARRISON has 52k), HNSW beyond; a GPU copy when faiss
-sees GPUs.
+exact `Flat` up to `exact_limit` rows (default a million; HARRISON has 52k), HNSW beyond; a GPU
+copy when faiss sees GPUs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashtagkit.heads.base import Head
+from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.projection import fit_projection, project
 
 EXACT_LIMIT = 1_000_000
@@ -33,14 +33,24 @@ def _normalised(X: np.ndarray) -> np.ndarray:
 
 class KNNHead(Head):
     name = "knn"
+    param_spec = {
+        "k": Param(int, low=1),
+        "temperature": Param(float, low=0, low_open=True),
+        "pca": Param(int, low=1, none=True, none_means="no PCA"),
+        "index": Param(str, choices=("auto", "flat", "hnsw", "ivf")),
+        "batch_size": Param(int, low=1),
+        "exact_limit": Param(int, low=1),
+        "random_state": Param(int, low=0, high=2**32 - 1),
+    }
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
-                 batch_size: int = 1024, random_state: int = 0) -> None:
+                 batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, random_state: int = 0) -> None:
         self.k = k
         self.temperature = temperature
         self.pca = pca
         self.index = index
         self.batch_size = batch_size
+        self.exact_limit = exact_limit
         self.random_state = random_state
 
     # --- fitting ------------------------------------------------------------------------------
@@ -53,7 +63,7 @@ class KNNHead(Head):
     def _build_index(self, d: int, n: int):
         kind = self.index
         if kind == "auto":
-            kind = "flat" if n <= EXACT_LIMIT else "hnsw"
+            kind = "flat" if n <= self.exact_limit else "hnsw"
         if kind == "flat":
             return faiss.IndexFlatIP(d), "IndexFlatIP (exact cosine)"
         if kind == "hnsw":
@@ -69,9 +79,7 @@ class KNNHead(Head):
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNHead:
         X, Y = self._check_xy(X, Y)
-        if self.k < 1 or self.temperature <= 0:
-            raise ValueError("knn needs k >= 1 and temperature > 0")
-        self.n_classes_, self.n_features_ = Y.shape[1], X.shape[1]
+        self._set_shape(X, Y)
         Z = _normalised(X)
         self.projection_ = fit_projection(Z, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:

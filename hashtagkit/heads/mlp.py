@@ -16,8 +16,11 @@ planted HARRISON-size store.
   data, so that an epoch has at least 50 steps), dropout 0.5, a
   cosine schedule over at most 30 epochs, and early stopping on Recall@5 of a 10% validation
   part of the training rows (patience 3 epochs, not before epoch 5; the best epoch's weights
-  are kept). The paper's 100,000 iterations of 100 rows would take many hours on a 2-core CPU
-  (benchmarks/results/heads.md projects them from measured steps), so `fast` is the default.
+  are kept). Validation rows without a hashtag are left out of that Recall@5 and counted
+  (`n_val_untagged` in history.json); if none is left, the validation loss is watched and
+  recorded as `val_loss` instead. The paper's 100,000 iterations of 100 rows would take many
+  hours on a 2-core CPU (benchmarks/results/heads.md projects them from measured steps), so
+  `fast` is the default.
 
 bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present; the features are
 cached in memory as float16 and converted per batch.
@@ -34,8 +37,8 @@ import torch
 from torch import nn
 
 from hashtagkit import metrics
-from hashtagkit.devices import autocast, pick_device, pick_precision
-from hashtagkit.heads.base import Head
+from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
+from hashtagkit.heads.base import Head, Param
 
 PRESETS = {
     "paper": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100,
@@ -85,8 +88,57 @@ def column_stats(X: np.ndarray, batch: int = 8192) -> tuple[np.ndarray, np.ndarr
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
 
+PRESET = "the preset's"
+
+
+def caffe_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Caffe's SigmoidCrossEntropyLoss: summed over classes, averaged over the batch (torch's
+    default mean over classes too would shrink the paper's lr 0.1 by C)."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+
+
+class Validation:
+    """What early stopping watches on the held-out rows.
+
+    Recall@5 over the validation rows that have at least one hashtag: a row without one has
+    no recall (0/0), so it is counted (`n_untagged`) and left out, as evaluation leaves it out.
+    When no validation row has a hashtag (a store prepared with `--min-tags 0` can give that),
+    the validation loss is watched instead, under its own key `val_loss`, never under a
+    recall's name. `score` returns (the value to record, a gain where higher is better)."""
+
+    def __init__(self, Y: np.ndarray, rows: np.ndarray) -> None:
+        tagged = Y[rows].any(axis=1) if len(rows) else np.zeros(0, bool)
+        self.rows, self.tagged = rows, rows[tagged]
+        self.n_untagged = int(len(rows) - len(self.tagged))
+        self.key = "val_recall@5" if len(self.tagged) else "val_loss"
+
+    def score(self, head: MLPHead, X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+        if len(self.tagged):
+            recall = metrics.recall_at_k(head.predict_proba(X[self.tagged]), Y[self.tagged], 5)
+            return recall, recall
+        logits = torch.from_numpy(head.decision_function(X[self.rows]))
+        loss = float(caffe_loss(logits, torch.from_numpy(Y[self.rows].astype(np.float32))))
+        return loss, -loss
+
+
 class MLPHead(Head):
     name = "mlp"
+    param_spec = {
+        "preset": Param(str, choices=tuple(PRESETS)),
+        "hidden": Param(int, low=1),
+        "dropout": Param(float, low=0, high=1, high_open=True, none=True, none_means=PRESET),
+        "lr": Param(float, low=0, low_open=True, none=True, none_means=PRESET),
+        "batch_size": Param(int, low=1, none=True, none_means=PRESET),
+        "iterations": Param(int, low=1, none=True, none_means=PRESET),
+        "epochs": Param(int, low=1, none=True, none_means=PRESET),
+        "weight_decay": Param(float, low=0, none=True, none_means=PRESET),
+        "momentum": Param(float, low=0, high=1, high_open=True, none=True, none_means=PRESET),
+        "val_fraction": Param(float, low=0, high=1, high_open=True, none=True, none_means=PRESET),
+        "patience": Param(int, low=0, none=True, none_means=PRESET + "; 0 never stops early"),
+        "device": Param(str, choices=DEVICES),
+        "precision": Param(str, choices=PRECISIONS),
+        "random_state": Param(int, low=0, high=2**32 - 1),
+    }
 
     def __init__(self, preset: str = "fast", hidden: int = 4096, dropout: float | None = None, lr: float | None = None,
                  batch_size: int | None = None, iterations: int | None = None, epochs: int | None = None,
@@ -129,7 +181,7 @@ class MLPHead(Head):
         cfg = self.config()
         device = pick_device(self.device)
         precision = pick_precision(self.precision, device, training=True)
-        self.n_classes_, self.n_features_ = Y.shape[1], X.shape[1]
+        self._set_shape(X, Y)
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
         rows = torch.randperm(len(X), generator=gen).numpy()
@@ -160,12 +212,8 @@ class MLPHead(Head):
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            # Caffe's SigmoidCrossEntropyLoss: summed over classes, averaged over the batch
-            # (torch's default mean over classes too would shrink the paper's lr 0.1 by C)
-            return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
-
-        history, best, best_state, stale = [], -1.0, None, 0
+        watch = Validation(Y, val_rows)
+        history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
         order = torch.from_numpy(train_rows)
         step, bar = 0, tqdm(total=total, desc="mlp", unit="it", disable=None, leave=False)
         while step < total:
@@ -177,7 +225,7 @@ class MLPHead(Head):
                 xb = Xt[idx].to(device, non_blocking=True).float()
                 yb = Yt[idx].to(device, non_blocking=True).float()
                 with autocast(device, precision):
-                    loss = loss_fn(model(xb).float(), yb)
+                    loss = caffe_loss(model(xb).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -193,11 +241,9 @@ class MLPHead(Head):
             record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, math.ceil(len(perm) / batch))}
             if n_val:
                 self.model_, self.device_, self.precision_ = model, device, precision
-                score = metrics.recall_at_k(self.predict_proba(X[val_rows]), Y[val_rows], 5) \
-                    if Y[val_rows].any(axis=1).all() else -record["loss"]
-                record["val_recall@5"] = score
-                if score > best:
-                    best, stale = score, 0
+                record[watch.key], gain = watch.score(self, X, Y)
+                if gain > best:
+                    best, stale, best_epoch = gain, 0, record["epoch"]
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     stale += 1
@@ -208,12 +254,16 @@ class MLPHead(Head):
         if best_state is not None:
             model.load_state_dict(best_state)
         self.model_, self.device_, self.precision_ = model.eval(), device, precision
+        self.val_rows_ = val_rows  # the held-out rows (not saved): lets a caller re-score them
         self.history_ = {"config": cfg, "batch_size": batch, "device": str(device), "precision": precision, "epochs": history,
                          "iterations": step, "n_val": n_val}
+        if n_val:
+            self.history_.update({"val_metric": watch.key, "n_val_untagged": watch.n_untagged, "best_epoch": best_epoch})
         return self
 
     @torch.inference_mode()
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The logits (n, C) as float32: predict_proba is their sigmoid."""
         X = self._check_x(X)
         model = self.model_.eval()
         out = np.empty((len(X), self.n_classes_), dtype=np.float32)
@@ -221,8 +271,11 @@ class MLPHead(Head):
             xb = torch.from_numpy(np.ascontiguousarray(X[start : start + 4096], dtype=np.float32)).to(self.device_)
             with autocast(self.device_, self.precision_):
                 logits = model(xb)
-            out[start : start + len(xb)] = torch.sigmoid(logits.float()).cpu().numpy()
+            out[start : start + len(xb)] = logits.float().cpu().numpy()
         return out
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(torch.from_numpy(self.decision_function(X))).numpy()
 
     def _save_state(self, directory: Path) -> None:
         torch.save({k: v.cpu() for k, v in self.model_.state_dict().items()}, directory / MODEL_FILE)

@@ -20,7 +20,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
-from hashtagkit.heads.base import Head
+from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.projection import fit_projection, project
 
 
@@ -32,6 +32,14 @@ def _fit_one(estimator, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float
 class OVRHead(Head):
     name = "ovr"
     state_attrs = ("coef_", "intercept_", "constant_", "pca_mean_", "pca_components_", "pca_scale_")
+    param_spec = {
+        "estimator": Param(str, choices=("logistic", "linearsvc", "sgd")),
+        "C": Param(float, low=0, low_open=True),
+        "pca": Param(int, low=1, none=True, none_means="no PCA"),
+        "max_iter": Param(int, low=1),
+        "n_jobs": Param(int, low=-1, exclude=(0,), none=True, none_means="one job"),
+        "random_state": Param(int, low=0, high=2**32 - 1),
+    }
 
     @property
     def _projection(self) -> dict[str, np.ndarray]:
@@ -59,7 +67,7 @@ class OVRHead(Head):
     def fit(self, X: np.ndarray, Y: np.ndarray) -> OVRHead:
         X, Y = self._check_xy(X, Y)
         estimator = self._make_estimator()
-        self.n_classes_, self.n_features_ = Y.shape[1], X.shape[1]
+        self._set_shape(X, Y)
         p = fit_projection(X, self.pca or 0, whiten=True, random_state=self.random_state)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
         Z = project(X, self._projection)

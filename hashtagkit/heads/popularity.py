@@ -15,6 +15,7 @@ class PopularityHead(Head):
     name = "popularity"
     needs_features = False
     state_attrs = ("frequency_",)
+    param_spec = {}
 
     def __init__(self) -> None:
         pass
@@ -22,7 +23,7 @@ class PopularityHead(Head):
     def fit(self, X: np.ndarray, Y: np.ndarray) -> PopularityHead:
         X, Y = self._check_xy(X, Y)
         self.frequency_ = Y.astype(bool).mean(axis=0)
-        self.n_classes_, self.n_features_ = Y.shape[1], X.shape[1]
+        self._set_shape(X, Y)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
