@@ -87,7 +87,7 @@ def create_store(
     if len(set(vocab)) != len(vocab):
         raise ValueError("vocabulary has duplicate hashtags")
     counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, kind="store") as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         c = max(1, len(vocab))
         lab = group.create_array(

@@ -117,7 +117,7 @@ def test_existing_output_refused_then_overwritten(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--test-size", "3"], "leaves no training rows"),
-    (["--test-size", "-1"], "must be a count >= 0"),
+    (["--test-size", "-1"], "must be a row count >= 0"),
     (["--test-size", "abc"], "neither a row count nor a fraction"),
     (["--seed", "x"], "is not a valid integer"),
 ])
