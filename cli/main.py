@@ -265,7 +265,8 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
 
 @prepare.command("demo")
 @split_options("0.2")
-@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=10), help="Number of images to draw.")
+@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=10, max=10_000_000),
+              help="Number of images to draw.")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False),
               help="Where to write the JPEGs [default: beside the store, <STORE>_images].")
 def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: int, images: Path | None) -> None:
@@ -293,10 +294,11 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="HARRISON label files (ROOT or ROOT/HARRISON) to take the label matrix from [default: Zipf-shaped].")
-@click.option("--n", type=click.IntRange(min=10), help="Rows to keep (a seeded random subset) [default: all, 57,383].")
-@click.option("--classes", default=997, show_default=True, type=click.IntRange(min=3),
+@click.option("--n", type=click.IntRange(min=10, max=2_000_000),
+              help="Rows to keep (a seeded random subset) [default: all, 57,383; at most 2,000,000].")
+@click.option("--classes", default=997, show_default=True, type=click.IntRange(min=3, max=20_000),
               help="Vocabulary size of the Zipf-shaped labels (ignored with --labels).")
-@click.option("--dim", default=4096, show_default=True, type=click.IntRange(min=8), help="Columns per block.")
+@click.option("--dim", default=4096, show_default=True, type=click.IntRange(min=8, max=65_536), help="Columns per block.")
 @click.option("--strength", default=0.7, show_default=True, type=FiniteFloat(min=0, max=1e3), help="Signal against unit noise.")
 @click.option("--test-size", default=None, type=SplitSize(), help="Test rows [default: 5,000, or 20% below 25,000 rows].")
 @click.option("--val-size", default="0", show_default=True, type=SplitSize())
@@ -505,7 +507,8 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
               help="Comma-separated feature views; views the store lacks are skipped.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (mean ± std over them).")
 @click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Results folder.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Results folder: new, empty, or an earlier bench folder to resume (any other folder is refused).")
 def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path) -> None:
     """Fit and evaluate every head x view x seed on STORE; write tables and plots to OUT.
 
