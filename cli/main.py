@@ -339,16 +339,35 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
 
 
 # --- fit / evaluate ----------------------------------------------------------------------------
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite(text)
+    return number
+
+
+def _no_constant(text: str):
+    raise _NotFinite(text)
+
+
 def parse_sets(pairs: tuple[str, ...]) -> dict:
-    """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else text."""
+    """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else
+    text. NaN, Infinity and numbers too large for a float are refused: no hyper-parameter
+    means anything with them, and they used to reach the heads unnoticed."""
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set takes key=value, got {pair!r}")
         try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
+            params[key] = json.loads(value, parse_float=_finite_float, parse_constant=_no_constant)
+        except _NotFinite:
+            raise UserError(f"--set {key}={value}: not a finite number") from None
+        except (json.JSONDecodeError, RecursionError):
             params[key] = value
     return params
 

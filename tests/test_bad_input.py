@@ -192,6 +192,9 @@ CASES = [
     case("fit {x}/s.zarr --head popularity --features people -o {x}/new", "--features"),
     case("fit {x}/s.zarr --head popularity --set alpha -o {x}/new", "--set takes key=value"),
     case("fit {x}/s.zarr --head popularity --set alpha=1 -o {x}/new", "alpha"),
+    case("fit {x}/s.zarr --head knn --set k=NaN -o {x}/new", "not a finite number"),
+    case("fit {x}/s.zarr --head knn --set temperature=1e999 -o {x}/new", "not a finite number"),
+    case("bench {x}/s.zarr --heads knn --set knn.k=-Infinity -o {x}/new", "not a finite number"),
     # evaluate
     case("evaluate {x}/nothing", "not a run directory"),
     case("evaluate {x}/s.zarr", "not a run directory"),
