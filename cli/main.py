@@ -62,6 +62,14 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _quiet_abandoned_tasks() -> None:
+    """zarr's I/O tasks abandoned by an interruption would each log 'Task was destroyed but
+    it is pending!' at exit, burying the one line that says what happened."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def debugging() -> bool:
     return os.environ.get("HASHTAGKIT_DEBUG", "") not in ("", "0")
 
@@ -86,8 +94,10 @@ class Group(click.Group):
                 raise
             raise OneLineUsage(e) from None
         except KeyboardInterrupt:
+            _quiet_abandoned_tasks()
             raise Stopped("interrupted: nothing half-written was kept", 130) from None
         except Terminated:
+            _quiet_abandoned_tasks()
             raise Stopped("terminated: nothing half-written was kept", 143) from None
 
 

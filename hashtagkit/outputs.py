@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,9 +36,15 @@ _DIR_KINDS = {"store", "run", "bench", "images"}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)(?P<suffix>(\.[^./]*)?)$")
 
 
-def _remove(path: Path) -> None:
+def _remove(path: Path, tries: int = 100) -> None:
+    """Delete a file or a folder. An interrupted writer (zarr writes from its own I/O thread)
+    may still add files to a folder for a moment after the exception: retry until it is gone."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(tries):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.05)
     elif path.exists() or path.is_symlink():
         path.unlink()
 
@@ -117,6 +124,17 @@ def refuse_inputs(target: str | Path, inputs: Iterable[str | Path | None]) -> No
             raise InputError(f"-o {target} {what} the input {given}: choose another output path")
 
 
+def _check_parent(target: Path) -> None:
+    """The nearest existing ancestor of `target` must be a folder we can write in."""
+    parent = Path(os.path.abspath(target)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {target}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {target}: no permission to write in {parent}")
+
+
 def refuse_existing(target: str | Path, overwrite: bool, kind: str | None = None,
                     inputs: Iterable[str | Path | None] = (), resume: bool = False) -> Path:
     """Fail early, before any work, when the output may not be written.
@@ -131,6 +149,7 @@ def refuse_existing(target: str | Path, overwrite: bool, kind: str | None = None
         raise ValueError(f"unknown output kind {kind!r}")
     target = Path(target)
     refuse_inputs(target, inputs)
+    _check_parent(target)
     if not (target.exists() or target.is_symlink()):
         return target
     found = artefact_kind(target)
