@@ -183,10 +183,6 @@ def cli() -> None:
       hashtagkit recommend RUN IMAGE...                       top hashtags for new photos
       hashtagkit info STORE                                   what a store holds and how it was made
     """
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -680,6 +676,7 @@ def main() -> None:
     import warnings
 
     warnings.showwarning = _show_warning  # one readable line, not a source location
+    signal.signal(signal.SIGTERM, _on_sigterm)  # so `finally` blocks remove half-written outputs
     cli(prog_name="hashtagkit")
 
 
