@@ -95,10 +95,10 @@ class Group(click.Group):
             raise OneLineUsage(e) from None
         except KeyboardInterrupt:
             _quiet_abandoned_tasks()
-            raise Stopped("interrupted: nothing half-written was kept", 130) from None
+            raise Stopped("interrupted (Ctrl-C); half-written output was removed", 130) from None
         except Terminated:
             _quiet_abandoned_tasks()
-            raise Stopped("terminated: nothing half-written was kept", 143) from None
+            raise Stopped("terminated (SIGTERM); half-written output was removed", 143) from None
 
 
 class FiniteFloat(click.ParamType):
