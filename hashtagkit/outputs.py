@@ -224,9 +224,14 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 def atomic_dir(target: str | Path, overwrite: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory that becomes `target` when the block ends without error.
 
-    `target` must pass `refuse_existing(target, overwrite, kind)`; the old one, if any, is
-    deleted only after the new one is in place."""
-    target = refuse_existing(target, overwrite, kind=kind)
+    With a `kind`, `target` must pass `refuse_existing(target, overwrite, kind)`; without one
+    (a low-level use whose caller has checked `target` itself) it only must not exist unless
+    `overwrite`. The old one, if any, is deleted only after the new one is in place."""
+    target = Path(target)
+    if kind is not None:
+        refuse_existing(target, overwrite, kind=kind)
+    elif (target.exists() or target.is_symlink()) and not overwrite:
+        raise InputError(f"{target} already exists: pass --overwrite to replace it")
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -115,13 +115,13 @@ def test_an_input_is_never_an_output(artefacts):
     assert refuse_existing(tmp / "folder" / "new.zarr", False, kind="store", inputs=[tmp / "folder"])
 
 
-def test_library_atomic_dir_without_kind_never_replaces_a_foreign_folder(artefacts):
+def test_atomic_dir_with_a_kind_never_replaces_a_foreign_folder(artefacts):
     tmp, paths = artefacts
     with pytest.raises(InputError, match="hashtagkit did not make it"):
-        with atomic_dir(tmp / "folder", overwrite=True):
+        with atomic_dir(tmp / "folder", overwrite=True, kind="run"):
             pass
     assert (tmp / "folder" / "a.txt").read_text() == "mine"
-    with atomic_dir(paths["run"], overwrite=True) as t:
+    with atomic_dir(paths["run"], overwrite=True, kind="run") as t:
         (t / "new").write_text("1")
     assert sorted(p.name for p in paths["run"].iterdir()) == ["new"]
 
