@@ -1,12 +1,17 @@
 """The `hashtagkit` command: prepare a store, fit a head, evaluate it, inspect a store.
 
 Errors a user can fix (missing file, bad value, existing output) are one line on stderr and
-exit status 2; anything else is a bug and keeps its traceback.
+exit status 2; anything else is a bug and keeps its traceback (HASHTAGKIT_DEBUG=1 shows the
+traceback of user errors too). Ctrl-C exits 130 and SIGTERM 143, each with one line, after
+the hidden temporaries of the interrupted write are removed.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -22,29 +27,137 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class OneLineUsage(click.UsageError):
+    """A bad option or argument as one line, with where to look, instead of click's three."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(_first_line(error.format_message()), error.ctx)
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{hint}", err=True)
+
+
+class Stopped(click.ClickException):
+    """Ctrl-C (exit 130) or SIGTERM (exit 143): one line, no traceback, no 'Aborted!'."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception, so `finally` blocks remove half-written outputs.
+    A BaseException, like KeyboardInterrupt, so no `except Exception` swallows it."""
+
+
+MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != MAIN_PID:  # a forked worker inherited this handler: die as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+def _quiet_abandoned_tasks() -> None:
+    """zarr's I/O tasks abandoned by an interruption would each log 'Task was destroyed but
+    it is pending!' at exit, burying the one line that says what happened."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def debugging() -> bool:
+    return os.environ.get("HASHTAGKIT_DEBUG", "") not in ("", "0")
+
+
+def _first_line(message: str) -> str:
+    lines = [line for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else "invalid input"
+
+
 class Group(click.Group):
+    """Turns a user's mistake into one line and exit 2, and an interruption into one line."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except InputError as e:
-            raise UserError(str(e)) from None
+            if debugging():
+                raise
+            raise UserError(_first_line(str(e))) from None
+        except click.UsageError as e:
+            if isinstance(e, OneLineUsage):
+                raise
+            raise OneLineUsage(e) from None
+        except KeyboardInterrupt:
+            _quiet_abandoned_tasks()
+            raise Stopped("interrupted (Ctrl-C); half-written output was removed", 130) from None
+        except Terminated:
+            _quiet_abandoned_tasks()
+            raise Stopped("terminated (SIGTERM); half-written output was removed", 143) from None
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float in [min, max]: `nan` and `inf` are refused like any other bad number."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low_bad = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        if low_bad or (self.max is not None and number > self.max):
+            low = "" if self.min is None else f"{'>' if self.min_open else '>='} {self.min}"
+            high = "" if self.max is None else f"<= {self.max}"
+            self.fail(f"{value!r} must be {' and '.join(x for x in (low, high) if x)}", param, ctx)
+        return number
+
+
+SEED_MAX = 2**32 - 1  # numpy's limit for a seed
+SEED = click.IntRange(0, SEED_MAX)
+
+
+def parse_seed(text: str, option: str = "--seed") -> int:
+    """A seed from a list option (bench --seeds): the same range as SEED."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise UserError(f"{option} takes integers, got {text!r}") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"{option}: {seed} is not in 0..{SEED_MAX}")
+    return seed
 
 
 class SplitSize(click.ParamType):
-    """A split size as a row count (`5000`) or a fraction of the rows (`0.1`)."""
+    """A split size: below 1 a fraction of the rows (`0.1`), from 1 up a whole row count
+    (`5000`, `5000.0`); `10.5`, negatives, `nan` and `inf` are refused."""
 
     name = "count|fraction"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return value
-        try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither a row count nor a fraction", param, ctx)
-        if number < 0 or (number != int(number) and number >= 1):
-            self.fail(f"{value!r} must be a count >= 0 or a fraction below 1", param, ctx)
-        return int(number) if number == int(number) and "." not in str(value) else number
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is neither a row count nor a fraction", param, ctx)
+        if not math.isfinite(number) or number < 0:
+            self.fail(f"{value!r} must be a row count >= 0 or a fraction below 1", param, ctx)
+        if number >= 1 and number != int(number):
+            self.fail(f"{value!r}: from 1 up a size is a whole row count; a fraction is below 1", param, ctx)
+        return int(number) if number >= 1 or number == 0 else number
 
 
 def resolve_size(size: int | float, n: int) -> int:
@@ -76,7 +189,7 @@ def cli() -> None:
 def split_options(default_test: str):
     def wrap(f):
         f = click.option("--overwrite", is_flag=True, help="Replace STORE if it exists (the old one is kept until the new one is complete).")(f)
-        f = click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random split.")(f)
+        f = click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random split.")(f)
         f = click.option("--val-size", default="0", show_default=True, type=SplitSize(), help="Validation rows: a count or a fraction.")(f)
         f = click.option("--test-size", default=default_test, show_default=True, type=SplitSize(), help="Test rows: a count or a fraction.")(f)
         f = click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create (a folder, e.g. harrison.zarr).")(f)
@@ -122,7 +235,7 @@ def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, over
     from hashtagkit.data.harrison import read_harrison
     from hashtagkit.outputs import refuse_existing
 
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, kind="store", inputs=[root])
     write_store(read_harrison(root), out, test_size, val_size, seed, "harrison", overwrite)
 
 
@@ -147,7 +260,7 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     from hashtagkit.data.wordnet import noun_lemmatizer
     from hashtagkit.outputs import refuse_existing
 
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, kind="store", inputs=[posts, images])
     lemma = noun_lemmatizer() if lemmatize else None
     data = build_dataset(
         read_posts(posts), vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemma,
@@ -158,7 +271,8 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
 
 @prepare.command("demo")
 @split_options("0.2")
-@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=10), help="Number of images to draw.")
+@click.option("--n", default=2000, show_default=True, type=click.IntRange(min=10, max=10_000_000),
+              help="Number of images to draw.")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False),
               help="Where to write the JPEGs [default: beside the store, <STORE>_images].")
 def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: int, images: Path | None) -> None:
@@ -174,9 +288,9 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
     from hashtagkit.outputs import atomic_dir, refuse_existing
 
     images = images or out.with_name(out.stem + "_images")
-    refuse_existing(out, overwrite)
-    refuse_existing(images, overwrite)
-    with atomic_dir(images, overwrite=overwrite) as tmp, tqdm(total=n, desc="drawing", unit="img", leave=False) as bar:
+    refuse_existing(out, overwrite, kind="store", inputs=[images])
+    refuse_existing(images, overwrite, kind="images", inputs=[out])
+    with atomic_dir(images, overwrite=overwrite, kind="images") as tmp, tqdm(total=n, desc="drawing", unit="img", leave=False) as bar:
         data = make_demo(tmp, n=n, seed=seed, progress=bar.update)
     data.image_root = str(images.resolve())
     write_store(data, out, test_size, val_size, seed, "demo", overwrite, synthetic=True)
@@ -186,14 +300,15 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="HARRISON label files (ROOT or ROOT/HARRISON) to take the label matrix from [default: Zipf-shaped].")
-@click.option("--n", type=click.IntRange(min=10), help="Rows to keep (a seeded random subset) [default: all, 57,383].")
-@click.option("--classes", default=997, show_default=True, type=click.IntRange(min=3),
+@click.option("--n", type=click.IntRange(min=10, max=2_000_000),
+              help="Rows to keep (a seeded random subset) [default: all, 57,383; at most 2,000,000].")
+@click.option("--classes", default=997, show_default=True, type=click.IntRange(min=3, max=20_000),
               help="Vocabulary size of the Zipf-shaped labels (ignored with --labels).")
-@click.option("--dim", default=4096, show_default=True, type=click.IntRange(min=8), help="Columns per block.")
-@click.option("--strength", default=0.7, show_default=True, type=click.FloatRange(min=0), help="Signal against unit noise.")
+@click.option("--dim", default=4096, show_default=True, type=click.IntRange(min=8, max=65_536), help="Columns per block.")
+@click.option("--strength", default=0.7, show_default=True, type=FiniteFloat(min=0, max=1e3), help="Signal against unit noise.")
 @click.option("--test-size", default=None, type=SplitSize(), help="Test rows [default: 5,000, or 20% below 25,000 rows].")
 @click.option("--val-size", default="0", show_default=True, type=SplitSize())
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split and of the features.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the split and of the features.")
 @click.option("--overwrite", is_flag=True, help="Replace STORE if it exists.")
 def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int, dim: int, strength: float, test_size,
                     val_size, seed: int, overwrite: bool) -> None:
@@ -210,7 +325,7 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.stores import create_store
 
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, kind="store", inputs=[labels])
     label_matrix, vocab, source = planted_labels(labels, n, seed, classes)
     rows = len(label_matrix)
     if test_size is None:
@@ -230,16 +345,35 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
 
 
 # --- fit / evaluate ----------------------------------------------------------------------------
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite(text)
+    return number
+
+
+def _no_constant(text: str):
+    raise _NotFinite(text)
+
+
 def parse_sets(pairs: tuple[str, ...]) -> dict:
-    """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else text."""
+    """`key=value` pairs; values are JSON where they parse (numbers, true/false, null), else
+    text. NaN, Infinity and numbers too large for a float are refused: no hyper-parameter
+    means anything with them, and they used to reach the heads unnoticed."""
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set takes key=value, got {pair!r}")
         try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
+            params[key] = json.loads(value, parse_float=_finite_float, parse_constant=_no_constant)
+        except _NotFinite:
+            raise UserError(f"--set {key}={value}: not a finite number") from None
+        except (json.JSONDecodeError, RecursionError):
             params[key] = value
     return params
 
@@ -265,7 +399,7 @@ class FitCommand(click.Command):
 @click.option("--features", "view", default="both", show_default=True, type=click.Choice(["object", "scene", "both"]),
               help="Feature view; a single view zero-pads the other block, as the paper does.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for everything random in fitting.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for everything random in fitting.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace RUN if it exists.")
 def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool) -> None:
@@ -274,8 +408,10 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
     --seed sets random_state for the heads that have one. Integer parameters take integers
     only (not true/false, not 3.0); a value out of range is an error naming what is allowed.
     """
+    from hashtagkit.outputs import refuse_existing
     from hashtagkit.runs import fit_run, read_run
 
+    refuse_existing(out, overwrite, kind="run", inputs=[store])
     fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
     record = read_run(out)
     echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
@@ -353,7 +489,7 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
 @click.option("--n", "n", default=12, show_default=True, type=click.IntRange(min=1, max=200), help="Images on the sheet.")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Which random sample, or which of the tied worst/best images.")
 @click.option("--worst", "mode", flag_value="worst", help="The images with the lowest Recall@TOP (failure cases).")
 @click.option("--best", "mode", flag_value="best", help="The images with the highest Recall@TOP (successes).")
@@ -381,7 +517,7 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
 
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, kind="sheet", inputs=[run, store, images])
     scored = score_split(run, split, store)
     root = image_folder(scored, images)
     recall = recall_per_image(scored.scores, scored.labels, top)
@@ -406,7 +542,8 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
               help="Comma-separated feature views; views the store lacks are skipped.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (mean ± std over them).")
 @click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Results folder.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Results folder: new, empty, or an earlier bench folder to resume (any other folder is refused).")
 def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path) -> None:
     """Fit and evaluate every head x view x seed on STORE; write tables and plots to OUT.
 
@@ -418,17 +555,16 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
     Table 1 rows are added.
     """
     from hashtagkit.bench import TABLE, run_bench
+    from hashtagkit.outputs import refuse_existing
 
+    refuse_existing(out, False, kind="bench", inputs=[store], resume=True)
     params: dict[str, dict] = {}
     for key, value in parse_sets(sets).items():
         head, dot, name = key.partition(".")
         if not dot or not name:
             raise UserError(f"--set takes HEAD.KEY=VALUE in bench, got {key!r}")
         params.setdefault(head, {})[name] = value
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+    seed_list = [parse_seed(x.strip(), "--seeds") for x in seeds.split(",") if x.strip()]
     run_bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
               [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err)
     click.echo((out / TABLE).read_text())
@@ -494,7 +630,7 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
     from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
     from hashtagkit.outputs import atomic_file, refuse_existing
 
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, kind="weights", inputs=[model])
     layers = read_caffemodel(model)
     state = vgg16_state_dict(layers, keep_fc8) if arch == "vgg16" else raw_state_dict(layers)
     if arch == "vgg16":
@@ -577,6 +713,7 @@ def main() -> None:
     import warnings
 
     warnings.showwarning = _show_warning  # one readable line, not a source location
+    signal.signal(signal.SIGTERM, _on_sigterm)  # so `finally` blocks remove half-written outputs
     cli(prog_name="hashtagkit")
 
 

@@ -78,7 +78,7 @@ def fit_run(
     overwrite: bool = False,
 ) -> Path:
     """Fit a head on the store's train split and write the run directory atomically."""
-    out = refuse_existing(out, overwrite)
+    out = refuse_existing(out, overwrite, kind="run", inputs=[store_path])
     store = open_store(store_path)
     split_sha = store.verify_split()
     head = make_head(head_name, **(params or {}))
@@ -91,7 +91,7 @@ def fit_run(
     t0 = time.perf_counter()
     head.fit(X, Y)
     fit_seconds = time.perf_counter() - t0
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
         head.save(tmp / MODEL_DIR)
         record = {
             "head": head.name,

@@ -19,7 +19,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import ScoredSplit
-from hashtagkit.outputs import atomic_file
+from hashtagkit.outputs import SHEET_MARKER, atomic_file
 
 MATCH_COLOR = "#d62728"  # the paper marks matched hashtags in red
 OTHER_COLOR = "#333333"
@@ -143,8 +143,17 @@ def image_folder(scored: ScoredSplit, images: str | Path | None) -> Path:
     return root
 
 
+def _marker_kwargs(suffix: str) -> dict:
+    """savefig arguments that write SHEET_MARKER into the file's own metadata, so that
+    `--overwrite` can recognise a sheet it made (and refuse to replace any other image)."""
+    suffix = suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return {"pil_kwargs": {"comment": SHEET_MARKER.encode()}}
+    return {"metadata": {"Software" if suffix == ".png" else "Creator": SHEET_MARKER}}
+
+
 def write_sheet(fig, out: Path) -> Path:
     """Save atomically, so an interrupted save never leaves half an image under the real name."""
     with atomic_file(out) as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, **_marker_kwargs(Path(out).suffix))
     return out

@@ -32,7 +32,7 @@ import zarr.codecs
 
 from hashtagkit import provenance
 from hashtagkit.errors import InputError
-from hashtagkit.outputs import atomic_dir
+from hashtagkit.outputs import atomic_dir, refuse_existing
 
 FORMAT = 1
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
@@ -129,11 +129,11 @@ def create_store(
     if len(set(vocab)) != len(vocab):
         raise ValueError("vocabulary has duplicate hashtags")
     counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-    old = Path(path)
+    old = refuse_existing(path, overwrite, kind="store")  # before the lock touches anything in it
     replacing = overwrite and (old / "zarr.json").is_file()
     # the old store's writer (an extract) must finish first; held until the swap is done
     with (store_lock(old, "replaced") if replacing else contextlib.nullcontext()), \
-            atomic_dir(path, overwrite=overwrite) as tmp:
+            atomic_dir(path, overwrite=overwrite, kind="store") as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         c = max(1, len(vocab))
         lab = group.create_array(

@@ -35,6 +35,34 @@ def test_real_harrison_store(harrison_root, tmp_path):
     row = (harrison_root / "tag_list.txt").read_text().splitlines()[3].split()
     assert sorted(store.vocab[j] for j in np.flatnonzero(labels[3])) == sorted(row)
     assert store.paths([3]) == [(harrison_root / "data_list.txt").read_text().splitlines()[3]]
+    # HARRISON has no duplicate paths (duplicates are refused now), so every row is kept
+    assert len(set(store.paths())) == 57383
+
+
+def test_duplicate_and_escaping_paths_refused(tmp_path):
+    """The same photo twice could be in train and test; '../' leaves the image folder."""
+    root = small_copy(tmp_path, "a.jpg\nb.jpg\n./a.jpg\nc/../b.jpg\n", "love\nsea\nsky\nlove\n")
+    res = run("prepare", "harrison", root, "-o", tmp_path / "s.zarr")
+    assert res.exit_code == 2 and "2 duplicate image path(s), e.g. 'a.jpg' at data_list.txt line 3 and" in res.output
+    (tmp_path / "x").mkdir()
+    root2 = small_copy(tmp_path / "x", "a.jpg\n../b.jpg\nc.jpg\n", "love\nsea\nsky\n")
+    res = run("prepare", "harrison", root2, "-o", tmp_path / "s.zarr")
+    assert res.exit_code == 2 and "line 2: image path '../b.jpg' leaves the image folder" in res.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_bom_accepted(tmp_path):
+    root = small_copy(tmp_path, "\ufeffa.jpg\nb.jpg\nc.jpg\n", "love\nsea\nsky\n")
+    assert run("prepare", "harrison", root, "-o", tmp_path / "s.zarr", "--test-size", "1").exit_code == 0
+    assert open_store(tmp_path / "s.zarr").paths([0]) == ["a.jpg"]
+
+
+@pytest.mark.parametrize("size, test_rows", [("1", 1), ("1.0", 1), ("2.0", 2), ("0.5", 2), ("0", 0), ("0.0", 0)])
+def test_split_sizes_from_1_up_are_row_counts(tmp_path, size, test_rows):
+    """`10.0` used to be read as a fraction (1000%): from 1 up a size is a whole row count."""
+    root = small_copy(tmp_path, "a.jpg\nb.jpg\nc.jpg\n", "love\nsea\nsky\n")
+    assert run("prepare", "harrison", root, "-o", tmp_path / "s.zarr", "--test-size", size).exit_code == 0
+    assert open_store(tmp_path / "s.zarr").split_info["counts"]["test"] == test_rows
 
 
 def test_split_is_seeded_random_and_reproducible(harrison_root, tmp_path):
@@ -117,7 +145,7 @@ def test_existing_output_refused_then_overwritten(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--test-size", "3"], "leaves no training rows"),
-    (["--test-size", "-1"], "must be a count >= 0"),
+    (["--test-size", "-1"], "must be a row count >= 0"),
     (["--test-size", "abc"], "neither a row count nor a fraction"),
     (["--seed", "x"], "is not a valid integer"),
 ])

@@ -136,3 +136,37 @@ def test_bad_posts_files(tmp_path, content, message):
         read_posts(posts)
     res = CliRunner().invoke(cli, ["prepare", "posts", str(posts), "--images", str(tmp_path), "-o", str(tmp_path / "s.zarr"), "--no-lemmatize"])
     assert res.exit_code == 2 and message in res.output and not (tmp_path / "s.zarr").exists()
+
+
+def test_bom_gzip_and_path_spellings(tmp_path):
+    """A UTF-8 BOM (Windows editors) and a gzip-compressed file are read like plain JSON Lines;
+    `./a.jpg` and `a.jpg` are one image."""
+    lines = [json.dumps({"image": "./x/a.jpg", "hashtags": ["sea"]}), json.dumps({"image": "b.jpg", "hashtags": ["sky"]})]
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "p.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    for name in ("bom.jsonl", "p.jsonl.gz"):
+        assert read_posts(tmp_path / name) == [("x/a.jpg", ["sea"]), ("b.jpg", ["sky"])]
+
+
+@pytest.mark.parametrize("images, message", [
+    (["a.jpg", "b.jpg", "./a.jpg", "b.jpg"], "2 duplicate image path(s), e.g. 'a.jpg' at line 3 and line 1"),
+    (["a.jpg", "../b.jpg"], "line 2: image path '../b.jpg' leaves the image folder"),
+    (["a.jpg", "x/../../b.jpg"], "leaves the image folder"),
+    (["/etc/passwd"], "is absolute"),
+    (["C:\\photos\\a.jpg"], "is absolute"),
+    (["a\x00.jpg"], "control character"),
+    (["\ud800.jpg"], "not valid Unicode"),
+])
+def test_bad_image_paths(tmp_path, images, message):
+    posts = tmp_path / "p.jsonl"
+    posts.write_text("".join(json.dumps({"image": i, "hashtags": ["sea"]}) + "\n" for i in images))
+    with pytest.raises(InputError, match=re.escape(message)):
+        read_posts(posts)
+
+
+def test_not_utf8_names_the_line(tmp_path):
+    posts = tmp_path / "p.jsonl"
+    posts.write_bytes(b'{"image": "a.jpg", "hashtags": ["x"]}\n{"image": "caf\xe9.jpg", "hashtags": ["x"]}\n')
+    with pytest.raises(InputError, match="line 2: not UTF-8 text"):
+        read_posts(posts)

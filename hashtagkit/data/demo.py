@@ -13,6 +13,7 @@ Image i depends only on (seed, i), so the first 100 images of a 2,000-image demo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from hashtagkit.data.harrison import LabelledImages
 from hashtagkit.data.vocabulary import count_tags, rank_vocabulary
+from hashtagkit.outputs import DEMO_IMAGES_MARKER
 
 GENERATOR_VERSION = 1
 SIZES = ((320, 240), (256, 256), (240, 320), (288, 216), (360, 240))
@@ -170,7 +172,8 @@ def make_demo(
     image_dir: Path, n: int = 2000, seed: int = 0, progress: Callable[[int], None] = lambda k: None
 ) -> LabelledImages:
     """Draw n scenes into `image_dir` (which must exist) and return their paths (relative to
-    it) and tags; the caller records where the folder finally lives as `image_root`."""
+    it) and tags; the caller records where the folder finally lives as `image_root`. A marker
+    file says the folder is ours, so `--overwrite` may replace it and nothing else."""
     paths, tags = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
@@ -180,6 +183,7 @@ def make_demo(
         paths.append(name)
         tags.append(user_tags(scene, rng))
         progress(1)
+    (image_dir / DEMO_IMAGES_MARKER).write_text(json.dumps({"kind": "images", "generator": "hashtagkit.data.demo"}) + "\n")
     vocab = rank_vocabulary(count_tags(tags))
     return LabelledImages(
         paths=paths, tags=tags, vocab=vocab, image_root=None,

@@ -45,9 +45,11 @@ def find_files(root: str | Path) -> dict[str, Path]:
 
 def _lines(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
         raise InputError(f"{path} is empty")
@@ -96,6 +98,8 @@ def read_harrison(root: str | Path) -> LabelledImages:
             f"{data_path.name} has {len(paths)} lines but {tag_path.name} has {len(tag_lines)}: "
             f"{longer.name} line {min(len(paths), len(tag_lines)) + 1} has no counterpart in {shorter.name}"
         )
+    from hashtagkit.data.posts import check_image_path, refuse_duplicates  # posts imports this module
+
     tags: list[list[str]] = []
     for lineno, (path, line) in enumerate(zip(paths, tag_lines, strict=True), 1):
         if not path.strip():
@@ -107,12 +111,14 @@ def read_harrison(root: str | Path) -> LabelledImages:
         if unknown:
             raise InputError(f"{tag_path} line {lineno}: hashtag {unknown[0]!r} is not in {files['vocab_index.txt'].name}")
         tags.append(list(dict.fromkeys(row)))  # drop repeats, keep order
+    clean = [check_image_path(p.strip(), f"{data_path} line {i}") for i, p in enumerate(paths, 1)]
+    refuse_duplicates(clean, lambda i: f"{data_path.name} line {i + 1}")
     source = {
         "dataset": "HARRISON",
         "files": {name: {"path": str(p.resolve()), "sha256": provenance.sha256_file(p)} for name, p in files.items()},
     }
     return LabelledImages(
-        paths=[p.strip() for p in paths],
+        paths=clean,
         tags=tags,
         vocab=vocab,
         image_root=str(data_path.parent.resolve()),

@@ -10,9 +10,10 @@ with fewer than `min_tags` or more than `max_tags`.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from hashtagkit import provenance
 from hashtagkit.data.harrison import LabelledImages
@@ -21,30 +22,92 @@ from hashtagkit.data.vocabulary import count_tags, rank_vocabulary
 from hashtagkit.errors import InputError
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines: UTF-8 (a leading BOM is accepted), gzip-compressed or not."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise InputError(f"{path}: a damaged gzip file ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path} line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") from None
+    return text.split("\n")
+
+
+def check_image_path(image: str, where: str) -> str:
+    """A relative path that stays inside the image root: no absolute paths, no `..` escape.
+    Returned normalised (`a/./b.jpg` -> `a/b.jpg`) so that two spellings count as one image."""
+    if "\x00" in image or not image.isprintable() and any(ord(c) < 32 for c in image):
+        raise InputError(f"{where}: image path {image!r} contains a control character")
+    try:
+        image.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: image path {image!r} is not valid Unicode (a lone surrogate)") from None
+    pure = PurePosixPath(image.replace("\\", "/"))
+    if pure.is_absolute() or PureWindowsPath(image).drive:
+        raise InputError(f"{where}: image path {image!r} is absolute: give it relative to the image folder")
+    parts: list[str] = []
+    for part in pure.parts:
+        if part == "..":
+            if not parts:
+                raise InputError(f"{where}: image path {image!r} leaves the image folder ('..')")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    if not parts:
+        raise InputError(f"{where}: image path {image!r} names no file")
+    return "/".join(parts)
+
+
+def refuse_duplicates(paths: list[str], where: Callable[[int], str]) -> None:
+    """The same photo twice could land in both train and test: refuse, saying how many."""
+    first: dict[str, int] = {}
+    repeats = []
+    for i, p in enumerate(paths):
+        if p in first:
+            repeats.append((i, first[p]))
+        else:
+            first[p] = i
+    if repeats:
+        i, j = repeats[0]
+        raise InputError(f"{len(repeats):,} duplicate image path(s), e.g. {paths[i]!r} at {where(i)} and {where(j)}: "
+                         "the same photo could land in both train and test; merge its hashtags into one line")
+
+
 def read_posts(path: str | Path) -> list[tuple[str, list[str]]]:
-    """(image, raw hashtags) per post, with the file and line named on any malformed line."""
+    """(image, raw hashtags) per post, with the file and line named on any malformed line.
+    Image paths must stay inside the image folder and appear once."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    posts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                post = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(post, dict):
-                raise InputError(f"{path} line {lineno}: expected an object with 'image' and 'hashtags'")
-            image, tags = post.get("image"), post.get("hashtags")
-            if not isinstance(image, str) or not image.strip():
-                raise InputError(f"{path} line {lineno}: 'image' must be a non-empty string")
-            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                raise InputError(f"{path} line {lineno}: 'hashtags' must be a list of strings")
-            posts.append((image.strip(), tags))
+    posts, linenos = [], []
+    for lineno, line in enumerate(_text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            post = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise InputError(f"{path} line {lineno}: not valid JSON ({msg})") from None
+        if not isinstance(post, dict):
+            raise InputError(f"{path} line {lineno}: expected an object with 'image' and 'hashtags'")
+        image, tags = post.get("image"), post.get("hashtags")
+        if not isinstance(image, str) or not image.strip():
+            raise InputError(f"{path} line {lineno}: 'image' must be a non-empty string")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise InputError(f"{path} line {lineno}: 'hashtags' must be a list of strings")
+        posts.append((check_image_path(image.strip(), f"{path} line {lineno}"), tags))
+        linenos.append(lineno)
     if not posts:
         raise InputError(f"{path} has no posts")
+    refuse_duplicates([image for image, _ in posts], lambda i: f"line {linenos[i]}")
     return posts
 
 
