@@ -15,11 +15,13 @@ are removed by the next write beside them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,6 +49,26 @@ def _remove(path: Path, tries: int = 100) -> None:
             time.sleep(0.05)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _settle_background_writes(timeout: float = 30.0) -> None:
+    """Wait (bounded) for the writes zarr already started in its own event-loop thread.
+
+    An interrupt reaches the main thread only; zarr's I/O thread goes on with the chunk writes it
+    had started and recreates their folders (zarr makes parent folders on write), so a
+    temporary deleted at once could reappear. Once those tasks are done, deleting is final."""
+    sync = sys.modules.get("zarr.core.sync")  # zarr not imported: nothing can be writing
+    loop = sync.loop[0] if sync is not None and getattr(sync, "loop", None) else None
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def others_done() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout + 1)
 
 
 def _json_file(path: Path) -> dict | None:
@@ -247,6 +269,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, kind: str | None = N
     try:
         yield tmp
     except BaseException:
+        _settle_background_writes()
         _remove(tmp)
         raise
     old = None
