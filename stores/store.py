@@ -40,6 +40,7 @@ SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 CHUNK_BYTES = 4 << 20
 LOCK_FILE = ".extract.lock"  # the name extract always used: an old lock file stays harmless
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
+FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
 
 
 def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -262,7 +263,8 @@ class Store:
         g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
         g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
         n_chunks = max(1, -(-n // rows))
-        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False)
+        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False,
+                       attributes={FILES_MARK: True})
         g.attrs["blocks"] = blocks
         return rows
 
@@ -329,36 +331,41 @@ class Store:
         done = np.asarray(self.group["done"][...])
         return int(done.sum()), int(done.size)
 
-    def _chunk_files(self, chunk: int) -> list[Path]:
-        """The files of chunk `chunk` of every per-row array (named by each array's own chunk
-        key encoding, `c/<i>/<j>` by default)."""
-        out = []
-        for name in CHUNKED:
-            arr = self.group[name]
-            coords = (chunk,) + (0,) * (arr.ndim - 1)
-            out.append(Path(self.path) / name / arr.metadata.encode_chunk_key(coords))
-        return out
+    def _files_always_written(self) -> bool:
+        """Whether every done chunk has its files: true for stores whose features were created
+        by this version (`write_chunk` writes empty chunks). Before it, zarr skipped a chunk equal
+        to the fill value (every `reason` chunk of a chunk whose images all decoded), so there a
+        missing file is no sign of damage and only decoding can tell."""
+        return bool(self.group["done"].attrs.get(FILES_MARK, False))
 
     def damaged_chunks(self, decode: bool = True) -> dict[int, str]:
         """Chunks marked done whose files are missing or (with `decode`) do not decode, with why.
 
-        Without `decode` only the files' presence is checked: cheap enough for every read."""
+        Without `decode` only the files' presence is checked: a stat per file, cheap enough for
+        every read (each array is opened once, not per chunk)."""
         if "done" not in self.group:
             return {}
         rows, n = self.chunk_rows(), self.n_rows
+        arrays = {name: self.group[name] for name in CHUNKED}
+        check_files = self._files_always_written()
         damaged = {}
         for c in np.flatnonzero(np.asarray(self.group["done"][...])).tolist():
-            missing = [f for f in self._chunk_files(c) if not f.is_file()]
-            if missing:
-                damaged[c] = f"missing {missing[0].relative_to(self.path)}"
-                continue
+            if check_files:
+                # each array's own chunk key encoding: `<name>/c/<i>/<j>` by default
+                files = [f"{name}/{arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))}"
+                         for name, arr in arrays.items()]
+                missing = [f for f in files if not (Path(self.path) / f).is_file()]
+                if missing:
+                    damaged[c] = f"missing {missing[0]}"
+                    continue
             if decode:
                 start, stop = c * rows, min((c + 1) * rows, n)
-                try:
-                    for name in CHUNKED:
-                        self.group[name][start:stop]
-                except Exception as e:  # zarr and its codecs raise many types for a damaged file
-                    damaged[c] = f"{name} does not decode ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+                for name, arr in arrays.items():
+                    try:
+                        arr[start:stop]
+                    except Exception as e:  # zarr and its codecs raise many types for a damaged file
+                        damaged[c] = f"{name} does not decode ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+                        break
         return damaged
 
     def mark_not_done(self, chunks: Sequence[int]) -> None:

@@ -232,3 +232,24 @@ def test_extract_redoes_a_deleted_chunk_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "extracted 2 of 4 rows" in res.output and "1 chunk(s) already done" in res.output
     assert np.array_equal(open_store(path).features(), first)
+
+
+def test_a_store_written_before_empty_chunks_were_kept_still_reads(tmp_path):
+    """Stores extracted before `write_empty_chunks` lack the `reason` chunk of every chunk whose
+    images all decoded (zarr skipped chunks equal to the fill value): not damage. Their features
+    read, and nothing is marked for re-extraction; a chunk that does not decode still is."""
+    from hashtagkit.stores.store import FILES_MARK
+
+    store = make_store(tmp_path / "old.zarr", n=40, chunk_rows=16)
+    g = zarr.open_group(tmp_path / "old.zarr", mode="r+")
+    del g["done"].attrs[FILES_MARK]  # the layout of the earlier writer
+    for f in (tmp_path / "old.zarr" / "reason" / "c").iterdir():
+        f.unlink()
+    store = open_store(tmp_path / "old.zarr")
+    assert store.damaged_chunks() == {}
+    assert store.features().shape == (40, 8)
+    (tmp_path / "old.zarr" / "features" / "c" / "1" / "0").write_bytes(b"not zstd")
+    assert list(store.damaged_chunks()) == [1]
+    # with the mark (a store written now) a missing file is damage
+    g["done"].attrs[FILES_MARK] = True
+    assert set(open_store(tmp_path / "old.zarr").damaged_chunks(decode=False)) == {0, 1, 2}
