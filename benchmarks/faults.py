@@ -18,7 +18,7 @@ reference anywhere in features / valid / reason / done (must be 0). Everything s
 killed by pid when a trial ends (orphaned decode workers included, checked by start time).
 Prints a Markdown table and writes it, with the machine and versions, to --out.
 
-    python benchmarks/faults.py [--trials 20] [--worker-trials 2] [--attr-trials 20] [--n 16]
+    python benchmarks/faults.py [--trials 20] [--worker-trials 2] [--attr-trials 20] [--n 12]
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def kill_extract_trials(pristine: Path, work: Path, ref: dict, duration: float, 
         tally.rows_lost += lost
         tally.mismatches += differs
         print(f"  kill {i + 1}/{trials} at {moment:.1f}s: chunks done at kill {at_kill[-1]}, resumed in {tries} "
-              f"run(s): {'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}")
+              f"run(s): {'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}", flush=True)
     n_chunks = len(ref["done"])
     hist = [sum(1 for a in at_kill if a == k) for k in range(n_chunks + 1)]
     tally.notes.append(f"chunks done when killed (0..{n_chunks}): {hist}"
@@ -262,7 +262,7 @@ def kill_worker_trials(pristine: Path, work: Path, ref: dict, duration: float, t
         tally.mismatches += differs
         print(f"  worker kill {i + 1}/{trials}: extract exit {proc.returncode} "
               f"({'survived' if survived else 'did not survive'}); then resumed in {tries} run(s) "
-              f"{'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}")
+              f"{'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}", flush=True)
     tally.notes.append("survived = the extract itself exited 0; rows lost / mismatches are after a resume")
     return tally
 
@@ -388,11 +388,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20, help="random SIGKILLs of extract")
     ap.add_argument("--worker-trials", type=int, default=2, help="SIGKILLs of a decode worker")
     ap.add_argument("--attr-trials", type=int, default=20, help="SIGKILLs of an attribute writer")
-    ap.add_argument("--n", type=int, default=16, help="demo photos in the store")
+    ap.add_argument("--n", type=int, default=12, help="demo photos in the store")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--budget", type=float, default=480, help="seconds; no new trial starts after it")
+    ap.add_argument("--budget", type=float, default=500,
+                    help="seconds; no new trial starts after it (the whole run stays under 10 minutes)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "faults.md")
     args = ap.parse_args()
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so every trial's reaper runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("faults.py: terminated"))
     deadline = time.monotonic() + args.budget
     with tempfile.TemporaryDirectory(prefix="hashtagkit-faults-") as tmp:
         work = Path(tmp)
@@ -400,9 +403,10 @@ def main() -> None:
         subprocess.run([*CLI, "prepare", "demo", "-o", str(pristine), "--n", str(args.n), "--seed", "0"],
                        check=True, capture_output=True)
         ref, duration = reference(pristine, work)
-        print(f"uninterrupted extract: {duration:.1f}s, {len(ref['done'])} chunks")
+        print(f"uninterrupted extract: {duration:.1f}s, {len(ref['done'])} chunks", flush=True)
+        reserve = args.worker_trials * (2 * duration + 10) + args.attr_trials * 1.5  # the later faults' share
         tallies = [
-            kill_extract_trials(pristine, work, ref, duration, args.trials, args.seed, deadline),
+            kill_extract_trials(pristine, work, ref, duration, args.trials, args.seed, deadline - reserve),
             kill_worker_trials(pristine, work, ref, duration, args.worker_trials, args.seed, deadline),
             attr_writer_trials(pristine, work, args.attr_trials, args.seed, deadline),
         ]
