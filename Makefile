@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ clean:
 DEVICE ?= cpu
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
+
+# Fault injection (SIGKILL extract, a decode worker, an attribute writer); < 10 minutes on 2 cores.
+FAULT_TRIALS ?= 20
+bench-faults: $(STAMP)
+	$(BIN)/python benchmarks/faults.py --trials $(FAULT_TRIALS)
 
 bench-heads: $(STAMP)
 	$(BIN)/python benchmarks/heads.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)

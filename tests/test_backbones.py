@@ -18,7 +18,7 @@ from hashtagkit.backbones.torchvision_weights import cached_path
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
 
-from .conftest import SHARED
+from .conftest import SHARED, need_data
 
 LENET = SHARED / "fixtures" / "caffe" / "lenet_iter_10000.caffemodel"
 
@@ -117,8 +117,7 @@ def test_random_is_explicit_warned_and_recorded():
 
 # --- Caffe ---------------------------------------------------------------------------------------
 def test_real_lenet_caffemodel():
-    if not LENET.is_file():
-        pytest.skip(f"{LENET} absent (../shared not beside the repository)")
+    need_data(LENET.is_file(), f"{LENET} absent (../shared not beside the repository)")
     assert hashlib.md5(LENET.read_bytes()).hexdigest() == "cbec75c1c374b6c1981c4a1eb024ae01"
     layers = {layer.name: layer for layer in read_caffemodel(LENET) if layer.blobs}
     shapes = {name: [b.shape for b in layer.blobs] for name, layer in layers.items()}
@@ -129,8 +128,7 @@ def test_real_lenet_caffemodel():
 
 
 def test_convert_raw_on_lenet(tmp_path):
-    if not LENET.is_file():
-        pytest.skip(f"{LENET} absent")
+    need_data(LENET.is_file(), f"{LENET} absent")
     out = tmp_path / "lenet.pth"
     res = CliRunner().invoke(cli, ["convert-caffe", str(LENET), "--arch", "raw", "-o", str(out)])
     assert res.exit_code == 0, res.output

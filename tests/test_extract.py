@@ -24,7 +24,7 @@ from hashtagkit.extract import extract, store_lock
 from hashtagkit.images import decode
 from hashtagkit.stores import open_store
 
-from .conftest import SHARED
+from .conftest import SHARED, need_data
 from .test_backbones import vgg_file, vgg_state  # noqa: F401  (session fixtures)
 
 FIXED = SHARED / "fixtures" / "harrison_fixed"
@@ -151,8 +151,7 @@ def test_bad_images_become_invalid_rows(tmp_path):
 
 
 def test_real_truncated_harrison_photos(tmp_path):
-    if not FIXED.is_dir():
-        pytest.skip(f"{FIXED} absent (../shared not beside the repository)")
+    need_data(FIXED.is_dir(), f"{FIXED} absent (../shared not beside the repository)")
     rel = ["instagram_dataset/sun/image_99.jpg", "instagram_dataset/family/image_2411.jpg"]
     for r in rel:
         with pytest.raises(Exception, match="truncated"):
