@@ -61,16 +61,31 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def record_key(store, head: str, view: str, seed: int, sets: dict[str, dict] | None) -> str:
+def store_fingerprint(store) -> dict:
+    """What of the store makes a record, computed once per bench: the split, the labels and
+    vocabulary (a re-prepared store with the same size and seed has the same split but not the
+    same labels), when it was made, the backbones and weights of its features, how they were
+    extracted and which rows are valid (a re-extraction with --allow-truncated changes them)."""
+    extraction = dict(store.group.attrs.get("extraction", {}))
+    return {
+        "split_sha256": store.split_info.get("sha256"),
+        "labels_sha256": provenance.sha256_bytes(np.ascontiguousarray(store.labels()).tobytes()),
+        "vocab_sha256": provenance.sha256_bytes("\n".join(store.vocab).encode()),
+        "created": (store.meta.get("provenance") or {}).get("created"),
+        "features": store.block_signatures(),
+        "extraction": {k: extraction.get(k) for k in ("precision", "dtype", "allow_truncated")},
+        "valid_rows": provenance.sha256_bytes(np.packbits(store.valid()).tobytes()) if store.has_features() else None,
+    }
+
+
+def record_key(fingerprint: dict, head: str, view: str, seed: int, sets: dict[str, dict] | None) -> str:
     """Everything that makes a record: the combination, the head's resolved hyper-parameters
-    (defaults included, so a changed default is a changed key), the store's split, the
-    backbones and weights of its features and which rows are valid (a re-extraction with
-    --allow-truncated changes the rows scored). Resume reuses a record only under the same key."""
-    params = make_head(head, **(sets or {}).get(head, {})).get_params()
-    valid = provenance.sha256_bytes(np.packbits(store.valid()).tobytes()) if store.has_features() else None
-    return json.dumps({"head": head, "view": view, "seed": seed, "params": params,
-                       "split_sha256": store.split_info.get("sha256"), "features": store.block_signatures(),
-                       "valid_rows": valid}, sort_keys=True, default=str)
+    (a preset's values included, so a changed default is a changed key) and the store's
+    fingerprint. Resume reuses a record only under the same key."""
+    made = make_head(head, **(sets or {}).get(head, {}))
+    params = made.config() if hasattr(made, "config") else made.get_params()
+    return json.dumps({"head": head, "view": view, "seed": seed, "params": params, "store": fingerprint},
+                      sort_keys=True, default=str)
 
 
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
@@ -81,10 +96,13 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
     results_path = out / RESULTS
     records = json.loads(results_path.read_text())["records"] if results_path.is_file() else []
     combos = plan(store, heads, views, seeds, log)
-    keys = {c: record_key(store, *c, sets) for c in combos}
-    stale = [r for r in records if (r["head"], r["view"], r["seed"]) in keys
-             and r.get("key") != keys[(r["head"], r["view"], r["seed"])]]
-    records = [r for r in records if not any(r is st for st in stale)]  # recomputed below, never mixed in
+    fingerprint = store_fingerprint(store)
+    keys = {c: record_key(fingerprint, *c, sets) for c in combos}
+    kept, stale = [], []
+    for r in records:  # a stale record is recomputed below, never mixed in
+        combo = (r["head"], r["view"], r["seed"])
+        (stale if combo in keys and r.get("key") != keys[combo] else kept).append(r)
+    records = kept
     done = {(r["head"], r["view"], r["seed"]) for r in records}
     todo = [c for c in combos if c not in done]
     counts = store.labels(store.split_rows("train")).sum(axis=0).astype(int).tolist()
@@ -144,9 +162,12 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
     ]
     order = {h: i for i, h in enumerate(dict.fromkeys(["popularity", *HEADS]))}
     for (head, view), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
-        lines.append(f"| {head} | {view} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS)
+        lines.append(f"| {head} | {view} | " + " | ".join(_cell([metric(r, m) for r in rs]) for m in METRICS)
                      + f" | {np.mean([r['fit_seconds'] for r in rs]):.1f} | {len(rs)} |")
     footer = ["", *_left_out_lines(records), _params_line(sets), _made_line()]
+    if store.n_classes < max(int(m.partition("@")[2]) for m in METRICS):
+        footer.insert(1, f"The vocabulary has {store.n_classes} classes: a K above it is computed at "
+                         f"K = {store.n_classes}.")
     random = [b.get("backbone") or b["name"] for b in store.blocks if (b.get("weights") or {}).get("source") == "random"]
     if random:
         footer.insert(1, f"**Features from RANDOM weights** ({', '.join(random)}): a smoke test of the pipeline, "
@@ -159,6 +180,14 @@ def make_table(records: list[dict], store, sets: dict[str, dict] | None = None) 
             lines += ["", "The features are planted (synthetic) on HARRISON's labels: the paper's rows show the scale "
                           "of the real task, they are not comparable with the measured rows."]
     return "\n".join(lines + footer) + "\n"
+
+
+def metric(record: dict, name: str) -> float:
+    """A record's `precision@K`-style value, where a K above the vocabulary was computed (and
+    keyed) at the vocabulary size: a 3-class store has no Recall@5, its Recall@3 stands in."""
+    kind, _, k = name.partition("@")
+    cap = (record.get("k_capped") or {}).get("computed_at")
+    return record[f"{kind}@{min(int(k), cap) if cap else int(k)}"]
 
 
 def _images(records: list[dict]) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from hashtagkit import provenance
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
+from hashtagkit.heads.base import nonfinite_rows
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.stores import Store, open_store
 
@@ -45,10 +46,10 @@ def design_matrix(store: Store, head: Head, view: str, rows: np.ndarray) -> np.n
     if not head.needs_features:
         return np.zeros((len(rows), 0), dtype=np.float32)
     X = store.features(view, rows)
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
+    bad = nonfinite_rows(X)  # in row batches: no N x D boolean copy
+    if len(bad):
         named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
-        more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
                          "re-extract them (e.g. with --precision fp32) or drop them")
     return X

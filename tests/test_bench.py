@@ -195,3 +195,33 @@ def test_table_counts_the_rows_once_and_says_what_was_left_out(tmp_path):
     table = (tmp_path / "b" / "table.md").read_text()
     assert "test split, 13 images, the same rows for every head" in table
     assert "Test rows left out (for every head): 2 invalid image." in table
+
+
+def test_a_re_prepared_store_with_the_same_split_is_not_reused(tmp_path):
+    """Same size and seed give the same split; other labels must still redo every record."""
+    out = tmp_path / "b"
+    args = ["--heads", "knn", "--features", "both", "--set", "knn.k=3"]
+    store = make_store(tmp_path / "s.zarr", seed=0).path
+    assert bench(store, out, *args).exit_code == 0
+    first = json.loads((out / "results.json").read_text())["records"]
+    g = zarr.open_group(store, mode="r+")  # other labels under the same split and vocabulary
+    g["labels"][...] = np.roll(np.asarray(g["labels"][...]), 1, axis=1)
+    res = bench(store, out, *args)
+    assert res.exit_code == 0, res.output
+    assert "0 already done; 2 earlier record(s)" in res.output
+    again = json.loads((out / "results.json").read_text())["records"]
+    assert {r["key"] for r in again}.isdisjoint({r["key"] for r in first})
+
+
+def test_bench_on_a_vocabulary_smaller_than_five(tmp_path):
+    """R@5 and A@5 of a 3-class store are computed at K = 3, and the table says so."""
+    store = make_store(tmp_path / "s.zarr", c=3).path
+    res = bench(store, tmp_path / "b", "--heads", "knn", "--features", "both", "--set", "knn.k=3")
+    assert res.exit_code == 0, res.output
+    records = json.loads((tmp_path / "b" / "results.json").read_text())["records"]
+    knn = next(r for r in records if r["head"] == "knn")
+    assert "recall@5" not in knn and knn["k_capped"]["computed_at"] == 3
+    table = (tmp_path / "b" / "table.md").read_text()
+    assert f"| knn | both | {100 * knn['precision@1']:.2f} | {100 * knn['recall@3']:.2f} | " \
+           f"{100 * knn['accuracy@3']:.2f} |" in table
+    assert "vocabulary has 3 classes" in table

@@ -93,14 +93,17 @@ class Param:
             return isinstance(value, str) and value in self.choices
         if isinstance(value, bool) or not isinstance(value, Integral if self.kind is int else Real):
             return False
-        if not math.isfinite(value) or value in self.exclude:
+        try:  # NaN, inf and integers too large for a float (10**400) are never a setting
+            if not math.isfinite(float(value)) or value in self.exclude:
+                return False
+        except OverflowError:
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
 
-def _nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
+def nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
     """Indices of rows holding NaN or inf, checked in row batches (a float16 feature matrix
     is never expanded whole into a boolean copy)."""
     if not np.issubdtype(A.dtype, np.floating) and not np.issubdtype(A.dtype, np.complexfloating):
@@ -111,7 +114,7 @@ def _nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
 
 
 def _check_finite(A: np.ndarray, what: str) -> None:
-    rows = _nonfinite_rows(A)
+    rows = nonfinite_rows(A)
     if len(rows):
         shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
         raise ValueError(f"{what} has NaN or inf in {len(rows)} row(s): {shown}")
