@@ -443,9 +443,13 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 @click.option("--overwrite", is_flag=True, help="Discard existing features and start again (default: resume).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for random-weight backbones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--preprocessing", "preprocessings", multiple=True, metavar="BACKBONE=NAME",
+              help="Feed BACKBONE other pixels than its own (repeatable). NAME: imagenet, places365-caffe, weights "
+                   "(what its weights file records) or backbone. Needed for a weights file made for another "
+                   "preprocessing or block, which is refused otherwise.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
             workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
-            no_progress: bool) -> None:
+            no_progress: bool, preprocessings: tuple[str, ...]) -> None:
     """Compute image features for every row of STORE, resumably.
 
     Decodes each image once, runs every backbone on it and writes the concatenated features
@@ -459,7 +463,13 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 
     open_store(store)  # a missing store fails before any weights are loaded
     chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
-    loaded = [load_backbone(name, source, seed=seed) for name, source in chosen]
+    asked = {}
+    for item in preprocessings:
+        name, sep, value = item.partition("=")
+        if not sep or not value or name not in [n for n, _ in chosen]:
+            raise UserError(f"--preprocessing takes BACKBONE=NAME for a backbone being extracted, got {item!r}")
+        asked[name] = value
+    loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
                 workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
                 allow_truncated=allow_truncated, progress=not no_progress, log=echo_err)
@@ -472,15 +482,23 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 @click.option("--keep-fc8", is_flag=True, help="vgg16: keep the classification layer (fc8 / fc8a).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .pth file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: bool) -> None:
-    """Convert a Caffe .caffemodel into a PyTorch state dict, without Caffe.
+@click.option("--preprocessing", "preprocessing", type=click.Choice(["places365-caffe", "imagenet", "none"]),
+              help="The pixels these weights expect, recorded in OUT [default: places365-caffe for vgg16 (Caffe "
+                   "models take BGR 0-255 minus the mean), none (unknown) for raw].")
+@click.option("--block", type=click.Choice(["scene", "object", "none"]),
+              help="The feature block these weights fill, recorded in OUT [default: scene for vgg16, none for raw].")
+def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: bool, preprocessing: str | None,
+                  block: str | None) -> None:
+    """Convert a Caffe .caffemodel into a PyTorch weights file, without Caffe.
 
-    For the Places365 VGG-16 (vgg16-scene):
+    OUT holds the state dict and what it expects (preprocessing, block, the caffemodel's name and
+    sha256), so `extract` refuses to feed it other pixels. For the Places365 VGG-16 (vgg16-scene):
     hashtagkit convert-caffe vgg16_places365.caffemodel -o ~/.cache/hashtagkit/weights/vgg16_places365.pth
     """
     import torch
 
     from hashtagkit import provenance
+    from hashtagkit.backbones import PREPROCESSINGS, weights_file_payload
     from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
     from hashtagkit.outputs import atomic_file, refuse_existing
 
@@ -494,10 +512,18 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
             vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
         except RuntimeError as e:
             raise UserError(f"{model}: converted weights do not fit torchvision's vgg16: {str(e).splitlines()[0]}") from None
+    preprocessing = preprocessing or ("places365-caffe" if arch == "vgg16" else "none")
+    block = block or ("scene" if arch == "vgg16" else "none")
+    metadata = {
+        "arch": arch, "block": None if block == "none" else block,
+        "preprocessing": PREPROCESSINGS[preprocessing].describe() if preprocessing != "none" else None,
+        "source": {"caffemodel": model.name, "sha256": provenance.sha256_file(model)}, "keep_fc8": keep_fc8,
+        "created": provenance.now(),
+    }
     with atomic_file(out) as tmp:
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
+        torch.save(weights_file_payload({k: torch.from_numpy(v) for k, v in state.items()}, metadata), tmp)
     n_params = sum(v.size for v in state.values())
-    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}); sha256 {provenance.sha256_file(out)}")
+    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}, block {block}, preprocessing {preprocessing}); sha256 {provenance.sha256_file(out)}")
 
 
 # --- info --------------------------------------------------------------------------------------

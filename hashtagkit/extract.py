@@ -67,9 +67,9 @@ class FeatureModel(nn.Module):
     def __init__(self, backbones: Sequence[LoadedBackbone]):
         super().__init__()
         self.nets = nn.ModuleList([b.module for b in backbones])
-        distinct = list(dict.fromkeys(b.spec.preprocessing for b in backbones))
+        distinct = list(dict.fromkeys(b.preprocessing for b in backbones))
         self.transforms = distinct
-        self.input_of = [distinct.index(b.spec.preprocessing) for b in backbones]
+        self.input_of = [distinct.index(b.preprocessing) for b in backbones]
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([net(inputs[i]).float() for net, i in zip(self.nets, self.input_of, strict=True)], dim=1)
@@ -133,7 +133,10 @@ def store_lock(store: Store) -> Iterator[None]:
 
 
 def block_signature(block: dict) -> tuple:
-    return (block["backbone"], block["weights"].get("sha256"), block["weights"].get("seed"), tuple(block["columns"]))
+    """What must be equal for a resume to add features of the same kind: backbone, weights and pixels."""
+    pre = block.get("preprocessing") or {}
+    return (block["backbone"], block["weights"].get("sha256"), block["weights"].get("seed"), tuple(block["columns"]),
+            repr(sorted(pre.items())))
 
 
 @dataclass

@@ -44,14 +44,16 @@ def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precis
     loaded = []
     for b in blocks:
         w = b["weights"]
+        # the pixels the store's features were computed from, whatever the weights file says now
+        recorded = b.get("preprocessing")
         if w.get("source") == "random":
-            loaded.append(load_backbone(b["backbone"], "random", seed=int(w.get("seed") or 0)))
+            loaded.append(load_backbone(b["backbone"], "random", seed=int(w.get("seed") or 0), preprocessing=recorded))
             continue
         path = weights.get(b["backbone"]) or w.get("path")
         if not path or not Path(path).is_file():
             raise InputError(f"{b['backbone']}: weights file {path} not found; pass --weights {b['backbone']}=PATH "
                              f"(sha256 {str(w.get('sha256'))[:12]}...)")
-        loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256")))
+        loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256"), preprocessing=recorded))
     dev = pick_device(device)
     if precision == "auto":  # the store's own precision where this device can run it
         stored = record["store"].get("extraction", {}).get("precision")

@@ -74,3 +74,24 @@ IMAGENET = Preprocessing(
 PLACES365_CAFFE = Preprocessing(
     resize=(256, 256), crop=224, colour_order="BGR", value_range=255.0, mean=(104.051, 112.514, 116.676),
 )
+
+# the names a weights file (`convert-caffe --preprocessing`) and `extract --preprocessing` use
+PREPROCESSINGS: dict[str, Preprocessing] = {"imagenet": IMAGENET, "places365-caffe": PLACES365_CAFFE}
+
+
+def preprocessing_from_dict(d: dict) -> Preprocessing:
+    """The inverse of `Preprocessing.describe()` (a store's or a weights file's record)."""
+    resize = d["resize"]
+    return Preprocessing(
+        resize=tuple(resize) if isinstance(resize, list | tuple) else int(resize), crop=int(d["crop"]),
+        colour_order=d["colour_order"], value_range=float(d["value_range"]), mean=tuple(d["mean"]),
+        std=tuple(d.get("std", (1.0, 1.0, 1.0))),
+    )
+
+
+def preprocessing_name(p: Preprocessing) -> str:
+    """A short name for messages: 'imagenet', 'places365-caffe' or the colour order and range."""
+    for name, known in PREPROCESSINGS.items():
+        if known == p:
+            return name
+    return f"{p.colour_order} 0-{p.value_range:g}"
