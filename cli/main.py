@@ -440,7 +440,13 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
 @click.option("--allow-truncated", is_flag=True, help="Decode truncated JPEGs (grey fill) instead of marking them invalid.")
-@click.option("--overwrite", is_flag=True, help="Discard existing features and start again (default: resume).")
+@click.option("--overwrite", is_flag=True,
+              help="Discard the existing features at the start (they are gone even if this run is interrupted) "
+                   "and extract again (default: resume).")
+@click.option("--allow-mixed-precision", is_flag=True,
+              help="Resume with another --precision than the done chunks' (info then shows the mix).")
+@click.option("--allow-other-images", is_flag=True,
+              help="Resume although --images or the photos of done chunks changed (only if they are the same photos).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for random-weight backbones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--preprocessing", "preprocessings", multiple=True, metavar="BACKBONE=NAME",
@@ -449,7 +455,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
                    "preprocessing or block, which is refused otherwise.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
             workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
-            no_progress: bool, preprocessings: tuple[str, ...]) -> None:
+            no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
+            allow_other_images: bool) -> None:
     """Compute image features for every row of STORE, resumably.
 
     Decodes each image once, runs every backbone on it and writes the concatenated features
@@ -472,7 +479,8 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
     loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
                 workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
-                allow_truncated=allow_truncated, progress=not no_progress, log=echo_err)
+                allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
+                allow_other_images=allow_other_images, progress=not no_progress, log=echo_err)
 
 
 @cli.command("convert-caffe")
@@ -532,9 +540,12 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 def info(store: Path, as_json: bool) -> None:
     """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
+    from hashtagkit.extract import extraction_summary
     from hashtagkit.stores import open_store
 
-    data = open_store(store).info()
+    opened = open_store(store)
+    data = opened.info()
+    data["extraction"] = extraction_summary(opened)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -549,13 +560,35 @@ def info(store: Path, as_json: bool) -> None:
     ]
     if not data["blocks"]:
         lines.append("features   none yet (run `hashtagkit extract`)")
-    for b in data["blocks"]:
-        lines.append(f"block      {b['name']}: {b.get('backbone')} columns {b['columns'][0]}..{b['columns'][1]}")
-    if data.get("completeness"):
-        done, total = data["completeness"]
-        lines.append(f"extracted  {done} of {total} chunks")
+    lines += extraction_lines(data["blocks"], data.get("completeness"), data["extraction"])
     lines.append(f"made       {prov.get('created')} by `{prov.get('command')}`")
     click.echo("\n".join(lines))
+
+
+def extraction_lines(blocks: list[dict], completeness: list | None, summary: dict | None) -> list[str]:
+    """`info`'s lines on how the features were made: per block the backbone, weights and pixels;
+    then chunks done, the precision/device of the done chunks (all of them when mixed), dates
+    and invalid rows."""
+    from hashtagkit.backbones.preprocessing import preprocessing_from_dict, preprocessing_name
+    from hashtagkit.extract import reasons_text
+
+    lines = []
+    for b in blocks:
+        w = b.get("weights") or {}
+        pre = preprocessing_name(preprocessing_from_dict(b["preprocessing"])) if b.get("preprocessing") else "?"
+        weights = f"random (seed {w.get('seed')})" if w.get("source") == "random" else f"sha256 {str(w.get('sha256'))[:12]}"
+        lines.append(f"block      {b['name']}: {b.get('backbone')} columns {b['columns'][0]}..{b['columns'][1]}"
+                     + (f"   weights {weights}, preprocessing {pre}" if w else ""))
+    if completeness:
+        done, total = completeness
+        lines.append(f"extracted  {done} of {total} chunks")
+    if summary:
+        text = " + ".join(f"{s['precision']} on {s['device']}" for s in summary["settings"]) or "no chunk done yet"
+        lines.append(f"settings   {text}" + ("   (MIXED: the done chunks come from several settings)"
+                                              if summary["mixed"] else ""))
+        lines.append(f"runs       {summary['runs']}, first {summary['first']}, last {summary['last']}")
+        lines.append(f"invalid    {reasons_text(summary['invalid'])}")
+    return lines
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 import warnings
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from hashtagkit import provenance
-from hashtagkit.backbones import LoadedBackbone, Preprocessing
+from hashtagkit.backbones import LoadedBackbone, Preprocessing, preprocessing_from_dict
 from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.images import DecodeError, decode
@@ -134,9 +135,9 @@ def store_lock(store: Store) -> Iterator[None]:
 
 def block_signature(block: dict) -> tuple:
     """What must be equal for a resume to add features of the same kind: backbone, weights and pixels."""
-    pre = block.get("preprocessing") or {}
+    pre = block.get("preprocessing")
     return (block["backbone"], block["weights"].get("sha256"), block["weights"].get("seed"), tuple(block["columns"]),
-            repr(sorted(pre.items())))
+            preprocessing_from_dict(pre) if pre else None)
 
 
 @dataclass
@@ -185,17 +186,128 @@ class ChunkBatches(torch.utils.data.Sampler):
 class Summary:
     rows: int
     extracted: int
-    invalid: dict
+    invalid: dict  # reason -> rows, of this run
     seconds: float
     device: str
     precision: str
     skipped_chunks: int
+    store_invalid: dict | None = None  # reason -> rows, of the whole store after this run
 
     def text(self) -> str:
         rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
-        bad = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.invalid.items())) or "none"
-        return (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
-                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; invalid rows: {bad}")
+        text = (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
+                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; "
+                f"invalid rows: {reasons_text(self.invalid)} in this run")
+        if self.store_invalid is not None:
+            text += f", {reasons_text(self.store_invalid)} in the store"
+        return text
+
+
+def reasons_text(counts: dict) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "none"
+
+
+# --- what a resume must agree with ------------------------------------------------------------
+def chunk_fingerprints(root: Path, paths: Sequence[str], chunk_rows: int) -> list[str]:
+    """Per chunk, a hash of its files' relative paths, sizes and mtimes: a resume that would read
+    other photos (another --images, or files replaced since) changes the hash of a done chunk."""
+    out = []
+    for start in range(0, max(len(paths), 1), chunk_rows):
+        h = hashlib.sha256()
+        for rel in paths[start : start + chunk_rows]:
+            try:
+                st = os.stat(root / rel)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{rel}\0-\n".encode())
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def check_resume(record: dict, done: np.ndarray, root: Path, prints: list[str], precision: str,
+                 allow_mixed_precision: bool, allow_other_images: bool) -> None:
+    """Refuse a resume that would mix precisions or photo sets in one feature array."""
+    if not done.any() or not record:
+        return
+    used = settings_of_done_chunks(record, done)
+    precisions = sorted({p for p, _ in used if p})
+    if precisions and precisions != [precision] and not allow_mixed_precision:
+        raise InputError(
+            f"the done chunks were extracted in {', '.join(precisions)}, this run would use {precision}: "
+            f"resume with --precision {precisions[0]}, or pass --allow-mixed-precision to mix them, "
+            "or --overwrite to start again")
+    if allow_other_images:
+        return
+    old_root = record.get("image_root")
+    if old_root and Path(old_root) != root.resolve():
+        raise InputError(f"the done chunks were read from {old_root}, this run would read {root.resolve()}: "
+                         "pass the same --images, or --allow-other-images if the photos are the same, "
+                         "or --overwrite to start again")
+    old = record.get("fingerprints") or []
+    changed = [c for c in np.flatnonzero(done).tolist() if c < len(old) and old[c] and old[c] != prints[c]]
+    if changed:
+        raise InputError(f"{len(changed)} done chunk(s) (first: {changed[0]}) hold features of photos that have "
+                         "changed since (size or modification time): pass --overwrite to extract again, or "
+                         "--allow-other-images to keep them")
+
+
+def settings_of_done_chunks(record: dict, done: np.ndarray) -> list[tuple[str | None, str | None]]:
+    """The distinct (precision, device) that computed the done chunks; stores made before the
+    per-run record say only the last run's."""
+    runs = record.get("runs") or []
+    owner = record.get("chunk_runs")
+    if owner is None:
+        return [(record.get("precision"), record.get("device"))]
+    out = []
+    for c in np.flatnonzero(done).tolist():
+        r = owner[c] if c < len(owner) else -1
+        run = runs[r] if 0 <= r < len(runs) else record
+        setting = (run.get("precision"), run.get("device"))
+        if setting not in out:
+            out.append(setting)
+    return out
+
+
+def extraction_summary(store: Store) -> dict | None:
+    """How the store's features were made, for `info`: the (precision, device) settings of the
+    done chunks (several = mixed), runs, dates and invalid rows; None before any extraction."""
+    record = store.group.attrs.get("extraction")
+    if not record or "done" not in store.group:
+        return None
+    done = np.asarray(store.group["done"][...])
+    settings = settings_of_done_chunks(record, done) if done.any() else []
+    runs = record.get("runs") or []
+    return {
+        "settings": [{"precision": p, "device": d} for p, d in settings],
+        "mixed": len(settings) > 1,
+        "runs": len(runs),
+        "first": runs[0].get("started") if runs else record.get("created"),
+        "last": record.get("created"),
+        "invalid": dict(Counter(r for r in np.asarray(store.group["reason"][...]).tolist() if r)),
+    }
+
+
+def start_record(store: Store, record: dict, done: np.ndarray, pending: list[int], prints: list[str], run: dict,
+                 root: Path) -> dict:
+    """Write, before any chunk, which run computes which chunk and from which photos, so that even
+    a killed run leaves the truth about its done chunks."""
+    record = dict(record)
+    runs = list(record.get("runs") or [])
+    owner = record.get("chunk_runs")
+    if owner is None:  # a store from before per-chunk records: its done chunks are the last run's
+        owner = [-1] * len(done)
+        if record.get("precision"):
+            runs.append({"started": record.get("created"), "device": record.get("device"),
+                         "precision": record.get("precision"), "note": "recorded before per-run settings"})
+            owner = [len(runs) - 1 if d else -1 for d in done.tolist()]
+    owner = list(owner)
+    fingerprints = list(record.get("fingerprints") or [""] * len(done))
+    for c in pending:
+        owner[c], fingerprints[c] = len(runs), prints[c]
+    runs.append(run)
+    record.update(runs=runs, chunk_runs=owner, fingerprints=fingerprints, image_root=str(root.resolve()))
+    store.group.attrs["extraction"] = record
+    return record
 
 
 def extract(
@@ -211,10 +323,16 @@ def extract(
     chunk_rows: int | None = None,
     overwrite: bool = False,
     allow_truncated: bool = False,
+    allow_mixed_precision: bool = False,
+    allow_other_images: bool = False,
     progress: bool = True,
     log=print,
 ) -> Summary:
-    """Fill the store's features with the given backbones; resumes unless `overwrite`."""
+    """Fill the store's features with the given backbones; resumes unless `overwrite`.
+
+    A resume must use the same backbones, weights, preprocessing and dtype (else `overwrite`),
+    the same precision (else `allow_mixed_precision`) and the same photos (else
+    `allow_other_images`)."""
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
     if batch_size < 1:
@@ -233,55 +351,74 @@ def extract(
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
     workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
     with store_lock(store):
+        if overwrite and "features" in store.group:
+            log(f"--overwrite: discarding the existing features of {store.path} now")
         plan = prepare_arrays(store, blocks, dtype, chunk_rows, overwrite)
         g = store.group
         n = store.n_rows
-        reader = ImageReader(root, store.paths(), engine.transforms, allow_truncated)
-        sampler = ChunkBatches(plan.pending, plan.chunk_rows, n, batch_size)
-        loader = torch.utils.data.DataLoader(
-            reader, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-            pin_memory=dev.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        todo = sum(len(batch) for batch in sampler)
-        invalid: Counter = Counter()
-        started = time.perf_counter()
-        from tqdm import tqdm
-
-        bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-        pending = iter(plan.pending)
-        chunk = next(pending, None)
-        buf = None
-        for rows, inputs, reasons in loader:
-            feats = engine(inputs)
-            rows_np = rows.numpy()
-            if buf is None:
-                start, stop = chunk * plan.chunk_rows, min((chunk + 1) * plan.chunk_rows, n)
-                buf = (np.zeros((stop - start, engine.dim), dtype=np.float32), np.ones(stop - start, bool),
-                       [""] * (stop - start), start, stop)
-            feat_buf, valid_buf, reason_buf, start, stop = buf
-            for j, (r, reason) in enumerate(zip(rows_np, reasons, strict=True)):
-                if reason:
-                    valid_buf[r - start] = False
-                    reason_buf[r - start] = reason
-                    invalid[reason] += 1
-                else:
-                    feat_buf[r - start] = feats[j]
-            bar.update(len(rows_np))
-            if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
-                store.write_chunk(chunk, feat_buf, valid_buf, reason_buf)
-                chunk, buf = next(pending, None), None
-        bar.close()
-        seconds = time.perf_counter() - started
-        summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
-                          precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending))
-        runs = list(g.attrs.get("extraction", {}).get("runs", [])) if not overwrite else []
-        runs.append({"started": provenance.now(), "rows": todo, "seconds": round(seconds, 2),
-                     "images_per_second": round(todo / seconds, 2) if seconds > 0 else None})
-        g.attrs["extraction"] = provenance.record(
+        paths = store.paths()
+        done = np.asarray(g["done"][...])
+        record = {} if overwrite else dict(g.attrs.get("extraction") or {})
+        prints = chunk_fingerprints(root, paths, plan.chunk_rows)
+        check_resume(record, done, root, prints, prec, allow_mixed_precision, allow_other_images)
+        run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
+               "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve())}
+        record = start_record(store, record, done, plan.pending, prints, run, root)
+        todo, invalid, seconds = run_chunks(store, engine, plan, ImageReader(root, paths, engine.transforms,
+                                                                             allow_truncated),
+                                            batch_size, workers, dev, progress)
+        store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
+        run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
+                   images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
+        record["runs"][-1] = run
+        g.attrs["extraction"] = record | provenance.record(
             device=str(dev), precision=prec, batch_size=batch_size, workers=workers, dtype=dtype,
             chunk_rows=plan.chunk_rows, allow_truncated=allow_truncated, image_root=str(root.resolve()),
-            invalid=dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r)), runs=runs,
+            invalid=store_invalid,
         )
+    summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
+                      precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())
     return summary
+
+
+def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
+               dev: torch.device, progress: bool) -> tuple[int, Counter, float]:
+    """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds)."""
+    from tqdm import tqdm
+
+    n = store.n_rows
+    sampler = ChunkBatches(plan.pending, plan.chunk_rows, n, batch_size)
+    loader = torch.utils.data.DataLoader(
+        reader, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=dev.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    todo = sum(len(batch) for batch in sampler)
+    invalid: Counter = Counter()
+    started = time.perf_counter()
+    bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
+    pending = iter(plan.pending)
+    chunk = next(pending, None)
+    buf = None
+    for rows, inputs, reasons in loader:
+        feats = engine(inputs)
+        rows_np = rows.numpy()
+        if buf is None:
+            start, stop = chunk * plan.chunk_rows, min((chunk + 1) * plan.chunk_rows, n)
+            buf = (np.zeros((stop - start, engine.dim), dtype=np.float32), np.ones(stop - start, bool),
+                   [""] * (stop - start), start, stop)
+        feat_buf, valid_buf, reason_buf, start, stop = buf
+        for j, (r, reason) in enumerate(zip(rows_np, reasons, strict=True)):
+            if reason:
+                valid_buf[r - start] = False
+                reason_buf[r - start] = reason
+                invalid[reason] += 1
+            else:
+                feat_buf[r - start] = feats[j]
+        bar.update(len(rows_np))
+        if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
+            store.write_chunk(chunk, feat_buf, valid_buf, reason_buf)
+            chunk, buf = next(pending, None), None
+    bar.close()
+    return todo, invalid, time.perf_counter() - started
