@@ -17,7 +17,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from hashtagkit.backbones import load_backbone
+from hashtagkit.backbones import IMAGENET, PLACES365_CAFFE, load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
 from hashtagkit.extract import extract, store_lock
@@ -250,15 +250,27 @@ def test_killed_run_resumes_to_the_same_store(tmp_path):
 
 
 # --- recommend: re-extracting with the run's exact backbones -----------------------------------------
+PHOTO_DIR = None
+
+
 def sample_photo() -> str:
+    """A photo-like JPEG drawn here (sky, ground, a sun), so no test depends on a file it does not need."""
+    import tempfile
     from pathlib import Path
 
-    import sklearn
+    from PIL import ImageDraw
 
-    path = Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg"  # a real photo scikit-learn ships
-    if not path.is_file():
-        pytest.skip("scikit-learn's sample photo is not installed")
-    return str(path)
+    global PHOTO_DIR
+    if PHOTO_DIR is None:
+        PHOTO_DIR = Path(tempfile.mkdtemp(prefix="hashtagkit-photo-"))
+        im = Image.new("RGB", (427, 320), (90, 150, 230))
+        draw = ImageDraw.Draw(im)
+        draw.rectangle([0, 200, 427, 320], fill=(60, 140, 50))
+        draw.ellipse([300, 30, 370, 100], fill=(250, 220, 60))
+        noise = np.random.default_rng(0).integers(-20, 20, (320, 427, 3))
+        im = Image.fromarray(np.clip(np.asarray(im, int) + noise, 0, 255).astype(np.uint8))
+        im.save(PHOTO_DIR / "photo.jpg", quality=90)
+    return str(PHOTO_DIR / "photo.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +336,93 @@ def test_recommend_on_planted_run_is_refused(tmp_path):
     assert CliRunner().invoke(cli, ["fit", str(store), "--head", "knn", "-o", str(tmp_path / "run")]).exit_code == 0
     res = CliRunner().invoke(cli, ["recommend", str(tmp_path / "run"), sample_photo()])
     assert res.exit_code == 2 and "planted" in res.output
+
+
+# --- resume guards and the extraction record ------------------------------------------------------
+def run_extract(store, *extra):
+    return CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                    "--workers", "0", "--chunk-rows", "2", *extra])
+
+
+def stop_after(store, chunks: int) -> None:
+    """Make the store look like a run killed after `chunks` chunks (the rest not done)."""
+    done = zarr.open_group(store, mode="r+")["done"]
+    flags = np.asarray(done[...])
+    flags[chunks:] = False
+    done[...] = flags
+
+
+def test_resume_with_other_precision_is_refused_and_mix_is_shown(tmp_path):
+    store = make_image_store(tmp_path, n=4)
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    stop_after(store, 1)
+    res = run_extract(store, "--precision", "bf16")
+    assert res.exit_code == 2 and "extracted in fp32" in res.output and "--allow-mixed-precision" in res.output
+    assert open_store(store).completeness() == (1, 2)  # nothing written by the refused run
+    assert "MIXED" not in CliRunner().invoke(cli, ["info", str(store)]).output
+    res = run_extract(store, "--precision", "bf16", "--allow-mixed-precision")
+    assert res.exit_code == 0, res.output
+    runs = open_store(store).group.attrs["extraction"]["runs"]
+    assert [(r["precision"], r["device"]) for r in runs] == [("fp32", "cpu"), ("bf16", "cpu")]
+    info = CliRunner().invoke(cli, ["info", str(store)]).output
+    assert "fp32 on cpu + bf16 on cpu" in info and "MIXED" in info
+    data = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)["extraction"]
+    assert data["mixed"] and data["runs"] == 2
+    # --overwrite starts again: one setting
+    assert run_extract(store, "--precision", "bf16", "--overwrite").exit_code == 0
+    assert "MIXED" not in CliRunner().invoke(cli, ["info", str(store)]).output
+
+
+def test_resume_with_other_images_is_refused(tmp_path):
+    store = make_image_store(tmp_path, n=4)
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    stop_after(store, 1)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "images", other)
+    res = run_extract(store, "--precision", "fp32", "--images", str(other))
+    assert res.exit_code == 2 and "were read from" in res.output and "--allow-other-images" in res.output
+    # the same folder, but a photo of a done chunk replaced since
+    Image.new("RGB", (200, 200), (1, 2, 3)).save(tmp_path / "images" / "0.jpg")
+    res = run_extract(store, "--precision", "fp32")
+    assert res.exit_code == 2 and "1 done chunk(s)" in res.output and "changed" in res.output
+    res = run_extract(store, "--precision", "fp32", "--allow-other-images")
+    assert res.exit_code == 0, res.output
+    assert open_store(store).completeness() == (2, 2)
+
+
+def test_resumed_summary_counts_the_stores_invalid_rows_and_info_says_how(tmp_path):
+    store = make_image_store(tmp_path, n=2, extra={"bad.jpg": b"not a jpeg", "gone.jpg": None})
+    res = run_extract(store, "--precision", "fp32")
+    assert res.exit_code == 0 and "1 missing, 1 unreadable in this run" in res.output
+    stop_after(store, 1)  # chunk 0 (rows 0, 1) done; chunk 1 (bad, gone) again
+    res = run_extract(store, "--precision", "fp32")
+    assert "1 missing, 1 unreadable in this run, 1 missing, 1 unreadable in the store" in res.output
+    stop_after(store, 1)
+    (tmp_path / "images" / "gone.jpg").write_bytes((tmp_path / "images" / "0.jpg").read_bytes())
+    (tmp_path / "images" / "bad.jpg").write_bytes((tmp_path / "images" / "1.jpg").read_bytes())
+    zarr.open_group(store, mode="r+")["reason"][0] = "unreadable"  # an invalid row in a done chunk
+    res = run_extract(store, "--precision", "fp32")
+    assert "invalid rows: none in this run, 1 unreadable in the store" in res.output  # said "none" before
+    info = CliRunner().invoke(cli, ["info", str(store)]).output
+    assert "weights random (seed 0), preprocessing imagenet" in info
+    assert "settings   fp32 on cpu" in info and "invalid    1 unreadable" in info and "runs       3" in info
+
+
+def test_overwrite_says_it_discards(tmp_path):
+    store = make_image_store(tmp_path, n=2)
+    assert run_extract(store).exit_code == 0
+    res = run_extract(store, "--overwrite")
+    assert res.exit_code == 0 and "discarding the existing features" in res.output
+
+
+def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
+    """A store records each block's preprocessing; recommend feeds exactly that, even if asked otherwise."""
+    tmp, store, _ = extracted_demo
+    block = open_store(store).blocks[0]
+    assert block["preprocessing"] == json.loads(json.dumps(IMAGENET.describe()))
+    from hashtagkit.recommend import rebuild_extractor
+    from hashtagkit.runs import read_run
+
+    record = read_run(tmp / "run")
+    record["store"]["blocks"][0]["preprocessing"] = PLACES365_CAFFE.describe()
+    assert rebuild_extractor(record, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
