@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import time
 import warnings
 from collections import Counter
@@ -43,16 +44,35 @@ class ImageReader(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+        self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int):
         try:
+            if os.getpid() != self.parent:
+                kill_for_test(self.paths[row])
             image = decode(self.root / self.paths[row], self.allow_truncated)
             return row, [t(image) for t in self.transforms], ""
         except DecodeError as e:
             return row, [torch.zeros(3, t.crop, t.crop) for t in self.transforms], str(e)
+
+
+def kill_for_test(rel: str) -> None:
+    """Test-only hook: a decode worker reading a file named $HASHTAGKIT_TEST_KILL_DECODE dies
+    as a decoder killed by the OS would (SIGKILL), to test that only that image is lost."""
+    target = os.environ.get("HASHTAGKIT_TEST_KILL_DECODE")
+    if target and Path(rel).name == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+DECODER_DIED = "decoder died"
+
+
+def is_worker_death(e: RuntimeError) -> bool:
+    """DataLoader's error for a worker process that died (killed, out of memory, segfault)."""
+    return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed" in str(e))
 
 
 def collate(items):
@@ -382,43 +402,119 @@ def extract(
     return summary
 
 
-def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
-               dev: torch.device, progress: bool) -> tuple[int, Counter, float]:
-    """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds)."""
-    from tqdm import tqdm
+class ChunkWriter:
+    """Gathers decoded-and-extracted rows into the current chunk and writes each chunk when full."""
 
-    n = store.n_rows
-    sampler = ChunkBatches(plan.pending, plan.chunk_rows, n, batch_size)
-    loader = torch.utils.data.DataLoader(
-        reader, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        pin_memory=dev.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-    todo = sum(len(batch) for batch in sampler)
-    invalid: Counter = Counter()
-    started = time.perf_counter()
-    bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-    pending = iter(plan.pending)
-    chunk = next(pending, None)
-    buf = None
-    for rows, inputs, reasons in loader:
-        feats = engine(inputs)
-        rows_np = rows.numpy()
-        if buf is None:
-            start, stop = chunk * plan.chunk_rows, min((chunk + 1) * plan.chunk_rows, n)
-            buf = (np.zeros((stop - start, engine.dim), dtype=np.float32), np.ones(stop - start, bool),
-                   [""] * (stop - start), start, stop)
-        feat_buf, valid_buf, reason_buf, start, stop = buf
-        for j, (r, reason) in enumerate(zip(rows_np, reasons, strict=True)):
+    def __init__(self, store: Store, engine: Extractor, plan: Plan, bar):
+        self.store, self.engine, self.bar = store, engine, bar
+        self.chunk_rows, self.n = plan.chunk_rows, store.n_rows
+        self.pending = list(plan.pending)
+        self.invalid: Counter = Counter()
+        self.buf = None
+
+    def missing_rows(self) -> list[int]:
+        """The rows of the current chunk not received yet (after a decode worker died)."""
+        c = self.pending[0]
+        rows = range(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n))
+        if self.buf is None:
+            return list(rows)
+        return [r for r in rows if not self.buf[3][r - rows.start]]
+
+    def add(self, rows: torch.Tensor | np.ndarray, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        rows = np.asarray(rows)
+        feats = self.engine(inputs)
+        c = self.pending[0]
+        start, stop = c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
+        if self.buf is None:
+            self.buf = (np.zeros((stop - start, self.engine.dim), dtype=np.float32), np.ones(stop - start, bool),
+                        [""] * (stop - start), np.zeros(stop - start, bool))
+        feat_buf, valid_buf, reason_buf, received = self.buf
+        for j, (r, reason) in enumerate(zip(rows.tolist(), reasons, strict=True)):
             if reason:
                 valid_buf[r - start] = False
                 reason_buf[r - start] = reason
-                invalid[reason] += 1
+                self.invalid[reason] += 1
             else:
                 feat_buf[r - start] = feats[j]
-        bar.update(len(rows_np))
-        if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
-            store.write_chunk(chunk, feat_buf, valid_buf, reason_buf)
-            chunk, buf = next(pending, None), None
+            received[r - start] = True  # last: an interruption above leaves the row to do again
+        self.bar.update(len(rows))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the current chunk if every row of it is in: features first, then the done flag."""
+        if self.buf is not None and self.buf[3].all():
+            self.store.write_chunk(self.pending[0], *self.buf[:3])
+            self.pending.pop(0)
+            self.buf = None
+
+    def lost(self, row: int) -> None:
+        """A row whose decoder died: invalid, with zero features."""
+        dummy = [torch.zeros(1, 3, t.crop, t.crop) for t in self.engine.transforms]
+        self.add(np.array([row]), dummy, [DECODER_DIED])
+
+
+def loader_for(reader: ImageReader, batches: list[list[int]], workers: int, dev: torch.device):
+    return torch.utils.data.DataLoader(
+        reader, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+        pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def decode_row(reader: ImageReader, row: int):
+    return reader[row]
+
+
+def one_thread() -> None:
+    """In a forked decoder, as in DataLoader's workers: a forked OpenMP pool would deadlock."""
+    torch.set_num_threads(1)
+
+
+def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
+    """Decode the current chunk's missing rows one at a time in a separate process: a row whose
+    decoder dies again is the culprit and becomes invalid ('decoder died'); the others are
+    extracted as usual. A process pool, not a DataLoader, so that the death is reported by the
+    one call that caused it (DataLoader reports it from a SIGCHLD handler, anywhere)."""
+    import concurrent.futures as cf
+
+    rows = writer.missing_rows()
+    pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
+    try:
+        for row in rows:
+            try:
+                item = pool.submit(decode_row, reader, row).result()
+            except cf.process.BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
+                writer.lost(row)
+                continue
+            writer.add(*collate([item]))
+    finally:
+        pool.shutdown(wait=True)
+    writer.flush()
+
+
+def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
+               dev: torch.device, progress: bool) -> tuple[int, Counter, float]:
+    """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds).
+
+    A decode worker that dies (killed, out of memory) loses the batches it held: the rest of
+    the current chunk is then decoded one image at a time in fresh workers (`isolate`), the
+    culprit alone is marked invalid, and the run goes on with a new pool."""
+    from tqdm import tqdm
+
+    todo = len(ChunkBatches(plan.pending, plan.chunk_rows, store.n_rows, 1))
+    started = time.perf_counter()
+    bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
+    writer = ChunkWriter(store, engine, plan, bar)
+    while writer.pending:
+        batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
+        try:
+            for rows, inputs, reasons in loader_for(reader, batches, workers, dev):
+                writer.add(rows, inputs, reasons)
+        except RuntimeError as e:
+            if workers == 0 or not is_worker_death(e):
+                raise
+            if writer.pending:
+                isolate(writer, reader)
     bar.close()
-    return todo, invalid, time.perf_counter() - started
+    return todo, writer.invalid, time.perf_counter() - started

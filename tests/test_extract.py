@@ -426,3 +426,27 @@ def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
     record = read_run(tmp / "run")
     record["store"]["blocks"][0]["preprocessing"] = PLACES365_CAFFE.describe()
     assert rebuild_extractor(record, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
+
+
+def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatch):
+    """A decode worker SIGKILLed on one photo (as the OS kills one out of memory): only that row
+    is invalid ('decoder died'); the others equal an undisturbed run's; a resume has nothing to do."""
+    boom = (tmp_path / "x.jpg")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(boom)
+    store = make_image_store(tmp_path, n=7, extra={"boom.jpg": boom.read_bytes()})
+    shutil.copytree(store, tmp_path / "ref.zarr")
+    args = ["--precision", "fp32", "--dtype", "float32", "--batch-size", "2", "--chunk-rows", "4"]
+    assert run_extract(tmp_path / "ref.zarr", *args).exit_code == 0
+    monkeypatch.setenv("HASHTAGKIT_TEST_KILL_DECODE", "boom.jpg")
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "2", *args])
+    assert res.exit_code == 0, res.output
+    assert "1 decoder died" in res.output
+    s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
+    assert s.completeness() == (2, 2)
+    assert s.valid().tolist() == [True] * 7 + [False]
+    assert np.asarray(s.group["reason"][...]).tolist()[-1] == "decoder died"
+    assert np.array_equal(s.features()[:7], ref.features()[:7])
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "2", *args])
+    assert res.exit_code == 0 and "extracted 0 of 8 rows" in res.output
