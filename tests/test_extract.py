@@ -450,3 +450,46 @@ def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatc
     res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
                                    "--workers", "2", *args])
     assert res.exit_code == 0 and "extracted 0 of 8 rows" in res.output
+
+
+def tiny_scene_backbone():
+    """A cheap 'scene' backbone (colour layout: 4x4 average pool) so a store has two blocks fast."""
+    from torch import nn
+
+    from hashtagkit.backbones import BACKBONES, BackboneSpec, register
+
+    if "tiny-scene" not in BACKBONES:
+        register(BackboneSpec(
+            name="tiny-scene", block="scene", dim=48, layer="4x4 average pool", preprocessing=PLACES365_CAFFE,
+            build=lambda state: nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()),
+            default_source=lambda: None,
+        ))
+
+
+@pytest.mark.parametrize("view", ["object", "scene"])
+def test_single_view_run_on_two_block_store_scores_as_its_masked_features(tmp_path, view):
+    """recommend with a one-view run on a two-block store: the other block is masked as in training,
+    so a store photo scores exactly as the head scores the store's own (masked) features."""
+    tiny_scene_backbone()
+    store = tmp_path / "demo.zarr"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["prepare", "demo", "-o", str(store), "--n", "30"]).exit_code == 0
+    res = runner.invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--backbone",
+                              "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    s = open_store(store)
+    assert [b["name"] for b in s.blocks] == ["object", "scene"]
+    res = runner.invoke(cli, ["fit", str(store), "--head", "knn", "--features", view, "-o", str(tmp_path / "run"),
+                              "--set", "k=5"])
+    assert res.exit_code == 0, res.output
+    rows = s.split_rows("test")[:2]
+    images = [str(tmp_path / "demo_images" / p) for p in s.paths(rows)]
+    res = runner.invoke(cli, ["recommend", str(tmp_path / "run"), *images, "--json", "--top", "4"])
+    assert res.exit_code == 0, res.output
+    from hashtagkit.heads import Head
+
+    expected = Head.load(tmp_path / "run" / "model").predict_proba(s.features(view, rows))
+    for out, exp in zip(json.loads(res.output), expected, strict=True):
+        scores = {h["tag"]: h["score"] for h in out["hashtags"]}
+        assert scores == pytest.approx({t: float(exp[s.vocab.index(t)]) for t in scores}, abs=1e-3)
+        assert sorted(exp, reverse=True)[:4] == pytest.approx(sorted(scores.values(), reverse=True), abs=1e-3)
