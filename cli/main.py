@@ -441,8 +441,9 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
 @click.option("--allow-truncated", is_flag=True, help="Decode truncated JPEGs (grey fill) instead of marking them invalid.")
 @click.option("--overwrite", is_flag=True,
-              help="Discard the existing features at the start (they are gone even if this run is interrupted) "
-                   "and extract again (default: resume).")
+              help="Extract again, replacing the existing features (default: resume). The new features are "
+                   "written beside the old ones, which stay readable until the new ones are complete; run the "
+                   "same command again to resume an interrupted overwrite.")
 @click.option("--allow-mixed-precision", is_flag=True,
               help="Resume with another --precision than the done chunks' (info then shows the mix).")
 @click.option("--allow-other-images", is_flag=True,

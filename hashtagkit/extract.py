@@ -165,10 +165,12 @@ class Plan:
     chunk_rows: int
     pending: list[int]  # chunk ids not done
     n_chunks: int
+    fresh: bool = False  # the arrays were just created (no earlier run's record applies)
 
 
 def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int | None, overwrite: bool) -> Plan:
-    """Create the feature arrays, or check that existing ones belong to the same extraction."""
+    """Create the feature arrays, or check that existing ones belong to the same extraction
+    (`overwrite`: replace them if they do not)."""
     g = store.group
     if "features" in g:
         same = [block_signature(b) for b in store.blocks] == [block_signature(b) for b in blocks] \
@@ -178,12 +180,43 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
                              for b in store.blocks)
             raise InputError(f"{store.path} already has features from {have or 'another extraction'} "
                              f"({g['features'].dtype}); pass --overwrite to replace them")
-        if overwrite:
+        if not same:
             store.drop_features()
-    if "features" not in g:
+    fresh = "features" not in g
+    if fresh:
         store.init_features(blocks[-1]["columns"][1], dtype, blocks, chunk_rows)
     done = np.asarray(g["done"][...])
-    return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
+    return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done),
+                fresh=fresh)
+
+
+# --- --overwrite: write aside, swap at the end -------------------------------------------------
+ASIDE = "overwriting"  # the subgroup the new features grow in while the old ones stay readable
+FEATURE_ARRAYS = ("features", "valid", "reason", "done")
+
+
+class AsideStore(Store):
+    """The new features of `extract --overwrite`, in a subgroup of the store until complete."""
+
+    def __init__(self, store: Store):
+        super().__init__(store.path, store.group.require_group(ASIDE))
+        self.parent = store
+
+    @property
+    def n_rows(self) -> int:
+        return self.parent.n_rows
+
+
+def swap_in(store: Store, aside: AsideStore) -> None:
+    """Replace the store's features by the complete new ones. Killed half-way, the old arrays may
+    be gone, but the new ones are complete in the subgroup and a rerun of `--overwrite` ends the
+    swap (its plan has no chunk left to do)."""
+    store.drop_features()
+    for name in FEATURE_ARRAYS:
+        os.replace(Path(store.path) / ASIDE / name, Path(store.path) / name)
+    store.group.attrs["extraction"] = aside.group.attrs.get("extraction") or {}
+    store.group.attrs["blocks"] = aside.blocks
+    del store.group[ASIDE]
 
 
 class ChunkBatches(torch.utils.data.Sampler):
@@ -371,20 +404,23 @@ def extract(
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
     workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
     with store_lock(store):
-        if overwrite and "features" in store.group:
-            log(f"--overwrite: discarding the existing features of {store.path} now")
-        plan = prepare_arrays(store, blocks, dtype, chunk_rows, overwrite)
-        g = store.group
+        target = store
+        if overwrite and ("features" in store.group or ASIDE in store.group):
+            target = AsideStore(store)
+            log("--overwrite: the new features are written beside the old ones, which stay readable until "
+                "the new ones are complete (a rerun with --overwrite resumes them)")
+        plan = prepare_arrays(target, blocks, dtype, chunk_rows, overwrite)
+        g = target.group
         n = store.n_rows
         paths = store.paths()
         done = np.asarray(g["done"][...])
-        record = {} if overwrite else dict(g.attrs.get("extraction") or {})
+        record = {} if plan.fresh else dict(g.attrs.get("extraction") or {})
         prints = chunk_fingerprints(root, paths, plan.chunk_rows)
         check_resume(record, done, root, prints, prec, allow_mixed_precision, allow_other_images)
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
                "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve())}
-        record = start_record(store, record, done, plan.pending, prints, run, root)
-        todo, invalid, seconds = run_chunks(store, engine, plan, ImageReader(root, paths, engine.transforms,
+        record = start_record(target, record, done, plan.pending, prints, run, root)
+        todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
                                                                              allow_truncated),
                                             batch_size, workers, dev, progress)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
@@ -396,6 +432,8 @@ def extract(
             chunk_rows=plan.chunk_rows, allow_truncated=allow_truncated, image_root=str(root.resolve()),
             invalid=store_invalid,
         )
+        if target is not store:
+            swap_in(store, target)
     summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
                       precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())

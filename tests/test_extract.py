@@ -408,11 +408,37 @@ def test_resumed_summary_counts_the_stores_invalid_rows_and_info_says_how(tmp_pa
     assert "settings   fp32 on cpu" in info and "invalid    1 unreadable" in info and "runs       3" in info
 
 
-def test_overwrite_says_it_discards(tmp_path):
-    store = make_image_store(tmp_path, n=2)
-    assert run_extract(store).exit_code == 0
-    res = run_extract(store, "--overwrite")
-    assert res.exit_code == 0 and "discarding the existing features" in res.output
+def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_path, monkeypatch):
+    store = make_image_store(tmp_path, n=6)
+    shutil.copytree(store, tmp_path / "ref.zarr")
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    old = open_store(store).features()
+    assert run_extract(tmp_path / "ref.zarr", "--precision", "fp32", "--seed", "7").exit_code == 0
+    from hashtagkit import extract as engine
+
+    calls = []
+    real = engine.AsideStore.write_chunk
+
+    def crash_after_one(self, *a, **k):  # the overwriting run dies after its first chunk
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.AsideStore, "write_chunk", crash_after_one)
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")
+    assert res.exit_code != 0 and "stay readable" in res.output
+    s = open_store(store)
+    assert s.completeness() == (3, 3) and np.array_equal(s.features(), old)  # the old features, whole
+    assert s.blocks[0]["weights"]["seed"] == 0
+    monkeypatch.undo()
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")  # the same command resumes
+    assert res.exit_code == 0 and "1 chunk(s) already done" in res.output and "extracted 4 of 6" in res.output
+    s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
+    assert engine.ASIDE not in s.group and s.blocks[0]["weights"]["seed"] == 7
+    assert np.array_equal(s.features(), ref.features()) and not np.array_equal(s.features(), old)
+    runs = s.group.attrs["extraction"]["runs"]
+    assert len(runs) == 2 and all(r["precision"] == "fp32" for r in runs)
 
 
 def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
