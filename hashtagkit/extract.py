@@ -9,6 +9,15 @@
   only after chunk c's features, `valid` flags and reasons are written, so a run killed at any
   instant resumes from the first chunk not done and loses at most one chunk of work. Batches
   never straddle a chunk, so a resumed fp32 run computes exactly what an uninterrupted one does.
+- record: before any chunk, the store's `extraction` attribute says which run computes which
+  chunk (precision, device, workers...) and a fingerprint of each chunk's photos (paths, sizes,
+  mtimes), so even a killed run leaves the truth about its done chunks; a resume that would mix
+  precisions or photo sets is refused unless asked for (`allow_mixed_precision`,
+  `allow_other_images`), and `info` says when the done chunks come from several settings.
+- overwrite: the new features grow in the subgroup `overwriting` and replace the old ones only
+  when complete; until then the old ones stay readable and a rerun of `--overwrite` resumes.
+- a decode worker that dies (killed, out of memory) costs its image ('decoder died'), found by
+  re-decoding the rest of its chunk one image at a time in a fresh process, never the run.
 """
 
 from __future__ import annotations

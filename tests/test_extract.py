@@ -330,6 +330,26 @@ def test_recommend_refuses_other_weights_and_reports_bad_images(extracted_demo):
     assert "bad.jpg: unreadable" in res.output and sample_photo() in res.output
 
 
+def test_recommend_reports_fifo_directory_and_device_without_hanging(extracted_demo):
+    import threading
+
+    tmp, _, _ = extracted_demo
+    fifo, folder = tmp / "x.jpg", tmp / "d.jpg"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+        folder.mkdir()
+    box = {}
+    args = ["recommend", str(tmp / "run"), str(fifo), str(folder), "/dev/null", sample_photo()]
+    t = threading.Thread(target=lambda: box.update(res=CliRunner().invoke(cli, args)), daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "recommend hung on a FIFO"
+    res = box["res"]
+    assert res.exit_code == 2
+    assert f"{fifo}: not a regular file" in res.output and f"{folder}: not a file (a directory)" in res.output
+    assert "/dev/null: not a regular file" in res.output and f"{sample_photo()}: #" in res.output
+
+
 def test_recommend_on_planted_run_is_refused(tmp_path):
     store = tmp_path / "p.zarr"
     assert CliRunner().invoke(cli, ["prepare", "planted", "-o", str(store), "--n", "60", "--dim", "8"]).exit_code == 0
