@@ -589,6 +589,10 @@ def extraction_lines(blocks: list[dict], completeness: list | None, summary: dic
                                               if summary["mixed"] else ""))
         lines.append(f"runs       {summary['runs']}, first {summary['first']}, last {summary['last']}")
         lines.append(f"invalid    {reasons_text(summary['invalid'])}")
+        if summary["overwriting"]:
+            o = summary["overwriting"]
+            lines.append(f"overwrite  in progress: {o['done']} of {o['total']} new chunks (the features above are "
+                         "the old ones until it completes; rerun `extract --overwrite` to resume it)")
     return lines
 
 

@@ -336,6 +336,10 @@ def extraction_summary(store: Store) -> dict | None:
     record = store.group.attrs.get("extraction")
     if not record or "done" not in store.group:
         return None
+    overwriting = None
+    if ASIDE in store.group and "done" in store.group[ASIDE]:
+        new_done = np.asarray(store.group[ASIDE]["done"][...])
+        overwriting = {"done": int(new_done.sum()), "total": int(new_done.size)}
     done = np.asarray(store.group["done"][...])
     settings = settings_of_done_chunks(record, done) if done.any() else []
     runs = record.get("runs") or []
@@ -346,6 +350,7 @@ def extraction_summary(store: Store) -> dict | None:
         "first": runs[0].get("started") if runs else record.get("created"),
         "last": record.get("created"),
         "invalid": dict(Counter(r for r in np.asarray(store.group["reason"][...]).tolist() if r)),
+        "overwriting": overwriting,  # an interrupted `extract --overwrite`: its chunks done so far
     }
 
 

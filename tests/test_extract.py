@@ -428,6 +428,16 @@ def test_resumed_summary_counts_the_stores_invalid_rows_and_info_says_how(tmp_pa
     assert "settings   fp32 on cpu" in info and "invalid    1 unreadable" in info and "runs       3" in info
 
 
+def test_resume_with_other_preprocessing_needs_overwrite(tmp_path):
+    store = make_image_store(tmp_path, n=2)
+    assert run_extract(store).exit_code == 0
+    res = run_extract(store, "--preprocessing", "resnet50-object=places365-caffe")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = run_extract(store, "--preprocessing", "resnet50-object=places365-caffe", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert open_store(store).blocks[0]["preprocessing"]["colour_order"] == "BGR"
+
+
 def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_path, monkeypatch):
     store = make_image_store(tmp_path, n=6)
     shutil.copytree(store, tmp_path / "ref.zarr")
@@ -451,6 +461,7 @@ def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_pa
     s = open_store(store)
     assert s.completeness() == (3, 3) and np.array_equal(s.features(), old)  # the old features, whole
     assert s.blocks[0]["weights"]["seed"] == 0
+    assert "overwrite  in progress: 1 of 3 new chunks" in CliRunner().invoke(cli, ["info", str(store)]).output
     monkeypatch.undo()
     res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")  # the same command resumes
     assert res.exit_code == 0 and "1 chunk(s) already done" in res.output and "extracted 4 of 6" in res.output
