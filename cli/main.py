@@ -586,12 +586,24 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
 @click.option("--allow-truncated", is_flag=True, help="Decode truncated JPEGs (grey fill) instead of marking them invalid.")
-@click.option("--overwrite", is_flag=True, help="Discard existing features and start again (default: resume).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for random-weight backbones.")
+@click.option("--overwrite", is_flag=True,
+              help="Extract again, replacing the existing features (default: resume). The new features are "
+                   "written beside the old ones, which stay readable until the new ones are complete; run the "
+                   "same command again to resume an interrupted overwrite.")
+@click.option("--allow-mixed-precision", is_flag=True,
+              help="Resume with another --precision than the done chunks' (info then shows the mix).")
+@click.option("--allow-other-images", is_flag=True,
+              help="Resume although --images or the photos of done chunks changed (only if they are the same photos).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for random-weight backbones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--preprocessing", "preprocessings", multiple=True, metavar="BACKBONE=NAME",
+              help="Feed BACKBONE other pixels than its own (repeatable). NAME: imagenet, places365-caffe, weights "
+                   "(what its weights file records) or backbone. Needed for a weights file made for another "
+                   "preprocessing or block, which is refused otherwise.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
             workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
-            no_progress: bool) -> None:
+            no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
+            allow_other_images: bool) -> None:
     """Compute image features for every row of STORE, resumably.
 
     Decodes each image once, runs every backbone on it and writes the concatenated features
@@ -605,10 +617,17 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 
     open_store(store)  # a missing store fails before any weights are loaded
     chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
-    loaded = [load_backbone(name, source, seed=seed) for name, source in chosen]
+    asked = {}
+    for item in preprocessings:
+        name, sep, value = item.partition("=")
+        if not sep or not value or name not in [n for n, _ in chosen]:
+            raise UserError(f"--preprocessing takes BACKBONE=NAME for a backbone being extracted, got {item!r}")
+        asked[name] = value
+    loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
                 workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
-                allow_truncated=allow_truncated, progress=not no_progress, log=echo_err)
+                allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
+                allow_other_images=allow_other_images, progress=not no_progress, log=echo_err)
 
 
 @cli.command("convert-caffe")
@@ -618,15 +637,23 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 @click.option("--keep-fc8", is_flag=True, help="vgg16: keep the classification layer (fc8 / fc8a).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .pth file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: bool) -> None:
-    """Convert a Caffe .caffemodel into a PyTorch state dict, without Caffe.
+@click.option("--preprocessing", "preprocessing", type=click.Choice(["places365-caffe", "imagenet", "none"]),
+              help="The pixels these weights expect, recorded in OUT [default: places365-caffe for vgg16 (Caffe "
+                   "models take BGR 0-255 minus the mean), none (unknown) for raw].")
+@click.option("--block", type=click.Choice(["scene", "object", "none"]),
+              help="The feature block these weights fill, recorded in OUT [default: scene for vgg16, none for raw].")
+def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: bool, preprocessing: str | None,
+                  block: str | None) -> None:
+    """Convert a Caffe .caffemodel into a PyTorch weights file, without Caffe.
 
-    For the Places365 VGG-16 (vgg16-scene):
+    OUT holds the state dict and what it expects (preprocessing, block, the caffemodel's name and
+    sha256), so `extract` refuses to feed it other pixels. For the Places365 VGG-16 (vgg16-scene):
     hashtagkit convert-caffe vgg16_places365.caffemodel -o ~/.cache/hashtagkit/weights/vgg16_places365.pth
     """
     import torch
 
     from hashtagkit import provenance
+    from hashtagkit.backbones import PREPROCESSINGS, weights_file_payload
     from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
     from hashtagkit.outputs import atomic_file, refuse_existing
 
@@ -640,10 +667,18 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
             vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
         except RuntimeError as e:
             raise UserError(f"{model}: converted weights do not fit torchvision's vgg16: {str(e).splitlines()[0]}") from None
+    preprocessing = preprocessing or ("places365-caffe" if arch == "vgg16" else "none")
+    block = block or ("scene" if arch == "vgg16" else "none")
+    metadata = {
+        "arch": arch, "block": None if block == "none" else block,
+        "preprocessing": PREPROCESSINGS[preprocessing].describe() if preprocessing != "none" else None,
+        "source": {"caffemodel": model.name, "sha256": provenance.sha256_file(model)}, "keep_fc8": keep_fc8,
+        "created": provenance.now(),
+    }
     with atomic_file(out) as tmp:
-        torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)
+        torch.save(weights_file_payload({k: torch.from_numpy(v) for k, v in state.items()}, metadata), tmp)
     n_params = sum(v.size for v in state.values())
-    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}); sha256 {provenance.sha256_file(out)}")
+    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}, block {block}, preprocessing {preprocessing}); sha256 {provenance.sha256_file(out)}")
 
 
 # --- info --------------------------------------------------------------------------------------
@@ -654,11 +689,14 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
               help="Read every chunk marked done; mark damaged ones not done (exit 1) so `extract` redoes them.")
 def info(store: Path, as_json: bool, verify: bool) -> None:
     """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
+    from hashtagkit.extract import extraction_summary
     from hashtagkit.stores import open_store
 
     if verify:
         sys.exit(verify_store(store))
-    data = open_store(store).info()
+    opened = open_store(store)
+    data = opened.info()
+    data["extraction"] = extraction_summary(opened)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -673,11 +711,7 @@ def info(store: Path, as_json: bool, verify: bool) -> None:
     ]
     if not data["blocks"]:
         lines.append("features   none yet (run `hashtagkit extract`)")
-    for b in data["blocks"]:
-        lines.append(f"block      {b['name']}: {b.get('backbone')} columns {b['columns'][0]}..{b['columns'][1]}")
-    if data.get("completeness"):
-        done, total = data["completeness"]
-        lines.append(f"extracted  {done} of {total} chunks")
+    lines += extraction_lines(data["blocks"], data.get("completeness"), data["extraction"])
     lines.append(f"made       {prov.get('created')} by `{prov.get('command')}`")
     click.echo("\n".join(lines))
 
@@ -692,6 +726,7 @@ def verify_store(path: Path) -> int:
         click.echo(f"{path}: no features to verify")
         return 0
     with store.lock("verified"):
+        store = open_store(path, mode="r+")  # re-read under the lock (the store may have been replaced)
         damaged = store.damaged_chunks(decode=True)
         store.mark_not_done(sorted(damaged))
     done, total = store.completeness()
@@ -703,6 +738,36 @@ def verify_store(path: Path) -> int:
     click.echo(f"{path}: {len(damaged)} damaged chunk(s) marked not done; repair with "
                f"`hashtagkit extract {path}` and the same backbones (it redoes only those)")
     return 1
+
+
+def extraction_lines(blocks: list[dict], completeness: list | None, summary: dict | None) -> list[str]:
+    """`info`'s lines on how the features were made: per block the backbone, weights and pixels;
+    then chunks done, the precision/device of the done chunks (all of them when mixed), dates
+    and invalid rows."""
+    from hashtagkit.backbones.preprocessing import preprocessing_from_dict, preprocessing_name
+    from hashtagkit.extract import reasons_text
+
+    lines = []
+    for b in blocks:
+        w = b.get("weights") or {}
+        pre = preprocessing_name(preprocessing_from_dict(b["preprocessing"])) if b.get("preprocessing") else "?"
+        weights = f"random (seed {w.get('seed')})" if w.get("source") == "random" else f"sha256 {str(w.get('sha256'))[:12]}"
+        lines.append(f"block      {b['name']}: {b.get('backbone')} columns {b['columns'][0]}..{b['columns'][1]}"
+                     + (f"   weights {weights}, preprocessing {pre}" if w else ""))
+    if completeness:
+        done, total = completeness
+        lines.append(f"extracted  {done} of {total} chunks")
+    if summary:
+        text = " + ".join(f"{s['precision']} on {s['device']}" for s in summary["settings"]) or "no chunk done yet"
+        lines.append(f"settings   {text}" + ("   (MIXED: the done chunks come from several settings)"
+                                              if summary["mixed"] else ""))
+        lines.append(f"runs       {summary['runs']}, first {summary['first']}, last {summary['last']}")
+        lines.append(f"invalid    {reasons_text(summary['invalid'])}")
+        if summary["overwriting"]:
+            o = summary["overwriting"]
+            lines.append(f"overwrite  in progress: {o['done']} of {o['total']} new chunks (the features above are "
+                         "the old ones until it completes; rerun `extract --overwrite` to resume it)")
+    return lines
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

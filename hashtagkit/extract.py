@@ -9,12 +9,23 @@
   only after chunk c's features, `valid` flags and reasons are written, so a run killed at any
   instant resumes from the first chunk not done and loses at most one chunk of work. Batches
   never straddle a chunk, so a resumed fp32 run computes exactly what an uninterrupted one does.
+- record: before any chunk, the store's `extraction` attribute says which run computes which
+  chunk (precision, device, workers...) and a fingerprint of each chunk's photos (paths, sizes,
+  mtimes), so even a killed run leaves the truth about its done chunks; a resume that would mix
+  precisions or photo sets is refused unless asked for (`allow_mixed_precision`,
+  `allow_other_images`), and `info` says when the done chunks come from several settings.
+- overwrite: the new features grow in the subgroup `overwriting` and replace the old ones only
+  when complete; until then the old ones stay readable and a rerun of `--overwrite` resumes.
+- a decode worker that dies (killed, out of memory) costs its image ('decoder died'), found by
+  re-decoding the rest of its chunk one image at a time in a fresh process, never the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,16 +50,35 @@ class ImageReader(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+        self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int):
         try:
+            if os.getpid() != self.parent:
+                kill_for_test(self.paths[row])
             image = decode(self.root / self.paths[row], self.allow_truncated)
             return row, [t(image) for t in self.transforms], ""
         except DecodeError as e:
             return row, [torch.zeros(3, t.crop, t.crop) for t in self.transforms], str(e)
+
+
+def kill_for_test(rel: str) -> None:
+    """Test-only hook: a decode worker reading a file named $HASHTAGKIT_TEST_KILL_DECODE dies
+    as a decoder killed by the OS would (SIGKILL), to test that only that image is lost."""
+    target = os.environ.get("HASHTAGKIT_TEST_KILL_DECODE")
+    if target and Path(rel).name == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+DECODER_DIED = "decoder died"
+
+
+def is_worker_death(e: RuntimeError) -> bool:
+    """DataLoader's error for a worker process that died (killed, out of memory, segfault)."""
+    return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed" in str(e))
 
 
 def collate(items):
@@ -64,9 +94,9 @@ class FeatureModel(nn.Module):
     def __init__(self, backbones: Sequence[LoadedBackbone]):
         super().__init__()
         self.nets = nn.ModuleList([b.module for b in backbones])
-        distinct = list(dict.fromkeys(b.spec.preprocessing for b in backbones))
+        distinct = list(dict.fromkeys(b.preprocessing for b in backbones))
         self.transforms = distinct
-        self.input_of = [distinct.index(b.spec.preprocessing) for b in backbones]
+        self.input_of = [distinct.index(b.preprocessing) for b in backbones]
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([net(inputs[i]).float() for net, i in zip(self.nets, self.input_of, strict=True)], dim=1)
@@ -106,35 +136,64 @@ def store_lock(store: Store) -> contextlib.AbstractContextManager:
     return store.lock("extracted")
 
 
-def block_signature(block: dict) -> tuple:
-    return (block["backbone"], block["weights"].get("sha256"), block["weights"].get("seed"), tuple(block["columns"]))
-
-
 @dataclass
 class Plan:
     chunk_rows: int
     pending: list[int]  # chunk ids not done
     n_chunks: int
+    fresh: bool = False  # the arrays were just created (no earlier run's record applies)
 
 
 def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int | None, overwrite: bool) -> Plan:
-    """Create the feature arrays, or check that existing ones belong to the same extraction."""
+    """Create the feature arrays, or check that existing ones belong to the same extraction
+    (`overwrite`: replace them if they do not)."""
     g = store.group
     if "features" in g:
-        same = [block_signature(b) for b in store.blocks] == [block_signature(b) for b in blocks] \
+        same = Store.block_signatures_of(store.blocks) == Store.block_signatures_of(blocks) \
             and str(g["features"].dtype) == dtype
         if not same and not overwrite:
             have = ", ".join(f"{b['backbone']} ({str(b['weights'].get('sha256') or b['weights'].get('source'))[:12]})"
                              for b in store.blocks)
             raise InputError(f"{store.path} already has features from {have or 'another extraction'} "
                              f"({g['features'].dtype}); pass --overwrite to replace them")
-        if overwrite:
+        if not same:
             store.drop_features()
-    if "features" not in g:
+    fresh = "features" not in g
+    if fresh:
         store.init_features(blocks[-1]["columns"][1], dtype, blocks, chunk_rows)
     store.mark_not_done(list(store.damaged_chunks(decode=False)))  # a deleted chunk file is redone
     done = np.asarray(g["done"][...])
-    return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done))
+    return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done),
+                fresh=fresh)
+
+
+# --- --overwrite: write aside, swap at the end -------------------------------------------------
+ASIDE = "overwriting"  # the subgroup the new features grow in while the old ones stay readable
+FEATURE_ARRAYS = ("features", "valid", "reason", "done")
+
+
+class AsideStore(Store):
+    """The new features of `extract --overwrite`, in a subgroup of the store until complete."""
+
+    def __init__(self, store: Store):
+        super().__init__(store.path, store.group.require_group(ASIDE))
+        self.parent = store
+
+    @property
+    def n_rows(self) -> int:
+        return self.parent.n_rows
+
+
+def swap_in(store: Store, aside: AsideStore) -> None:
+    """Replace the store's features by the complete new ones. Killed half-way, the old arrays may
+    be gone, but the new ones are complete in the subgroup and a rerun of `--overwrite` ends the
+    swap (its plan has no chunk left to do)."""
+    store.drop_features()
+    for name in FEATURE_ARRAYS:
+        os.replace(Path(store.path) / ASIDE / name, Path(store.path) / name)
+    store.group.attrs["extraction"] = aside.group.attrs.get("extraction") or {}
+    store.group.attrs["blocks"] = aside.blocks
+    del store.group[ASIDE]
 
 
 class ChunkBatches(torch.utils.data.Sampler):
@@ -157,17 +216,133 @@ class ChunkBatches(torch.utils.data.Sampler):
 class Summary:
     rows: int
     extracted: int
-    invalid: dict
+    invalid: dict  # reason -> rows, of this run
     seconds: float
     device: str
     precision: str
     skipped_chunks: int
+    store_invalid: dict | None = None  # reason -> rows, of the whole store after this run
 
     def text(self) -> str:
         rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
-        bad = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.invalid.items())) or "none"
-        return (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
-                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; invalid rows: {bad}")
+        text = (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
+                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; "
+                f"invalid rows: {reasons_text(self.invalid)} in this run")
+        if self.store_invalid is not None:
+            text += f", {reasons_text(self.store_invalid)} in the store"
+        return text
+
+
+def reasons_text(counts: dict) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(counts.items())) or "none"
+
+
+# --- what a resume must agree with ------------------------------------------------------------
+def chunk_fingerprints(root: Path, paths: Sequence[str], chunk_rows: int) -> list[str]:
+    """Per chunk, a hash of its files' relative paths, sizes and mtimes: a resume that would read
+    other photos (another --images, or files replaced since) changes the hash of a done chunk."""
+    out = []
+    for start in range(0, max(len(paths), 1), chunk_rows):
+        h = hashlib.sha256()
+        for rel in paths[start : start + chunk_rows]:
+            try:
+                st = os.stat(root / rel)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{rel}\0-\n".encode())
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def check_resume(record: dict, done: np.ndarray, root: Path, prints: list[str], precision: str,
+                 allow_mixed_precision: bool, allow_other_images: bool) -> None:
+    """Refuse a resume that would mix precisions or photo sets in one feature array."""
+    if not done.any() or not record:
+        return
+    used = settings_of_done_chunks(record, done)
+    precisions = sorted({p for p, _ in used if p})
+    if precisions and precisions != [precision] and not allow_mixed_precision:
+        raise InputError(
+            f"the done chunks were extracted in {', '.join(precisions)}, this run would use {precision}: "
+            f"resume with --precision {precisions[0]}, or pass --allow-mixed-precision to mix them, "
+            "or --overwrite to start again")
+    if allow_other_images:
+        return
+    old_root = record.get("image_root")
+    if old_root and Path(old_root) != root.resolve():
+        raise InputError(f"the done chunks were read from {old_root}, this run would read {root.resolve()}: "
+                         "pass the same --images, or --allow-other-images if the photos are the same, "
+                         "or --overwrite to start again")
+    old = record.get("fingerprints") or []
+    changed = [c for c in np.flatnonzero(done).tolist() if c < len(old) and old[c] and old[c] != prints[c]]
+    if changed:
+        raise InputError(f"{len(changed)} done chunk(s) (first: {changed[0]}) hold features of photos that have "
+                         "changed since (size or modification time): pass --overwrite to extract again, or "
+                         "--allow-other-images to keep them")
+
+
+def settings_of_done_chunks(record: dict, done: np.ndarray) -> list[tuple[str | None, str | None]]:
+    """The distinct (precision, device) that computed the done chunks; stores made before the
+    per-run record say only the last run's."""
+    runs = record.get("runs") or []
+    owner = record.get("chunk_runs")
+    if owner is None:
+        return [(record.get("precision"), record.get("device"))]
+    out = []
+    for c in np.flatnonzero(done).tolist():
+        r = owner[c] if c < len(owner) else -1
+        run = runs[r] if 0 <= r < len(runs) else record
+        setting = (run.get("precision"), run.get("device"))
+        if setting not in out:
+            out.append(setting)
+    return out
+
+
+def extraction_summary(store: Store) -> dict | None:
+    """How the store's features were made, for `info`: the (precision, device) settings of the
+    done chunks (several = mixed), runs, dates and invalid rows; None before any extraction."""
+    record = store.group.attrs.get("extraction")
+    if not record or "done" not in store.group:
+        return None
+    overwriting = None
+    if ASIDE in store.group and "done" in store.group[ASIDE]:
+        new_done = np.asarray(store.group[ASIDE]["done"][...])
+        overwriting = {"done": int(new_done.sum()), "total": int(new_done.size)}
+    done = np.asarray(store.group["done"][...])
+    settings = settings_of_done_chunks(record, done) if done.any() else []
+    runs = record.get("runs") or []
+    return {
+        "settings": [{"precision": p, "device": d} for p, d in settings],
+        "mixed": len(settings) > 1,
+        "runs": len(runs),
+        "first": runs[0].get("started") if runs else record.get("created"),
+        "last": record.get("created"),
+        "invalid": dict(Counter(r for r in np.asarray(store.group["reason"][...]).tolist() if r)),
+        "overwriting": overwriting,  # an interrupted `extract --overwrite`: its chunks done so far
+    }
+
+
+def start_record(store: Store, record: dict, done: np.ndarray, pending: list[int], prints: list[str], run: dict,
+                 root: Path) -> dict:
+    """Write, before any chunk, which run computes which chunk and from which photos, so that even
+    a killed run leaves the truth about its done chunks."""
+    record = dict(record)
+    runs = list(record.get("runs") or [])
+    owner = record.get("chunk_runs")
+    if owner is None:  # a store from before per-chunk records: its done chunks are the last run's
+        owner = [-1] * len(done)
+        if record.get("precision"):
+            runs.append({"started": record.get("created"), "device": record.get("device"),
+                         "precision": record.get("precision"), "note": "recorded before per-run settings"})
+            owner = [len(runs) - 1 if d else -1 for d in done.tolist()]
+    owner = list(owner)
+    fingerprints = list(record.get("fingerprints") or [""] * len(done))
+    for c in pending:
+        owner[c], fingerprints[c] = len(runs), prints[c]
+    runs.append(run)
+    record.update(runs=runs, chunk_runs=owner, fingerprints=fingerprints, image_root=str(root.resolve()))
+    store.group.attrs["extraction"] = record
+    return record
 
 
 def extract(
@@ -183,10 +358,16 @@ def extract(
     chunk_rows: int | None = None,
     overwrite: bool = False,
     allow_truncated: bool = False,
+    allow_mixed_precision: bool = False,
+    allow_other_images: bool = False,
     progress: bool = True,
     log=print,
 ) -> Summary:
-    """Fill the store's features with the given backbones; resumes unless `overwrite`."""
+    """Fill the store's features with the given backbones; resumes unless `overwrite`.
+
+    A resume must use the same backbones, weights, preprocessing and dtype (else `overwrite`),
+    the same precision (else `allow_mixed_precision`) and the same photos (else
+    `allow_other_images`)."""
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
     if batch_size < 1:
@@ -205,55 +386,158 @@ def extract(
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
     workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
     with store_lock(store):
-        plan = prepare_arrays(store, blocks, dtype, chunk_rows, overwrite)
-        g = store.group
+        # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
+        # taken must not be written through this stale handle
+        store = open_store(store_path, mode="r+")
+        target = store
+        if overwrite and ("features" in store.group or ASIDE in store.group):
+            target = AsideStore(store)
+            log("--overwrite: the new features are written beside the old ones, which stay readable until "
+                "the new ones are complete (a rerun with --overwrite resumes them)")
+        plan = prepare_arrays(target, blocks, dtype, chunk_rows, overwrite)
+        g = target.group
         n = store.n_rows
-        reader = ImageReader(root, store.paths(), engine.transforms, allow_truncated)
-        sampler = ChunkBatches(plan.pending, plan.chunk_rows, n, batch_size)
-        loader = torch.utils.data.DataLoader(
-            reader, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-            pin_memory=dev.type == "cuda", persistent_workers=False,
-            prefetch_factor=4 if workers > 0 else None,
-        )
-        todo = sum(len(batch) for batch in sampler)
-        invalid: Counter = Counter()
-        started = time.perf_counter()
-        from tqdm import tqdm
-
-        bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-        pending = iter(plan.pending)
-        chunk = next(pending, None)
-        buf = None
-        for rows, inputs, reasons in loader:
-            feats = engine(inputs)
-            rows_np = rows.numpy()
-            if buf is None:
-                start, stop = chunk * plan.chunk_rows, min((chunk + 1) * plan.chunk_rows, n)
-                buf = (np.zeros((stop - start, engine.dim), dtype=np.float32), np.ones(stop - start, bool),
-                       [""] * (stop - start), start, stop)
-            feat_buf, valid_buf, reason_buf, start, stop = buf
-            for j, (r, reason) in enumerate(zip(rows_np, reasons, strict=True)):
-                if reason:
-                    valid_buf[r - start] = False
-                    reason_buf[r - start] = reason
-                    invalid[reason] += 1
-                else:
-                    feat_buf[r - start] = feats[j]
-            bar.update(len(rows_np))
-            if rows_np[-1] == stop - 1:  # chunk complete: features first, then the flag
-                store.write_chunk(chunk, feat_buf, valid_buf, reason_buf)
-                chunk, buf = next(pending, None), None
-        bar.close()
-        seconds = time.perf_counter() - started
-        summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
-                          precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending))
-        runs = list(g.attrs.get("extraction", {}).get("runs", [])) if not overwrite else []
-        runs.append({"started": provenance.now(), "rows": todo, "seconds": round(seconds, 2),
-                     "images_per_second": round(todo / seconds, 2) if seconds > 0 else None})
-        g.attrs["extraction"] = provenance.record(
+        paths = store.paths()
+        done = np.asarray(g["done"][...])
+        record = {} if plan.fresh else dict(g.attrs.get("extraction") or {})
+        prints = chunk_fingerprints(root, paths, plan.chunk_rows)
+        check_resume(record, done, root, prints, prec, allow_mixed_precision, allow_other_images)
+        run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
+               "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve())}
+        record = start_record(target, record, done, plan.pending, prints, run, root)
+        todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
+                                                                             allow_truncated),
+                                            batch_size, workers, dev, progress)
+        store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
+        run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
+                   images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
+        record["runs"][-1] = run
+        g.attrs["extraction"] = record | provenance.record(
             device=str(dev), precision=prec, batch_size=batch_size, workers=workers, dtype=dtype,
             chunk_rows=plan.chunk_rows, allow_truncated=allow_truncated, image_root=str(root.resolve()),
-            invalid=dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r)), runs=runs,
+            invalid=store_invalid,
         )
+        if target is not store:
+            swap_in(store, target)
+    summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
+                      precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())
     return summary
+
+
+class ChunkWriter:
+    """Gathers decoded-and-extracted rows into the current chunk and writes each chunk when full."""
+
+    def __init__(self, store: Store, engine: Extractor, plan: Plan, bar):
+        self.store, self.engine, self.bar = store, engine, bar
+        self.chunk_rows, self.n = plan.chunk_rows, store.n_rows
+        self.pending = list(plan.pending)
+        self.invalid: Counter = Counter()
+        self.buf = None
+
+    def missing_rows(self) -> list[int]:
+        """The rows of the current chunk not received yet (after a decode worker died)."""
+        c = self.pending[0]
+        rows = range(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n))
+        if self.buf is None:
+            return list(rows)
+        return [r for r in rows if not self.buf[3][r - rows.start]]
+
+    def add(self, rows: torch.Tensor | np.ndarray, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        rows = np.asarray(rows)
+        feats = self.engine(inputs)
+        c = self.pending[0]
+        start, stop = c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
+        if self.buf is None:
+            self.buf = (np.zeros((stop - start, self.engine.dim), dtype=np.float32), np.ones(stop - start, bool),
+                        [""] * (stop - start), np.zeros(stop - start, bool))
+        feat_buf, valid_buf, reason_buf, received = self.buf
+        for j, (r, reason) in enumerate(zip(rows.tolist(), reasons, strict=True)):
+            if reason:
+                valid_buf[r - start] = False
+                reason_buf[r - start] = reason
+                self.invalid[reason] += 1
+            else:
+                feat_buf[r - start] = feats[j]
+            received[r - start] = True  # last: an interruption above leaves the row to do again
+        self.bar.update(len(rows))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the current chunk if every row of it is in: features first, then the done flag."""
+        if self.buf is not None and self.buf[3].all():
+            self.store.write_chunk(self.pending[0], *self.buf[:3])
+            self.pending.pop(0)
+            self.buf = None
+
+    def lost(self, row: int) -> None:
+        """A row whose decoder died: invalid, with zero features."""
+        dummy = [torch.zeros(1, 3, t.crop, t.crop) for t in self.engine.transforms]
+        self.add(np.array([row]), dummy, [DECODER_DIED])
+
+
+def loader_for(reader: ImageReader, batches: list[list[int]], workers: int, dev: torch.device):
+    return torch.utils.data.DataLoader(
+        reader, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+        pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def decode_row(reader: ImageReader, row: int):
+    return reader[row]
+
+
+def one_thread() -> None:
+    """In a forked decoder, as in DataLoader's workers: a forked OpenMP pool would deadlock."""
+    torch.set_num_threads(1)
+
+
+def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
+    """Decode the current chunk's missing rows one at a time in a separate process: a row whose
+    decoder dies again is the culprit and becomes invalid ('decoder died'); the others are
+    extracted as usual. A process pool, not a DataLoader, so that the death is reported by the
+    one call that caused it (DataLoader reports it from a SIGCHLD handler, anywhere)."""
+    import concurrent.futures as cf
+
+    rows = writer.missing_rows()
+    pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
+    try:
+        for row in rows:
+            try:
+                item = pool.submit(decode_row, reader, row).result()
+            except cf.process.BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
+                writer.lost(row)
+                continue
+            writer.add(*collate([item]))
+    finally:
+        pool.shutdown(wait=True)
+    writer.flush()
+
+
+def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
+               dev: torch.device, progress: bool) -> tuple[int, Counter, float]:
+    """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds).
+
+    A decode worker that dies (killed, out of memory) loses the batches it held: the rest of
+    the current chunk is then decoded one image at a time in fresh workers (`isolate`), the
+    culprit alone is marked invalid, and the run goes on with a new pool."""
+    from tqdm import tqdm
+
+    todo = len(ChunkBatches(plan.pending, plan.chunk_rows, store.n_rows, 1))
+    started = time.perf_counter()
+    bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
+    writer = ChunkWriter(store, engine, plan, bar)
+    while writer.pending:
+        batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
+        try:
+            for rows, inputs, reasons in loader_for(reader, batches, workers, dev):
+                writer.add(rows, inputs, reasons)
+        except RuntimeError as e:
+            if workers == 0 or not is_worker_death(e):
+                raise
+            if writer.pending:
+                isolate(writer, reader)
+    bar.close()
+    return todo, writer.invalid, time.perf_counter() - started

@@ -44,14 +44,16 @@ def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precis
     loaded = []
     for b in blocks:
         w = b["weights"]
+        # the pixels the store's features were computed from, whatever the weights file says now
+        recorded = b.get("preprocessing")
         if w.get("source") == "random":
-            loaded.append(load_backbone(b["backbone"], "random", seed=int(w.get("seed") or 0)))
+            loaded.append(load_backbone(b["backbone"], "random", seed=int(w.get("seed") or 0), preprocessing=recorded))
             continue
         path = weights.get(b["backbone"]) or w.get("path")
         if not path or not Path(path).is_file():
             raise InputError(f"{b['backbone']}: weights file {path} not found; pass --weights {b['backbone']}=PATH "
                              f"(sha256 {str(w.get('sha256'))[:12]}...)")
-        loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256")))
+        loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256"), preprocessing=recorded))
     dev = pick_device(device)
     if precision == "auto":  # the store's own precision where this device can run it
         stored = record["store"].get("extraction", {}).get("precision")
@@ -67,25 +69,30 @@ def recommend(run_dir: str | Path, images: list[str | Path], top: int = 5, devic
     vocab = record["store"].get("vocab")
     if not vocab:
         raise InputError(f"{run_dir}: run.json has no vocabulary (made by an older hashtagkit); fit it again")
-    extractor = rebuild_extractor(record, weights or {}, device, precision)
+    # a head that ignores the image (the popularity floor) needs no extractor, only real photos
+    extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
     blocks = record["store"]["blocks"]
-    dtype = blocks[0].get("dtype", "float16")
+    dtype = blocks[0].get("dtype", "float16") if blocks else "float32"
     truncated_ok = record["store"].get("extraction", {}).get("allow_truncated", False) if allow_truncated is None else allow_truncated
-    out, good, inputs = [], [], [[] for _ in extractor.transforms]
+    transforms = extractor.transforms if extractor else []
+    out, good, inputs = [], [], [[] for _ in transforms]
     for path in images:
         try:
             image = decode(Path(path), truncated_ok)
         except DecodeError as e:
             out.append(Recommendation(str(path), [], error=str(e)))
             continue
-        for i, t in enumerate(extractor.transforms):
+        for i, t in enumerate(transforms):
             inputs[i].append(t(image))
         good.append(len(out))
         out.append(Recommendation(str(path), []))
     if not good:
         return out
-    feats = np.concatenate([extractor([torch.stack(x[i : i + 16]) for x in inputs])
-                            for i in range(0, len(good), 16)]).astype(dtype)
+    if extractor is None:
+        feats = np.zeros((len(good), 0), dtype=np.float32)
+    else:
+        feats = np.concatenate([extractor([torch.stack(x[i : i + 16]) for x in inputs])
+                                for i in range(0, len(good), 16)]).astype(dtype)
     view = record.get("features") or "both"
     if view != "both":
         for b in blocks:

@@ -21,6 +21,7 @@ an error naming it, never rows of zeros (`damaged_chunks`, `hashtagkit info --ve
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -314,15 +315,16 @@ class Store:
         return (rows, {}) if ok.all() else (rows[ok], {"invalid_image": int((~ok).sum())})
 
     def block_signatures(self) -> list[tuple]:
-        """What makes the feature columns what they are: per block its name, backbone, columns
-        and weights (sha256 and seed). Runs compare it with the store they are scored on."""
+        """What makes the feature columns what they are: per block its name, backbone, columns,
+        weights (sha256 and seed) and the pixels they were fed (preprocessing). Runs compare it with the store they are scored on."""
         return self.block_signatures_of(self.blocks)
 
     @staticmethod
     def block_signatures_of(blocks: list[dict]) -> list[tuple]:
         """`block_signatures` of a recorded list of blocks (e.g. a run's)."""
         return [(b.get("name"), b.get("backbone"), tuple(b.get("columns") or ()),
-                 (b.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("seed")) for b in blocks]
+                 (b.get("weights") or {}).get("sha256"), (b.get("weights") or {}).get("seed"),
+                 json.dumps(b.get("preprocessing"), sort_keys=True)) for b in blocks]
 
     def completeness(self) -> tuple[int, int]:
         """(chunks done, chunks in all): `done` is the only truth, a missing chunk reads as zeros."""
@@ -354,7 +356,8 @@ class Store:
                 # each array's own chunk key encoding: `<name>/c/<i>/<j>` by default
                 files = [f"{name}/{arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))}"
                          for name, arr in arrays.items()]
-                missing = [f for f in files if not (Path(self.path) / f).is_file()]
+                folder = Path(self.path) / self.group.path  # a subgroup (extract --overwrite) has its own
+                missing = [f for f in files if not (folder / f).is_file()]
                 if missing:
                     damaged[c] = f"missing {missing[0]}"
                     continue

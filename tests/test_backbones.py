@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 from torchvision.models import VGG16_Weights, vgg16
 
+from hashtagkit import provenance
 from hashtagkit.backbones import IMAGENET, PLACES365_CAFFE, load_backbone, parse_backbone_option
 from hashtagkit.backbones.caffe import CaffeLayer, read_caffemodel, write_caffemodel
 from hashtagkit.backbones.registry import RandomWeightsWarning
@@ -18,7 +19,7 @@ from hashtagkit.backbones.torchvision_weights import cached_path
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
 
-from .conftest import SHARED, need_data
+from .conftest import SHARED, make_store, need_data
 
 LENET = SHARED / "fixtures" / "caffe" / "lenet_iter_10000.caffemodel"
 
@@ -132,7 +133,9 @@ def test_convert_raw_on_lenet(tmp_path):
     out = tmp_path / "lenet.pth"
     res = CliRunner().invoke(cli, ["convert-caffe", str(LENET), "--arch", "raw", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    state = torch.load(out, weights_only=True)
+    payload = torch.load(out, weights_only=True)
+    state = payload["state_dict"]
+    assert payload["hashtagkit"]["preprocessing"] is None and payload["hashtagkit"]["block"] is None
     assert state["ip1.weight"].shape == (500, 800) and state["conv2.bias"].shape == (50,)
     # the converted LeNet runs as the Caffe net is defined (conv-pool-conv-pool-ip-relu-ip)
     net = torch.nn.Sequential(
@@ -160,14 +163,34 @@ def test_vgg16_caffemodel_round_trip_is_exact(vgg_state, tmp_path):
     out = tmp_path / "vgg16.pth"
     res = CliRunner().invoke(cli, ["convert-caffe", str(model), "-o", str(out), "--keep-fc8"])
     assert res.exit_code == 0, res.output
-    state = torch.load(out, weights_only=True)
+    payload = torch.load(out, weights_only=True)
+    state, meta = payload["state_dict"], payload["hashtagkit"]
     assert set(state) == set(vgg_state)
     assert all(torch.equal(state[k], vgg_state[k]) for k in state)
+    # the file says what it expects: Caffe pixels, the scene block, its source
+    assert meta["kind"] == "weights" and meta["arch"] == "vgg16" and meta["block"] == "scene"
+    assert meta["preprocessing"] == PLACES365_CAFFE.describe()
+    assert meta["source"] == {"caffemodel": "vgg16.caffemodel", "sha256": provenance.sha256_file(model)}
     dropped = tmp_path / "no_fc8.pth"
     assert CliRunner().invoke(cli, ["convert-caffe", str(model), "-o", str(dropped)]).exit_code == 0
-    assert "classifier.6.weight" not in torch.load(dropped, weights_only=True)
+    assert "classifier.6.weight" not in torch.load(dropped, weights_only=True)["state_dict"]
     loaded = load_backbone("vgg16-scene", str(dropped))  # loads without fc8
     assert torch.equal(loaded.module.classifier[3].weight, vgg_state["classifier.3.weight"])
+    assert loaded.preprocessing == PLACES365_CAFFE and loaded.weights["metadata"]["block"] == "scene"
+    # a Caffe (BGR 0-255) file is refused as the ImageNet (RGB 0-1) backbone...
+    with pytest.raises(InputError, match="places365-caffe.*--preprocessing vgg16-object=weights"):
+        load_backbone("vgg16-object", str(dropped))
+    # ... unless the user says which pixels to feed it
+    assert load_backbone("vgg16-object", str(dropped), preprocessing="weights").preprocessing == PLACES365_CAFFE
+    assert load_backbone("vgg16-object", str(dropped), preprocessing="imagenet").preprocessing == IMAGENET
+    make_store(tmp_path / "s.zarr", n=4, features=False, test=1)
+    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "s.zarr"), "--backbone", f"vgg16-object={dropped}"])
+    assert res.exit_code == 2 and "--preprocessing" in res.output
+    # an ImageNet-preprocessing file is accepted as vgg16-object without any flag
+    imagenet = tmp_path / "imagenet.pth"
+    assert CliRunner().invoke(cli, ["convert-caffe", str(model), "-o", str(imagenet), "--preprocessing", "imagenet",
+                                    "--block", "object"]).exit_code == 0
+    assert load_backbone("vgg16-object", str(imagenet)).preprocessing == IMAGENET
 
 
 def test_legacy_layers_with_4d_shapes(tmp_path):

@@ -251,16 +251,14 @@ CASES = [
 
 # Cases in other helpers' areas: kept in the table, expected to pass once their branches merge.
 OTHERS_PENDING = [
-    case("extract {x}/s.zarr --backbone vgg16-object=random --seed -1", "--seed",
-         marks=pytest.mark.xfail(strict=False, reason="fixed on branch extract (its options)")),
+    case("extract {x}/s.zarr --backbone vgg16-object=random --seed -1", "--seed"),
     case("fit {x}/s.zarr --head knn --set k=nan -o {x}/new", "k"),
     case("fit {x}/s.zarr --head knn --set k=1" + "0" * 400 + " -o {x}/new", "k"),  # no float holds it
     case("fit {x}/s.zarr --head knn --set temperature=-1 -o {x}/new", "temperature"),
     case("fit {x}/s.zarr --head ovr --set C=inf -o {x}/new", "C"),
     case("fit {x}/s.zarr --head mlp --set preset=nope -o {x}/new", "preset"),
     case("fit {x}/nan.zarr --head knn --set k=5 --set pca=null -o {x}/new", "NaN"),
-    case("recommend {x}/run {x}/imgs/a.jpg", "a.jpg",
-         marks=pytest.mark.xfail(strict=False, reason="fixed on branch extract (recommend on a features-free run)")),
+    case("recommend {x}/run {x}/imgs/a.jpg", "a.jpg"),
 ]
 
 

@@ -17,7 +17,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from hashtagkit.backbones import load_backbone
+from hashtagkit.backbones import IMAGENET, PLACES365_CAFFE, load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
 from hashtagkit.extract import extract, store_lock
@@ -249,15 +249,27 @@ def test_killed_run_resumes_to_the_same_store(tmp_path):
 
 
 # --- recommend: re-extracting with the run's exact backbones -----------------------------------------
+PHOTO_DIR = None
+
+
 def sample_photo() -> str:
+    """A photo-like JPEG drawn here (sky, ground, a sun), so no test depends on a file it does not need."""
+    import tempfile
     from pathlib import Path
 
-    import sklearn
+    from PIL import ImageDraw
 
-    path = Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg"  # a real photo scikit-learn ships
-    if not path.is_file():
-        pytest.skip("scikit-learn's sample photo is not installed")
-    return str(path)
+    global PHOTO_DIR
+    if PHOTO_DIR is None:
+        PHOTO_DIR = Path(tempfile.mkdtemp(prefix="hashtagkit-photo-"))
+        im = Image.new("RGB", (427, 320), (90, 150, 230))
+        draw = ImageDraw.Draw(im)
+        draw.rectangle([0, 200, 427, 320], fill=(60, 140, 50))
+        draw.ellipse([300, 30, 370, 100], fill=(250, 220, 60))
+        noise = np.random.default_rng(0).integers(-20, 20, (320, 427, 3))
+        im = Image.fromarray(np.clip(np.asarray(im, int) + noise, 0, 255).astype(np.uint8))
+        im.save(PHOTO_DIR / "photo.jpg", quality=90)
+    return str(PHOTO_DIR / "photo.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -317,9 +329,246 @@ def test_recommend_refuses_other_weights_and_reports_bad_images(extracted_demo):
     assert "bad.jpg: unreadable" in res.output and sample_photo() in res.output
 
 
+def test_recommend_reports_fifo_directory_and_device_without_hanging(extracted_demo):
+    import threading
+
+    tmp, _, _ = extracted_demo
+    fifo, folder = tmp / "x.jpg", tmp / "d.jpg"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+        folder.mkdir()
+    box = {}
+    args = ["recommend", str(tmp / "run"), str(fifo), str(folder), "/dev/null", sample_photo()]
+    t = threading.Thread(target=lambda: box.update(res=CliRunner().invoke(cli, args)), daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "recommend hung on a FIFO"
+    res = box["res"]
+    assert res.exit_code == 2
+    assert f"{fifo}: not a regular file" in res.output and f"{folder}: not a file (a directory)" in res.output
+    assert "/dev/null: not a regular file" in res.output and f"{sample_photo()}: #" in res.output
+
+
 def test_recommend_on_planted_run_is_refused(tmp_path):
     store = tmp_path / "p.zarr"
     assert CliRunner().invoke(cli, ["prepare", "planted", "-o", str(store), "--n", "60", "--dim", "8"]).exit_code == 0
     assert CliRunner().invoke(cli, ["fit", str(store), "--head", "knn", "-o", str(tmp_path / "run")]).exit_code == 0
     res = CliRunner().invoke(cli, ["recommend", str(tmp_path / "run"), sample_photo()])
     assert res.exit_code == 2 and "planted" in res.output
+
+
+# --- resume guards and the extraction record ------------------------------------------------------
+def run_extract(store, *extra):
+    return CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                    "--workers", "0", "--chunk-rows", "2", *extra])
+
+
+def stop_after(store, chunks: int) -> None:
+    """Make the store look like a run killed after `chunks` chunks (the rest not done)."""
+    done = zarr.open_group(store, mode="r+")["done"]
+    flags = np.asarray(done[...])
+    flags[chunks:] = False
+    done[...] = flags
+
+
+def test_resume_with_other_precision_is_refused_and_mix_is_shown(tmp_path):
+    store = make_image_store(tmp_path, n=4)
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    stop_after(store, 1)
+    res = run_extract(store, "--precision", "bf16")
+    assert res.exit_code == 2 and "extracted in fp32" in res.output and "--allow-mixed-precision" in res.output
+    assert open_store(store).completeness() == (1, 2)  # nothing written by the refused run
+    assert "MIXED" not in CliRunner().invoke(cli, ["info", str(store)]).output
+    res = run_extract(store, "--precision", "bf16", "--allow-mixed-precision")
+    assert res.exit_code == 0, res.output
+    runs = open_store(store).group.attrs["extraction"]["runs"]
+    assert [(r["precision"], r["device"]) for r in runs] == [("fp32", "cpu"), ("bf16", "cpu")]
+    info = CliRunner().invoke(cli, ["info", str(store)]).output
+    assert "fp32 on cpu + bf16 on cpu" in info and "MIXED" in info
+    data = json.loads(CliRunner().invoke(cli, ["info", str(store), "--json"]).output)["extraction"]
+    assert data["mixed"] and data["runs"] == 2
+    # --overwrite starts again: one setting
+    assert run_extract(store, "--precision", "bf16", "--overwrite").exit_code == 0
+    assert "MIXED" not in CliRunner().invoke(cli, ["info", str(store)]).output
+
+
+def test_resume_with_other_images_is_refused(tmp_path):
+    store = make_image_store(tmp_path, n=4)
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    stop_after(store, 1)
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "images", other)
+    res = run_extract(store, "--precision", "fp32", "--images", str(other))
+    assert res.exit_code == 2 and "were read from" in res.output and "--allow-other-images" in res.output
+    # the same folder, but a photo of a done chunk replaced since
+    Image.new("RGB", (200, 200), (1, 2, 3)).save(tmp_path / "images" / "0.jpg")
+    res = run_extract(store, "--precision", "fp32")
+    assert res.exit_code == 2 and "1 done chunk(s)" in res.output and "changed" in res.output
+    res = run_extract(store, "--precision", "fp32", "--allow-other-images")
+    assert res.exit_code == 0, res.output
+    assert open_store(store).completeness() == (2, 2)
+
+
+def test_resumed_summary_counts_the_stores_invalid_rows_and_info_says_how(tmp_path):
+    store = make_image_store(tmp_path, n=2, extra={"bad.jpg": b"not a jpeg", "gone.jpg": None})
+    res = run_extract(store, "--precision", "fp32")
+    assert res.exit_code == 0 and "1 missing, 1 unreadable in this run" in res.output
+    stop_after(store, 1)  # chunk 0 (rows 0, 1) done; chunk 1 (bad, gone) again
+    res = run_extract(store, "--precision", "fp32")
+    assert "1 missing, 1 unreadable in this run, 1 missing, 1 unreadable in the store" in res.output
+    stop_after(store, 1)
+    (tmp_path / "images" / "gone.jpg").write_bytes((tmp_path / "images" / "0.jpg").read_bytes())
+    (tmp_path / "images" / "bad.jpg").write_bytes((tmp_path / "images" / "1.jpg").read_bytes())
+    zarr.open_group(store, mode="r+")["reason"][0] = "unreadable"  # an invalid row in a done chunk
+    res = run_extract(store, "--precision", "fp32")
+    assert "invalid rows: none in this run, 1 unreadable in the store" in res.output  # said "none" before
+    info = CliRunner().invoke(cli, ["info", str(store)]).output
+    assert "weights random (seed 0), preprocessing imagenet" in info
+    assert "settings   fp32 on cpu" in info and "invalid    1 unreadable" in info and "runs       3" in info
+
+
+def test_resume_with_other_preprocessing_needs_overwrite(tmp_path):
+    store = make_image_store(tmp_path, n=2)
+    assert run_extract(store).exit_code == 0
+    res = run_extract(store, "--preprocessing", "resnet50-object=places365-caffe")
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = run_extract(store, "--preprocessing", "resnet50-object=places365-caffe", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert open_store(store).blocks[0]["preprocessing"]["colour_order"] == "BGR"
+
+
+def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_path, monkeypatch):
+    store = make_image_store(tmp_path, n=6)
+    shutil.copytree(store, tmp_path / "ref.zarr")
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    old = open_store(store).features()
+    assert run_extract(tmp_path / "ref.zarr", "--precision", "fp32", "--seed", "7").exit_code == 0
+    from hashtagkit import extract as engine
+
+    calls = []
+    real = engine.AsideStore.write_chunk
+
+    def crash_after_one(self, *a, **k):  # the overwriting run dies after its first chunk
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.AsideStore, "write_chunk", crash_after_one)
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")
+    assert res.exit_code != 0 and "stay readable" in res.output
+    s = open_store(store)
+    assert s.completeness() == (3, 3) and np.array_equal(s.features(), old)  # the old features, whole
+    assert s.blocks[0]["weights"]["seed"] == 0
+    assert "overwrite  in progress: 1 of 3 new chunks" in CliRunner().invoke(cli, ["info", str(store)]).output
+    monkeypatch.undo()
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")  # the same command resumes
+    assert res.exit_code == 0 and "1 chunk(s) already done" in res.output and "extracted 4 of 6" in res.output
+    s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
+    assert engine.ASIDE not in s.group and s.blocks[0]["weights"]["seed"] == 7
+    assert np.array_equal(s.features(), ref.features()) and not np.array_equal(s.features(), old)
+    runs = s.group.attrs["extraction"]["runs"]
+    assert len(runs) == 2 and all(r["precision"] == "fp32" for r in runs)
+
+
+def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
+    """A store records each block's preprocessing; recommend feeds exactly that, even if asked otherwise."""
+    tmp, store, _ = extracted_demo
+    block = open_store(store).blocks[0]
+    assert block["preprocessing"] == json.loads(json.dumps(IMAGENET.describe()))
+    from hashtagkit.recommend import rebuild_extractor
+    from hashtagkit.runs import read_run
+
+    record = read_run(tmp / "run")
+    record["store"]["blocks"][0]["preprocessing"] = PLACES365_CAFFE.describe()
+    assert rebuild_extractor(record, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
+
+
+def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatch):
+    """A decode worker SIGKILLed on one photo (as the OS kills one out of memory): only that row
+    is invalid ('decoder died'); the others equal an undisturbed run's; a resume has nothing to do."""
+    boom = (tmp_path / "x.jpg")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(boom)
+    store = make_image_store(tmp_path, n=7, extra={"boom.jpg": boom.read_bytes()})
+    shutil.copytree(store, tmp_path / "ref.zarr")
+    args = ["--precision", "fp32", "--dtype", "float32", "--batch-size", "2", "--chunk-rows", "4"]
+    assert run_extract(tmp_path / "ref.zarr", *args).exit_code == 0
+    monkeypatch.setenv("HASHTAGKIT_TEST_KILL_DECODE", "boom.jpg")
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "2", *args])
+    assert res.exit_code == 0, res.output
+    assert "1 decoder died" in res.output
+    s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
+    assert s.completeness() == (2, 2)
+    assert s.valid().tolist() == [True] * 7 + [False]
+    assert np.asarray(s.group["reason"][...]).tolist()[-1] == "decoder died"
+    assert np.array_equal(s.features()[:7], ref.features()[:7])
+    res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
+                                   "--workers", "2", *args])
+    assert res.exit_code == 0 and "extracted 0 of 8 rows" in res.output
+
+
+def tiny_scene_backbone():
+    """A cheap 'scene' backbone (colour layout: 4x4 average pool) so a store has two blocks fast."""
+    from torch import nn
+
+    from hashtagkit.backbones import BACKBONES, BackboneSpec, register
+
+    if "tiny-scene" not in BACKBONES:
+        register(BackboneSpec(
+            name="tiny-scene", block="scene", dim=48, layer="4x4 average pool", preprocessing=PLACES365_CAFFE,
+            build=lambda state: nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()),
+            default_source=lambda: None,
+        ))
+
+
+@pytest.mark.parametrize("view", ["object", "scene"])
+def test_single_view_run_on_two_block_store_scores_as_its_masked_features(tmp_path, view):
+    """recommend with a one-view run on a two-block store: the other block is masked as in training,
+    so a store photo scores exactly as the head scores the store's own (masked) features."""
+    tiny_scene_backbone()
+    store = tmp_path / "demo.zarr"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["prepare", "demo", "-o", str(store), "--n", "30"]).exit_code == 0
+    res = runner.invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--backbone",
+                              "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    s = open_store(store)
+    assert [b["name"] for b in s.blocks] == ["object", "scene"]
+    res = runner.invoke(cli, ["fit", str(store), "--head", "knn", "--features", view, "-o", str(tmp_path / "run"),
+                              "--set", "k=5"])
+    assert res.exit_code == 0, res.output
+    rows = s.split_rows("test")[:2]
+    images = [str(tmp_path / "demo_images" / p) for p in s.paths(rows)]
+    res = runner.invoke(cli, ["recommend", str(tmp_path / "run"), *images, "--json", "--top", "4"])
+    assert res.exit_code == 0, res.output
+    from hashtagkit.heads import Head
+
+    expected = Head.load(tmp_path / "run" / "model").predict_proba(s.features(view, rows))
+    for out, exp in zip(json.loads(res.output), expected, strict=True):
+        scores = {h["tag"]: h["score"] for h in out["hashtags"]}
+        assert scores == pytest.approx({t: float(exp[s.vocab.index(t)]) for t in scores}, abs=1e-3)
+        assert sorted(exp, reverse=True)[:4] == pytest.approx(sorted(scores.values(), reverse=True), abs=1e-3)
+
+
+def test_recommend_with_the_popularity_floor_needs_no_extractor(tmp_path):
+    """The floor ignores the image: its recommendation is the training frequency order, with no
+    backbone weights to find; a file that is not an image is still reported."""
+    import numpy as np
+    from PIL import Image
+
+    from hashtagkit.recommend import recommend
+    from hashtagkit.runs import fit_run
+
+    from .conftest import make_store
+
+    store = make_store(tmp_path / "s.zarr")
+    fit_run(store.path, "popularity", tmp_path / "run")
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(tmp_path / "p.png")
+    (tmp_path / "bad.jpg").write_bytes(b"no photo")
+    good, bad = recommend(tmp_path / "run", [tmp_path / "p.png", tmp_path / "bad.jpg"], top=3)
+    freq = store.labels(store.split_rows("train")).mean(axis=0)
+    expected = [store.vocab[c] for c in sorted(range(len(freq)), key=lambda c: (-freq[c], c))[:3]]
+    assert [t for t, _ in good.hashtags] == expected and good.error is None
+    assert np.allclose([s for _, s in good.hashtags], sorted(freq, reverse=True)[:3])
+    assert bad.error and not bad.hashtags

@@ -32,9 +32,7 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """A decoded RGB PIL image -> a float32 (3, crop, crop) tensor."""
-        size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
-        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        image = F.center_crop(image, [self.crop, self.crop])
+        image = self.resize_and_crop(image)
         x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         if self.colour_order == "BGR":
             x = x.flip(0)
@@ -43,6 +41,24 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (x - mean) / std
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """Resize then centre-crop; for an extreme aspect ratio (a 20000x2 strip would be resized
+        to 2,560,000x256 pixels: gigabytes and seconds) resize only the source box the crop keeps."""
+        w, h = image.size
+        if isinstance(self.resize, tuple):
+            out_h, out_w = self.resize
+        else:
+            scale = self.resize / min(w, h)
+            out_h, out_w = round(h * scale), round(w * scale)
+        if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
+            size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
+            image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+            return F.center_crop(image, [self.crop, self.crop])
+        box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
+        top, left = round((h - box_h) / 2), round((w - box_w) / 2)
+        return F.resized_crop(image, top, left, round(box_h), round(box_w), [self.crop, self.crop],
+                              interpolation=InterpolationMode.BILINEAR, antialias=True)
 
     def describe(self) -> dict:
         d = asdict(self)
@@ -58,3 +74,24 @@ IMAGENET = Preprocessing(
 PLACES365_CAFFE = Preprocessing(
     resize=(256, 256), crop=224, colour_order="BGR", value_range=255.0, mean=(104.051, 112.514, 116.676),
 )
+
+# the names a weights file (`convert-caffe --preprocessing`) and `extract --preprocessing` use
+PREPROCESSINGS: dict[str, Preprocessing] = {"imagenet": IMAGENET, "places365-caffe": PLACES365_CAFFE}
+
+
+def preprocessing_from_dict(d: dict) -> Preprocessing:
+    """The inverse of `Preprocessing.describe()` (a store's or a weights file's record)."""
+    resize = d["resize"]
+    return Preprocessing(
+        resize=tuple(resize) if isinstance(resize, list | tuple) else int(resize), crop=int(d["crop"]),
+        colour_order=d["colour_order"], value_range=float(d["value_range"]), mean=tuple(d["mean"]),
+        std=tuple(d.get("std", (1.0, 1.0, 1.0))),
+    )
+
+
+def preprocessing_name(p: Preprocessing) -> str:
+    """A short name for messages: 'imagenet', 'places365-caffe' or the colour order and range."""
+    for name, known in PREPROCESSINGS.items():
+        if known == p:
+            return name
+    return f"{p.colour_order} 0-{p.value_range:g}"

@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from hashtagkit import provenance
-from hashtagkit.backbones.preprocessing import Preprocessing
+from hashtagkit.backbones.preprocessing import (
+    PREPROCESSINGS,
+    Preprocessing,
+    preprocessing_from_dict,
+    preprocessing_name,
+)
 from hashtagkit.errors import InputError
 
 RANDOM = "random"
@@ -68,19 +73,60 @@ def weights_dir() -> Path:
     return Path(base) / "weights"
 
 
-def read_state_dict(path: Path) -> dict:
-    """A state dict from a .pth file (weights only: never unpickles code)."""
+def weights_file_payload(state: dict, metadata: dict) -> dict:
+    """What `torch.save` writes for a hashtagkit weights file: the tensors plus what they expect.
+
+    `metadata` has at least kind="weights", arch, block ("scene" | "object" | None),
+    preprocessing (a `Preprocessing.describe()` dict, or None when unknown) and source."""
+    return {"state_dict": state, "hashtagkit": {"kind": "weights", **metadata}}
+
+
+def read_state_dict(path: Path) -> tuple[dict, dict]:
+    """(state dict, hashtagkit metadata or {}) from a .pth file (weights only: never unpickles
+    code). Plain state dicts (torchvision's own files) have no metadata."""
     if not path.is_file():
         raise InputError(f"weights file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign file
         raise InputError(f"{path} is not a loadable PyTorch weights file: {str(e).splitlines()[0]}") from None
+    meta = {}
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        meta = state.get("hashtagkit") if isinstance(state.get("hashtagkit"), dict) else {}
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path} does not hold a state dict (name -> tensor)")
-    return state
+    return state, meta
+
+
+def choose_preprocessing(spec: BackboneSpec, path: Path, meta: dict, asked: str | dict | None) -> Preprocessing:
+    """The preprocessing to feed these weights: what the file says it expects must agree with
+    the backbone's, unless the user chose explicitly (`asked`: a name of PREPROCESSINGS,
+    'weights' for the file's own, 'backbone' for the spec's, or a describe() dict)."""
+    own = meta.get("preprocessing")
+    if isinstance(asked, dict):
+        return preprocessing_from_dict(asked)
+    if asked == "weights":
+        if not own:
+            raise InputError(f"{path} does not record its preprocessing: choose one of "
+                             f"{', '.join(PREPROCESSINGS)} for {spec.name}")
+        return preprocessing_from_dict(own)
+    if asked == "backbone":
+        return spec.preprocessing
+    if asked:
+        if asked not in PREPROCESSINGS:
+            raise InputError(f"unknown preprocessing {asked!r}: choose one of "
+                             f"{', '.join([*PREPROCESSINGS, 'weights', 'backbone'])}")
+        return PREPROCESSINGS[asked]
+    block = meta.get("block")
+    if own and preprocessing_from_dict(own) != spec.preprocessing or block and block != spec.block:
+        wants = preprocessing_name(preprocessing_from_dict(own)) if own else "an unknown preprocessing"
+        raise InputError(
+            f"{path} was made for {wants} (block {block or '?'}), but {spec.name} feeds "
+            f"{preprocessing_name(spec.preprocessing)} (block {spec.block}): use the right file, or say which "
+            f"pixels to feed with --preprocessing {spec.name}=weights (the file's) or ={preprocessing_name(spec.preprocessing)}"
+        )
+    return spec.preprocessing
 
 
 class RandomWeightsWarning(UserWarning):
@@ -99,7 +145,8 @@ def warn_random(name: str) -> None:
 class LoadedBackbone:
     spec: BackboneSpec
     module: nn.Module
-    weights: dict  # provenance: source, path, sha256
+    weights: dict  # provenance: source, path, sha256 (and the file's own hashtagkit metadata)
+    preprocessing: Preprocessing  # what these weights are fed (the spec's unless the file or the user said)
 
     def describe(self, columns: tuple[int, int]) -> dict:
         return {
@@ -109,19 +156,22 @@ class LoadedBackbone:
             "dim": self.spec.dim,
             "layer": self.spec.layer,
             "weights": self.weights,
-            "preprocessing": self.spec.preprocessing.describe(),
+            "preprocessing": self.preprocessing.describe(),
         }
 
 
-def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sha256: str | None = None) -> LoadedBackbone:
+def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sha256: str | None = None,
+                  preprocessing: str | dict | None = None) -> LoadedBackbone:
     """Resolve weights and build the module. `source` is None (the spec's default), a path or
-    'random'. `expect_sha256` (from a store's provenance) refuses different weights."""
+    'random'. `expect_sha256` (from a store's provenance) refuses different weights.
+    `preprocessing` overrides the check of the file's own (see `choose_preprocessing`)."""
     spec = get_spec(name)
     if source == RANDOM:
         warn_random(name)
         torch.manual_seed(seed)
         module = spec.build(None)
         weights = {"source": RANDOM, "seed": seed, "sha256": None, "path": None}
+        chosen = choose_preprocessing(spec, Path(RANDOM), {}, preprocessing)
     else:
         path = Path(source) if source else spec.default_source()
         sha = provenance.sha256_file(path) if path.is_file() else None
@@ -130,16 +180,19 @@ def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sh
                 f"{name}: weights at {path} have sha256 {str(sha)[:12]}..., but the store was extracted with "
                 f"{expect_sha256[:12]}...: pass the same weights file"
             )
-        state = read_state_dict(path)
+        state, meta = read_state_dict(path)
+        chosen = choose_preprocessing(spec, path, meta, preprocessing)
         try:
             module = spec.build(state)
         except RuntimeError as e:  # load_state_dict's shape / key mismatch
             raise InputError(f"{path} does not fit {name}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
         weights = {"source": "default" if not source else "file", "path": str(path.resolve()), "sha256": sha}
+        if meta:
+            weights["metadata"] = {k: v for k, v in meta.items() if k != "preprocessing"}
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedBackbone(spec=spec, module=module, weights=weights)
+    return LoadedBackbone(spec=spec, module=module, weights=weights, preprocessing=chosen)
 
 
 def parse_backbone_option(text: str) -> tuple[str, str | None]:
