@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import time
 from collections import Counter
@@ -40,8 +41,9 @@ from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
 from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
-from hashtagkit.images import DecodeError, decode
+from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
 from hashtagkit.stores import Store, open_store
+from hashtagkit.stores.store import SWAPPING
 
 
 # --- reader ------------------------------------------------------------------------------------
@@ -185,15 +187,40 @@ class AsideStore(Store):
 
 
 def swap_in(store: Store, aside: AsideStore) -> None:
-    """Replace the store's features by the complete new ones. Killed half-way, the old arrays may
-    be gone, but the new ones are complete in the subgroup and a rerun of `--overwrite` ends the
-    swap (its plan has no chunk left to do)."""
-    store.drop_features()
+    """Replace the store's features by the complete new ones.
+
+    First the group records what it is about to become (`SWAPPING`: the new blocks and
+    record), then `finish_swap` moves the arrays one by one. Killed at any step, the next
+    `extract` of the store finishes the swap before anything else: the new features are never
+    lost, and no reader takes a half-swapped store for a whole one (`Store.features` refuses)."""
+    if SWAPPING not in store.group.attrs:
+        store.group.attrs[SWAPPING] = {"blocks": aside.blocks, "extraction": aside.group.attrs.get("extraction") or {}}
+    finish_swap(store)
+
+
+def move_array(new: Path, old: Path) -> None:
+    """One step of a swap: the array folder `new` takes the place of `old`."""
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(new, old)
+
+
+def finish_swap(store: Store) -> bool:
+    """Complete a swap that `swap_in` started (see there); False when none was under way.
+    Idempotent: an array still in the aside group replaces the store's copy, one already moved
+    stays, then the record is written and the aside group removed."""
+    pending = store.group.attrs.get(SWAPPING)
+    if pending is None:
+        return False
+    base = Path(store.path)
     for name in FEATURE_ARRAYS:
-        os.replace(Path(store.path) / ASIDE / name, Path(store.path) / name)
-    store.group.attrs["extraction"] = aside.group.attrs.get("extraction") or {}
-    store.group.attrs["blocks"] = aside.blocks
-    del store.group[ASIDE]
+        new, old = base / ASIDE / name, base / name
+        if new.exists():
+            move_array(new, old)
+    store.group.attrs.update({"extraction": pending["extraction"], "blocks": pending["blocks"]})
+    shutil.rmtree(base / ASIDE, ignore_errors=True)
+    del store.group.attrs[SWAPPING]
+    return True
 
 
 class ChunkBatches(torch.utils.data.Sampler):
@@ -254,11 +281,39 @@ def chunk_fingerprints(root: Path, paths: Sequence[str], chunk_rows: int) -> lis
     return out
 
 
+def plan_and_check(target: Store, blocks: list[dict], dtype: str, chunk_rows: int | None, overwrite: bool,
+                   root: Path, paths: list[str], precision: str, allow_truncated: bool,
+                   allow_mixed_precision: bool, allow_other_images: bool) -> tuple:
+    """The plan of a run and the record it continues, checked by `check_resume`. Writing aside
+    (`--overwrite`), a refusal is returned in the record (`_refused`) for the caller to start
+    the aside again instead."""
+    plan = prepare_arrays(target, blocks, dtype, chunk_rows, overwrite)
+    done = np.asarray(target.group["done"][...])
+    record = {} if plan.fresh else dict(target.group.attrs.get("extraction") or {})
+    prints = chunk_fingerprints(root, paths, plan.chunk_rows)
+    try:
+        check_resume(record, done, root, prints, precision, allow_truncated, allow_mixed_precision,
+                     allow_other_images)
+    except InputError as e:
+        if not isinstance(target, AsideStore):
+            raise
+        record["_refused"] = str(e).split(":")[0]
+    return plan, done, record, prints
+
+
 def check_resume(record: dict, done: np.ndarray, root: Path, prints: list[str], precision: str,
-                 allow_mixed_precision: bool, allow_other_images: bool) -> None:
-    """Refuse a resume that would mix precisions or photo sets in one feature array."""
+                 allow_truncated: bool, allow_mixed_precision: bool, allow_other_images: bool) -> None:
+    """Refuse a resume that would mix precisions, photo sets or truncated-photo handling in one
+    feature array."""
     if not done.any() or not record:
         return
+    runs = record.get("runs") or []
+    before = {r.get("allow_truncated") for r in runs if "allow_truncated" in r} or \
+        ({record["allow_truncated"]} if "allow_truncated" in record else set())
+    if before and before != {allow_truncated}:
+        flag = "with" if True in before else "without"
+        raise InputError(f"the done chunks were extracted {flag} --allow-truncated: resume the same way, "
+                         "or --overwrite to start again")
     used = settings_of_done_chunks(record, done)
     precisions = sorted({p for p, _ in used if p})
     if precisions and precisions != [precision] and not allow_mixed_precision:
@@ -389,21 +444,33 @@ def extract(
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
         store = open_store(store_path, mode="r+")
+        root = Path(images) if images else Path(store.image_root or root)  # of the store read under the lock
+        if finish_swap(store):  # an `--overwrite` killed while swapping: its new features are complete
+            log("finished the swap of an interrupted `extract --overwrite`: its new features are in place")
+            store, overwrite = open_store(store_path, mode="r+"), False
         target = store
         if overwrite and ("features" in store.group or ASIDE in store.group):
             target = AsideStore(store)
             log("--overwrite: the new features are written beside the old ones, which stay readable until "
                 "the new ones are complete (a rerun with --overwrite resumes them)")
-        plan = prepare_arrays(target, blocks, dtype, chunk_rows, overwrite)
+        paths = store.paths()
+        plan, done, record, prints = plan_and_check(
+            target, blocks, dtype, chunk_rows, overwrite, root, paths, prec, allow_truncated,
+            allow_mixed_precision, allow_other_images)
+        if target is not store and not plan.fresh and record.get("_refused"):
+            # `--overwrite` resumed with other settings or photos than its own interrupted start:
+            # that start is what is being overwritten, not a reason to refuse
+            log(f"--overwrite: the interrupted new features differ ({record['_refused']}); starting them again")
+            target.drop_features()
+            plan, done, record, prints = plan_and_check(
+                target, blocks, dtype, chunk_rows, overwrite, root, paths, prec, allow_truncated,
+                allow_mixed_precision, allow_other_images)
         g = target.group
         n = store.n_rows
-        paths = store.paths()
-        done = np.asarray(g["done"][...])
-        record = {} if plan.fresh else dict(g.attrs.get("extraction") or {})
-        prints = chunk_fingerprints(root, paths, plan.chunk_rows)
-        check_resume(record, done, root, prints, prec, allow_mixed_precision, allow_other_images)
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
-               "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve())}
+               "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve()),
+               # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
+               "decode": {"jpeg_draft_min_side": DRAFT_SIDE, "max_pixels": MAX_PIXELS}}
         record = start_record(target, record, done, plan.pending, prints, run, root)
         todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
                                                                              allow_truncated),
@@ -525,7 +592,7 @@ def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader,
     culprit alone is marked invalid, and the run goes on with a new pool."""
     from tqdm import tqdm
 
-    todo = len(ChunkBatches(plan.pending, plan.chunk_rows, store.n_rows, 1))
+    todo = sum(min((c + 1) * plan.chunk_rows, store.n_rows) - c * plan.chunk_rows for c in plan.pending)
     started = time.perf_counter()
     bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
     writer = ChunkWriter(store, engine, plan, bar)

@@ -172,6 +172,7 @@ def refuse_existing(target: str | Path, overwrite: bool, kind: str | None = None
     target = Path(target)
     refuse_inputs(target, inputs)
     _check_parent(target)
+    remove_stale_temporaries(target)  # first: a restored `.old` output is then checked like any other
     if not (target.exists() or target.is_symlink()):
         return target
     found = artefact_kind(target)
@@ -183,21 +184,24 @@ def refuse_existing(target: str | Path, overwrite: bool, kind: str | None = None
         raise InputError(f"{target} already exists: pass --overwrite to replace it")
     if not matches:
         what = _DESCRIPTIONS[kind] if kind else "hashtagkit output"
-        it_is = f"it is a {_DESCRIPTIONS[found]}" if found else "hashtagkit did not make it"
+        it_is = f"it is a {_DESCRIPTIONS[found]}" if found else \
+            "it has no hashtagkit mark; sheets and weights files of earlier versions have none either"
         verb = "write into" if resume else "replace"
         raise InputError(f"{target} is not a {what} ({it_is}): refusing to {verb} it; choose another output path")
     return target
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether the process that would own a temporary may still run (when in doubt: yes, so
+    that nothing of a live writer is ever touched)."""
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # someone else's live process
+    except (PermissionError, OverflowError, ValueError):  # another user's process; no such pid at all
+        return True
     return True
 
 
@@ -219,10 +223,13 @@ def remove_stale_temporaries(target: str | Path) -> list[Path]:
         mine = (m["name"], m["suffix"]) in ((target.name, ""), (target.stem, target.suffix))
         if not mine:
             continue
-        if m["what"] == "old" and not (target.exists() or target.is_symlink()):
-            os.rename(entry, target)
-        else:
-            _remove(entry)
+        try:
+            if m["what"] == "old" and not (target.exists() or target.is_symlink()):
+                os.rename(entry, target)
+            else:
+                _remove(entry)
+        except OSError:  # not ours to remove (another user's, a read-only folder): leave it
+            continue
         handled.append(entry)
     return handled
 
@@ -251,15 +258,16 @@ def atomic_dir(target: str | Path, overwrite: bool = False, kind: str | None = N
     `overwrite`. The old one, if any, is deleted only after the new one is in place."""
     target = Path(target)
     if kind is not None:
-        refuse_existing(target, overwrite, kind=kind)
-    elif (target.exists() or target.is_symlink()) and not overwrite:
+        refuse_existing(target, overwrite, kind=kind)  # removes stale temporaries first
+    else:
+        remove_stale_temporaries(target)
+    if kind is None and (target.exists() or target.is_symlink()) and not overwrite:
         raise InputError(f"{target} already exists: pass --overwrite to replace it")
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create {parent}: {e.strerror}") from None
-    remove_stale_temporaries(target)
     tmp = parent / f".{target.name}.tmp-{os.getpid()}"
     _remove(tmp)
     try:

@@ -41,6 +41,7 @@ SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 CHUNK_BYTES = 4 << 20
 LOCK_FILE = ".extract.lock"  # the name extract always used: an old lock file stays harmless
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
+SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
 
 
@@ -391,6 +392,9 @@ class Store:
         does not decode is an error naming it, never rows of zeros."""
         if not self.has_features():
             raise InputError(f"{self.path} has no features yet: run `hashtagkit extract {self.path}` first")
+        if SWAPPING in self.group.attrs:
+            raise InputError(f"{self.path}: an `extract --overwrite` was interrupted while it swapped its new "
+                             f"features in; run `hashtagkit extract {self.path}` to finish it")
         done, total = self.completeness()
         if done < total:
             raise InputError(

@@ -572,3 +572,63 @@ def test_recommend_with_the_popularity_floor_needs_no_extractor(tmp_path):
     assert [t for t, _ in good.hashtags] == expected and good.error is None
     assert np.allclose([s for _, s in good.hashtags], sorted(freq, reverse=True)[:3])
     assert bad.error and not bad.hashtags
+
+
+def test_a_kill_while_swapping_loses_nothing_and_the_next_extract_finishes_it(tmp_path, monkeypatch):
+    """`--overwrite` killed half-way through moving its new arrays in: readers are refused (not
+    served a half-swapped store), and the next extract completes the swap to the new features."""
+    store = make_image_store(tmp_path, n=6)
+    shutil.copytree(store, tmp_path / "ref.zarr")
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    assert run_extract(tmp_path / "ref.zarr", "--precision", "fp32", "--seed", "7").exit_code == 0
+    from hashtagkit import extract as engine
+
+    moved = []
+    real = engine.move_array
+
+    def die_after_two(new, old):
+        if len(moved) == 2:
+            raise KeyboardInterrupt
+        moved.append(new)
+        return real(new, old)
+
+    monkeypatch.setattr(engine, "move_array", die_after_two)
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")
+    assert res.exit_code != 0 and len(moved) == 2
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="interrupted while it swapped"):
+        open_store(store).features()
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite")  # the same command
+    assert res.exit_code == 0, res.output
+    assert "finished the swap" in res.output and "extracted 0 of 6" in res.output
+    s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
+    assert engine.ASIDE not in s.group and s.blocks[0]["weights"]["seed"] == 7
+    assert np.array_equal(s.features(), ref.features())
+
+
+def test_overwrite_with_other_settings_restarts_its_interrupted_start(tmp_path, monkeypatch):
+    """An interrupted `--overwrite` followed by `--overwrite` with other settings starts the new
+    features again instead of refusing with 'pass --overwrite'."""
+    store = make_image_store(tmp_path, n=6)
+    assert run_extract(store, "--precision", "fp32").exit_code == 0
+    from hashtagkit import extract as engine
+
+    real = engine.AsideStore.write_chunk
+    calls = []
+
+    def crash_after_one(self, *a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.AsideStore, "write_chunk", crash_after_one)
+    assert run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite").exit_code != 0
+    monkeypatch.undo()
+    res = run_extract(store, "--precision", "fp32", "--seed", "7", "--overwrite", "--allow-truncated")
+    assert res.exit_code == 0, res.output
+    assert "starting them again" in res.output and "extracted 6 of 6" in res.output
+    assert open_store(store).group.attrs["extraction"]["allow_truncated"] is True
+    # a plain resume with other truncated-photo handling than the done chunks' is refused
+    res = run_extract(store, "--precision", "fp32", "--seed", "7")
+    assert res.exit_code == 2 and "--allow-truncated" in res.output

@@ -82,7 +82,7 @@ def test_overwrite_only_replaces_the_same_kind(artefacts):
     assert refuse_existing(paths["sheet.svg"], True, kind="sheet")
     for other in ("plain.pth", "folder", "photo.png", "notes.txt"):
         for kind in ("store", "run", "sheet", "weights", "images"):
-            with pytest.raises(InputError, match="hashtagkit did not make it"):
+            with pytest.raises(InputError, match="no hashtagkit mark"):
                 refuse_existing(tmp / other, True, kind=kind)
     # an empty folder may become a folder artefact, never a file one
     assert refuse_existing(tmp / "empty", True, kind="run")
@@ -117,7 +117,7 @@ def test_an_input_is_never_an_output(artefacts):
 
 def test_atomic_dir_with_a_kind_never_replaces_a_foreign_folder(artefacts):
     tmp, paths = artefacts
-    with pytest.raises(InputError, match="hashtagkit did not make it"):
+    with pytest.raises(InputError, match="no hashtagkit mark"):
         with atomic_dir(tmp / "folder", overwrite=True, kind="run"):
             pass
     assert (tmp / "folder" / "a.txt").read_text() == "mine"
@@ -172,3 +172,25 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, sig, code):
     last = err.strip().splitlines()[-1].split("\r")[-1].strip()
     assert last.startswith("Error: ") and ("interrupted" in last or "terminated" in last)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_restored_old_output_is_checked_like_any_other(tmp_path):
+    """The previous output moved aside by a writer that died is moved back before the
+    existence check: without --overwrite it is refused, not silently replaced."""
+    from hashtagkit.stores import open_store
+
+    make_store(tmp_path / "p.zarr", features=False, seed=1)
+    before = open_store(tmp_path / "p.zarr").labels().copy()
+    (tmp_path / "p.zarr").rename(tmp_path / f".p.zarr.old-{dead_pid()}")
+    with pytest.raises(InputError, match="already exists"):
+        make_store(tmp_path / "p.zarr", features=False, seed=2)
+    assert (open_store(tmp_path / "p.zarr").labels() == before).all()
+
+
+def test_odd_temporary_names_are_left_alone(tmp_path):
+    """A pid no process can have, or a temporary we may not remove, is not ours: no crash."""
+    from hashtagkit.outputs import remove_stale_temporaries
+
+    odd = tmp_path / ".r.tmp-99999999999999999999"
+    odd.mkdir()
+    assert remove_stale_temporaries(tmp_path / "r") == [] and odd.exists()
