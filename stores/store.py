@@ -68,7 +68,10 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
     record lock belongs to the process that took it and dies with it. `doing` ("extracted",
     "replaced") completes the refusal another process gets: "... is being extracted by ..."."""
     path = Path(path)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only store, or one on a read-only disk: it cannot be written anyway
+        raise InputError(f"{path} cannot be {doing}: {e.strerror} ({path / LOCK_FILE})") from None
     try:
         try:
             import fcntl

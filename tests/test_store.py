@@ -253,3 +253,25 @@ def test_a_store_written_before_empty_chunks_were_kept_still_reads(tmp_path):
     # with the mark (a store written now) a missing file is damage
     g["done"].attrs[FILES_MARK] = True
     assert set(open_store(tmp_path / "old.zarr").damaged_chunks(decode=False)) == {0, 1, 2}
+
+
+def test_a_store_that_cannot_be_locked_is_a_one_line_error(tmp_path, monkeypatch):
+    """A read-only store (root ignores chmod, so the refusal is simulated at the open):
+    `info --verify` says so in one line instead of a PermissionError traceback."""
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+    from hashtagkit.stores import store as store_module
+
+    make_store(tmp_path / "s.zarr")
+    real = store_module.os.open
+
+    def read_only(path, flags, *a):
+        if str(path).endswith(store_module.LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(store_module.os, "open", read_only)
+    res = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "s.zarr")])
+    assert res.exit_code == 2 and "cannot be verified: Permission denied" in res.output
+    assert "Traceback" not in res.output
