@@ -184,6 +184,13 @@ class Tally:
     mismatches: int = 0
     notes: list[str] = field(default_factory=list)
 
+    def add(self, survived: bool, lost: int, differs: int) -> None:
+        """One trial's outcome."""
+        self.trials += 1
+        self.survived += survived
+        self.rows_lost += lost
+        self.mismatches += differs
+
 
 def kill_extract_trials(pristine: Path, work: Path, ref: dict, duration: float, trials: int, seed: int,
                         deadline: float) -> Tally:
@@ -209,10 +216,7 @@ def kill_extract_trials(pristine: Path, work: Path, ref: dict, duration: float, 
             lost, differs = compare(read_state(store), ref)
         finally:
             reaper.kill_all()
-        tally.trials += 1
-        tally.survived += ok
-        tally.rows_lost += lost
-        tally.mismatches += differs
+        tally.add(ok, lost, differs)
         print(f"  kill {i + 1}/{trials} at {moment:.1f}s: chunks done at kill {at_kill[-1]}, resumed in {tries} "
               f"run(s): {'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}", flush=True)
     n_chunks = len(ref["done"])
@@ -256,10 +260,7 @@ def kill_worker_trials(pristine: Path, work: Path, ref: dict, duration: float, t
             lost, differs = compare(read_state(store), ref)
         finally:
             reaper.kill_all()
-        tally.trials += 1
-        tally.survived += survived
-        tally.rows_lost += lost
-        tally.mismatches += differs
+        tally.add(survived, lost, differs)
         print(f"  worker kill {i + 1}/{trials}: extract exit {proc.returncode} "
               f"({'survived' if survived else 'did not survive'}); then resumed in {tries} run(s) "
               f"{'ok' if ok else 'FAILED'}, rows lost {lost}, {'MISMATCH' if differs else 'equal'}", flush=True)
@@ -314,12 +315,10 @@ def attr_writer_trials(pristine: Path, work: Path, trials: int, seed: int, deadl
             proc.wait()
         finally:
             reaper.kill_all()
-        tally.trials += 1
         problem = attrs_problem(store, vocab, split_info, split)
         if problem is None:
             writes.append(int(zarr.open_group(store, mode="r").attrs.get("faults_writer", 0)))
-        tally.survived += problem is None
-        tally.mismatches += problem is not None
+        tally.add(problem is None, 0, problem is not None)
         if problem:
             tally.notes.append(f"trial {i + 1}: {problem}")
     stray = sorted({p.name for p in (work / "attrs.zarr").iterdir()} - {p.name for p in pristine.iterdir()})

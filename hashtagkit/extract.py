@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -133,11 +132,6 @@ class Extractor:
 
 
 # --- writer ------------------------------------------------------------------------------------
-def store_lock(store: Store) -> contextlib.AbstractContextManager:
-    """One writer per store: the store layer's POSIX record lock (see `stores.store.store_lock`)."""
-    return store.lock("extracted")
-
-
 @dataclass
 class Plan:
     chunk_rows: int
@@ -440,7 +434,7 @@ def extract(
     engine = Extractor(backbones, dev, prec)
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
     workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
-    with store_lock(store):
+    with store.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
         store = open_store(store_path, mode="r+")

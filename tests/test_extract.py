@@ -20,7 +20,7 @@ from PIL import Image
 from hashtagkit.backbones import IMAGENET, PLACES365_CAFFE, load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import extract, store_lock
+from hashtagkit.extract import extract
 from hashtagkit.images import decode
 from hashtagkit.stores import open_store
 
@@ -179,7 +179,7 @@ def test_real_truncated_harrison_photos(tmp_path):
 
 def test_second_extract_is_refused_while_one_runs(tmp_path):
     store = make_image_store(tmp_path, n=2)
-    with store_lock(open_store(store)):
+    with open_store(store).lock("extracted"):
         res = subprocess.run([sys.executable, "-m", "hashtagkit.cli.main", "extract", str(store),
                               "--backbone", "resnet50-object=random", "--no-progress"], capture_output=True, text=True)
     assert res.returncode == 2 and "being extracted by another process" in res.stderr

@@ -102,16 +102,18 @@ class KNNHead(Head):
     # --- scoring ------------------------------------------------------------------------------
     def kneighbors(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, training row ids) of the k nearest neighbours, most similar first."""
-        X = self._check_x(X)
-        k = min(self.k, self.index_.ntotal)
-        return self._searcher().search(self._embed(X), k)
+        return self._neighbours(self._check_x(X))
+
+    def _neighbours(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`kneighbors` on rows already checked (predict_proba checks its input once, not per batch)."""
+        return self._searcher().search(self._embed(X), min(self.k, self.index_.ntotal))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_x(X)
         out = np.zeros((len(X), self.n_classes_), dtype=np.float32)
         labels = self.labels_.astype(np.float32)
         for start in range(0, len(X), self.batch_size):
-            sims, ids = self.kneighbors(X[start : start + self.batch_size])
+            sims, ids = self._neighbours(X[start : start + self.batch_size])
             weights = np.exp((sims - sims[:, :1]) / self.temperature)  # shifted: no overflow, same ratios
             weights[ids < 0] = 0
             votes = out[start : start + len(sims)]
