@@ -7,6 +7,9 @@ installed as `hashtagkit.stores` and `hashtagkit.cli`, so no top-level module na
 
 from setuptools import setup
 
+DISTRIBUTED = ["dask>=2024.1", "distributed>=2024.1"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+
 setup(
     name="hashtagkit",
     version="0.1.0",
@@ -39,7 +42,13 @@ setup(
     extras_require={
         # faiss ships its GPU build as a separate wheel; install it in place of faiss-cpu.
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80"],
+        # `extract --cluster/--scheduler`: Dask distributed (add dask-cuda for one worker per GPU)
+        "distributed": DISTRIBUTED,
+        # `hashtagkit serve`: the JSON API and upload page
+        "serve": SERVE,
+        # playwright drives the system's Chromium (/usr/bin/chromium) in the browser tests
+        "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80", "httpx>=0.27", "playwright>=1.40",
+                 *DISTRIBUTED, *SERVE],
     },
     entry_points={"console_scripts": ["hashtagkit=hashtagkit.cli.main:main"]},
 )
