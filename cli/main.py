@@ -785,6 +785,10 @@ def extraction_lines(blocks: list[dict], completeness: list | None, summary: dic
         lines.append(f"settings   {text}" + ("   (MIXED: the done chunks come from several settings)"
                                               if summary["mixed"] else ""))
         lines.append(f"runs       {summary['runs']}, first {summary['first']}, last {summary['last']}")
+        if summary.get("hosts"):
+            lines.append(f"written by {len(summary['workers'])} worker(s) ({', '.join(summary['workers'][:4])}"
+                         f"{', ...' if len(summary['workers']) > 4 else ''}) on {', '.join(summary['hosts'][:4])}"
+                         f"{', ...' if len(summary['hosts']) > 4 else ''}")
         lines.append(f"invalid    {reasons_text(summary['invalid'])}")
         if summary["overwriting"]:
             o = summary["overwriting"]

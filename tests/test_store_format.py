@@ -228,6 +228,9 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
     assert record["runs"][1]["rows_done"] == 3 and record["runs"][0]["rows_done"] == 4
     assert json.loads(json.dumps(record)) == record
     assert engine.gather_chunk_log(store, record) == record  # gathering again changes nothing
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert f"written by 1 worker(s) (in-process) on {socket.gethostname()}" in res.output
+    assert "format     2\n" in res.output
 
 
 # --- format 1: still read, upgraded in place ------------------------------------------------------
@@ -430,7 +433,6 @@ def test_extract_upgrades_a_format1_store_and_resumes_it(tmp_path):
     """A format-1 store extracted half-way (by the release's writer) and resumed by this
     `extract`: upgraded with one line, only the chunks not done are computed, and the features
     equal an uninterrupted extraction's."""
-    import shutil
 
     from click.testing import CliRunner
 
