@@ -231,6 +231,14 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
     res = CliRunner().invoke(cli, ["info", str(path)])
     assert f"written by 1 worker(s) (in-process) on {socket.gethostname()}" in res.output
     assert "format     2\n" in res.output
+    # --overwrite writes aside (with its own chunk_log) and swaps it in: the logs are the new run's
+    res = CliRunner().invoke(cli, [*args, "--overwrite", "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    store = open_store(path)
+    assert engine.ASIDE not in store.group and store.blocks[0]["weights"]["seed"] == 7
+    assert [log["run"] for log in store.chunk_log()] == [0, 0, 0, 0]
+    assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 0, 0]
+    assert len(store.group.attrs["extraction"]["runs"]) == 1
 
 
 # --- format 1: still read, upgraded in place ------------------------------------------------------
@@ -394,6 +402,9 @@ def test_an_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path, monk
     old store; the next `upgrade` completes it and nothing is lost, whatever k was."""
     import shutil
 
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
     from hashtagkit.errors import InputError
     from hashtagkit.stores import upgrade
 
@@ -422,6 +433,9 @@ def test_an_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path, monk
         if k > 0:  # the store says what to do rather than serve a half-moved array
             with pytest.raises(InputError, match="upgrade .* was interrupted; run `hashtagkit upgrade"):
                 half.paths()
+            if k in (1, len(steps) // 2):
+                res = CliRunner().invoke(cli, ["info", str(path)])
+                assert res.exit_code == 0 and "(upgrade interrupted: run `hashtagkit upgrade STORE`" in res.output
         else:
             assert half.format == 1 and half.paths() == w["paths"]
         assert upgrade.upgrade_store(open_store(path, mode="r+")) is True
