@@ -6,14 +6,13 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
 from hashtagkit.backbones.preprocessing import IMAGENET
-from hashtagkit.backbones.registry import BackboneSpec, register
+from hashtagkit.backbones.registry import BackboneSpec, build_with_weights, register
 from hashtagkit.backbones.torchvision_weights import torchvision_source
 
 
 def resnet50_pool(state: dict | None) -> nn.Module:
-    model = resnet50(weights=None)
-    if state is not None:
-        model.load_state_dict(state)
+    # random: torchvision's initialisation from the caller's seed; given weights: no initialisation
+    model = resnet50(weights=None) if state is None else build_with_weights(lambda: resnet50(weights=None), state)
     model.fc = nn.Identity()  # global average pool output
     return model
 

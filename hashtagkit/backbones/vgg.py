@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
 from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE
-from hashtagkit.backbones.registry import BackboneSpec, register, weights_dir
+from hashtagkit.backbones.registry import BackboneSpec, build_with_weights, register, weights_dir
 from hashtagkit.backbones.torchvision_weights import torchvision_source
 from hashtagkit.errors import InputError
 
@@ -20,14 +20,14 @@ def vgg16_fc7(state: dict | None) -> nn.Module:
 
     The classifier's last layer (fc8) is not needed for the feature, so a state dict without it
     (a converted Caffe model with fc8 dropped) loads, and one with any number of classes does.
+    Random weights (`state` None) are torchvision's own initialisation, drawn from the caller's
+    seed; given weights are put in place without any initialisation (`build_with_weights`).
     """
     n_out = state["classifier.6.weight"].shape[0] if state and "classifier.6.weight" in state else 1000
-    model = vgg16(weights=None, num_classes=n_out)
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("classifier.6.")]
-        if missing or unexpected:
-            raise RuntimeError(f"state dict does not match vgg16\nmissing {missing[:3]}, unexpected {unexpected[:3]}")
+    if state is None:
+        model = vgg16(weights=None, num_classes=n_out)
+    else:
+        model = build_with_weights(lambda: vgg16(weights=None, num_classes=n_out), state, optional=("classifier.6.",))
     model.classifier = model.classifier[:5]  # Linear, ReLU, Dropout, Linear, ReLU = fc7 after ReLU
     return model
 
