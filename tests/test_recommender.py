@@ -374,3 +374,51 @@ def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert provenance.sha256_cache_file() == tmp_path / "home" / ".cache" / "hashtagkit" / "sha256.json"
+
+
+def _torchvision_resize_and_crop(p, image):
+    """The preprocessing's geometry as it was written with torchvision's functional API (the reference)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    w, h = image.size
+    out_h, out_w = p.resize if isinstance(p.resize, tuple) else (round(h * p.resize / min(w, h)),
+                                                                  round(w * p.resize / min(w, h)))
+    if max(out_h, out_w) <= 4 * max(p.resize if isinstance(p.resize, tuple) else (p.resize,)):
+        size = list(p.resize) if isinstance(p.resize, tuple) else p.resize
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return F.center_crop(image, [p.crop, p.crop])
+    box_h, box_w = max(1.0, p.crop * h / out_h), max(1.0, p.crop * w / out_w)
+    top, left = round((h - box_h) / 2), round((w - box_w) / 2)
+    return F.resized_crop(image, top, left, round(box_h), round(box_w), [p.crop, p.crop],
+                          interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def test_preprocessing_without_torchvision_equals_torchvision_pixel_for_pixel():
+    from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE, Preprocessing
+
+    small = Preprocessing(resize=200, crop=224, colour_order="RGB", value_range=1.0, mean=(0, 0, 0))  # pads
+    rng = np.random.default_rng(0)
+    sizes = [(427, 320), (320, 427), (256, 256), (225, 224), (224, 225), (999, 257), (1, 1), (3, 1000),
+             (5000, 7), (33, 2000), (255, 255), (511, 384)] + [tuple(rng.integers(1, 1200, 2)) for _ in range(20)]
+    for w, h in sizes:
+        image = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+        for p in (IMAGENET, PLACES365_CAFFE, small):
+            ours, ref = p.resize_and_crop(image), _torchvision_resize_and_crop(p, image)
+            assert ours.size == ref.size == (p.crop, p.crop), (w, h, p)
+            assert np.array_equal(np.asarray(ours), np.asarray(ref)), (w, h, p)
+
+
+def test_recommend_imports_neither_torchvision_nor_sklearn():
+    """What the fast start relies on: loading VGG-16 weights from files, a kNN head and decoding
+    need neither torchvision (torch._dynamo with it) nor scikit-learn (checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hashtagkit.recommend import Recommender; import hashtagkit.cli.main; "
+            "from hashtagkit.backbones.vgg import vgg16_fc7, VGG16; "
+            "vgg16_fc7({k: v for k, v in VGG16().state_dict().items()}); "
+            "print(sorted(m for m in ('torchvision', 'sklearn', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
