@@ -10,7 +10,7 @@ run on it. Then, in one run, interleaved, each `--repeats` times:
   after cold  this checkout with an empty sha256 cache (every weights file hashed);
   after warm  this checkout with the cache filled by the previous call (nothing hashed).
 
-Plus `import hashtagkit.cli.main` alone, before and after. The weights files are in the page
+Plus the imports `recommend` needs, timed alone, before and after. The weights files are in the page
 cache for every variant (just written, then read by each run), so disk speed is not measured.
 Prints a Markdown table and writes it with machine and versions.
 
@@ -30,10 +30,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# every subprocess runs in the benchmark's own temp dir: `python -c` puts its cwd first on sys.path,
+# and a cwd holding a hashtagkit/ (this checkout) would shadow the revision under test
+WORKDIR = tempfile.gettempdir()
 
 
-def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+def run(cmd: list[str], env: dict | None = None) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=WORKDIR)
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res.stdout
@@ -44,7 +47,10 @@ def export_revision(rev: str, dest: Path) -> Path:
     src = dest / "src"
     tree = dest / "tree"
     tree.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"cannot export git revision {rev} for 'before' ({archive.stderr.decode().strip()}): "
+                         "run from a clone with its history (not shallow), or pass --before REV")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     src.mkdir()
     (tree / "hashtagkit").rename(src / "hashtagkit")
@@ -75,20 +81,30 @@ def make_run(work: Path, env: dict) -> tuple[Path, Path]:
     return work / "run", photo
 
 
-def time_to_first_result(cmd: list[str], env: dict) -> float:
-    """Seconds from starting the process to its first line of output (the first photo's hashtags)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    elapsed = time.perf_counter() - t0
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0 or "#" not in line:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {line}{out}\n{err}")
-    return elapsed
+def time_to_first_result(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(seconds from starting the process to its first line of output, i.e. the first photo's
+    hashtags; CPU seconds the whole process used, user + system). The CPU time says what the
+    process costs however busy the machine is; the wall time is what a user waits."""
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=WORKDIR)
+        line = proc.stdout.readline()
+        elapsed = time.perf_counter() - t0
+        rest = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or "#" not in line:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {line}{rest}\n{err.read()}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+# what `recommend` imports, in both revisions (the CLI module itself imports lazily)
+IMPORTS = "hashtagkit.recommend, hashtagkit.backbones, hashtagkit.extract, hashtagkit.heads"
 
 
 def time_import(env: dict) -> float:
-    code = "import time; t = time.perf_counter(); import hashtagkit.cli.main; print(time.perf_counter() - t)"
+    code = f"import time; t = time.perf_counter(); import {IMPORTS}; print(time.perf_counter() - t)"
     return float(run([sys.executable, "-c", code], env).strip())
 
 
@@ -117,8 +133,9 @@ def main() -> None:
     ap.add_argument("--before", default="9525730", help="git revision measured as 'before'")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "startup.md")
     args = ap.parse_args()
+    global WORKDIR
     with tempfile.TemporaryDirectory(prefix="hashtagkit-startup-") as tmp:
-        tmp = Path(tmp)
+        tmp = WORKDIR = Path(tmp)
         base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HASHTAGKIT_SHA256_CACHE")}
         base["HASHTAGKIT_SHA256_CACHE"] = str(tmp / "sha256-cache.json")  # never the user's own cache
         before_env = {**base, "PYTHONPATH": str(export_revision(args.before, tmp / "before"))}
@@ -130,26 +147,30 @@ def main() -> None:
         script = Path(sys.executable).parent / "hashtagkit"  # the console script, as a user runs it
         hk = [str(script)] if script.is_file() else [sys.executable, "-m", "hashtagkit.cli.main"]
         cmd = [*hk, "recommend", str(run_dir), str(photo), "--device", "cpu"]
-        times: dict[str, list[float]] = {"before": [], "after, cold sha256 cache": [], "after, warm sha256 cache": []}
+        names = ("before", "after, cold sha256 cache", "after, warm sha256 cache")
+        times: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
         imports: dict[str, list[float]] = {"before": [], "after": []}
         for r in range(args.repeats):
             imports["before"].append(time_import(before_env))
             imports["after"].append(time_import(base))
-            times["before"].append(time_to_first_result(cmd, before_env))
-            Path(base["HASHTAGKIT_SHA256_CACHE"]).unlink(missing_ok=True)
-            times["after, cold sha256 cache"].append(time_to_first_result(cmd, base))
-            times["after, warm sha256 cache"].append(time_to_first_result(cmd, base))
+            for name in names:
+                if name == "after, cold sha256 cache":
+                    Path(base["HASHTAGKIT_SHA256_CACHE"]).unlink(missing_ok=True)
+                wall, used = time_to_first_result(cmd, before_env if name == "before" else base)
+                times[name].append(wall)
+                cpu[name].append(used)
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
-    table = make_table(times, imports, args)
+    table = make_table(times, cpu, imports, args)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
     print(f"wrote {args.out}")
 
 
-def make_table(times: dict, imports: dict, args) -> str:
-    before = statistics.median(times["before"])
+def make_table(times: dict, cpu: dict, imports: dict, args) -> str:
+    before, before_cpu = statistics.median(times["before"]), statistics.median(cpu["before"])
     lines = [
         "# `hashtagkit recommend` start-up: process start to first result",
         "",
@@ -157,14 +178,17 @@ def make_table(times: dict, imports: dict, args) -> str:
         "initialisation saved to disk: reading, hashing and loading cost what pretrained weights cost),",
         "CPU, fp32, the weights in the page cache. Median (min-max) of "
         f"{args.repeats} interleaved runs; 'before' is git revision {args.before}, 'after' is {git_head()}.",
+        "Wall time is what a user waits (it grows when other jobs share the CPU); CPU time is what the",
+        "process costs (user + system, all threads, including the forward pass and exit).",
         "",
-        "| variant | seconds to first result | vs before |",
-        "|---|---:|---:|",
+        "| variant | wall seconds to first result | vs before | CPU seconds | vs before |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, values in times.items():
-        med = statistics.median(values)
-        lines.append(f"| {name} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {before / med:.2f}x |")
-    lines += ["", "| `import hashtagkit.cli.main` | seconds |", "|---|---:|"]
+        med, c = statistics.median(values), statistics.median(cpu[name])
+        lines.append(f"| {name} | {med:.2f} ({min(values):.2f}-{max(values):.2f}) | {before / med:.2f}x "
+                     f"| {c:.2f} ({min(cpu[name]):.2f}-{max(cpu[name]):.2f}) | {before_cpu / c:.2f}x |")
+    lines += ["", f"| `import {IMPORTS}` | seconds |", "|---|---:|"]
     for name, values in imports.items():
         lines.append(f"| {name} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) |")
     lines += [
