@@ -75,7 +75,8 @@ def test_path_bytes_and_pil_give_the_same_inputs(rec, tmp_path):
     path = sample_photo()
     data = open(path, "rb").read()
     a, b = rec.prepare(path), rec.prepare(data, name="upload.jpg")
-    c = rec.prepare(Image.open(path))  # lazy: opened, not loaded, by the caller
+    with Image.open(path) as lazy:  # opened, not loaded, by the caller
+        c = rec.prepare(lazy)
     d = rec.prepare(decode(path))  # loaded, already RGB
     assert (a.name, b.name, c.name, d.name) == (path, "upload.jpg", path, "image-0")
     assert len(a.inputs) == 2  # ImageNet for the object block, Places365-Caffe for the scene block
