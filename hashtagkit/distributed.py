@@ -273,7 +273,6 @@ def connect(cluster: str | None, scheduler: str | None, device: str, log=print):
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError("--cluster/--scheduler need Dask distributed: pip install 'hashtagkit[distributed]'") from None
-    dashboard = "127.0.0.1:0" if has_dashboard() else None
     if scheduler:
         try:
             client = Client(parse_scheduler(scheduler), timeout=CONNECT_TIMEOUT)
@@ -283,7 +282,9 @@ def connect(cluster: str | None, scheduler: str | None, device: str, log=print):
             yield client, None
         return
     n = parse_cluster(cluster or "local")
-    kw = dict(threads_per_worker=1, host="127.0.0.1", dashboard_address=dashboard, silence_logs=logging.CRITICAL)  # errors reach us as task errors
+    # every server on loopback: the scheduler, the workers and their HTTP endpoints (dashboard, /health)
+    kw = dict(threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+              worker_dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)  # errors reach us as task errors
     made = None
     if device == "cuda":
         try:

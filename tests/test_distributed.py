@@ -51,7 +51,8 @@ def bad_photos(tmp_path) -> dict:
 
 def local_cluster(n: int = 2):
     return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                    dashboard_address=None, silence_logs=logging.CRITICAL)
+                                    dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                    silence_logs=logging.CRITICAL)
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +239,7 @@ def test_coordinator_sigkilled_workers_exit_and_rerun_does_the_rest(tmp_path, ti
     (["--cluster", "local:2", "--scheduler", "tcp://127.0.0.1:8786"], "exclusive"),
 ])
 def test_bad_cluster_options_are_one_line_errors(tmp_path, options, message):
-    store = make_image_store(tmp_path, n=1)
+    store = make_image_store(tmp_path, n=2)
     res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", TINY, *options])
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -247,7 +248,7 @@ def test_bad_cluster_options_are_one_line_errors(tmp_path, options, message):
 
 def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, tiny, monkeypatch):
     monkeypatch.setattr(dist, "CONNECT_TIMEOUT", "1s")
-    store = make_image_store(tmp_path, n=1)
+    store = make_image_store(tmp_path, n=2)
     with pytest.raises(InputError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         extract(store, tiny, scheduler="tcp://127.0.0.1:9", progress=False, log=QUIET)
 
