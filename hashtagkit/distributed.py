@@ -16,11 +16,12 @@ Who does what:
   rebuilt from their recorded seed, and a backbone registered only in the coordinator's
   process (a user's own) is shipped with the task and registered in the worker.
 
-Decoding happens in the task's own process, in one helper thread that decodes the next batch
+Decoding happens in the task's own process, in helper threads that decode the next batch
 while torch runs the current one. Dask worker processes are daemonic and may not have
 children, so the in-process engine's DataLoader worker processes are not an option; Pillow
-releases the GIL while it decodes and resizes, so one thread overlaps decoding with the
-model as the DataLoader's processes do. Each worker runs one task at a time (one model, one
+releases the GIL while it decodes and resizes, so threads overlap decoding with the model as
+the DataLoader's processes do (one thread on the CPU, the worker's cores on a GPU:
+`decode_threads`). Each worker runs one task at a time (one model, one
 chunk in memory) and gives torch the worker's share of the cores (`local:N`: cores // N).
 
 The store goes to the workers as a string (a path, later an fsspec URL) and is opened with
@@ -106,6 +107,7 @@ class Job:
     run: int  # index of this run in the record's `runs`
     token: str
     torch_threads: int | None  # None: the worker's cores // its Dask threads
+    decode_threads: int | None = None  # None: see `decode_threads`
     specs: dict = field(default_factory=dict)  # backbone name -> BackboneSpec, for the worker's registry
 
     def key(self) -> str:
@@ -188,8 +190,12 @@ def stale(target, token: str) -> bool:
     return not runs or (runs[-1].get("distributed") or {}).get("token") != token
 
 
-def decode_batch(reader, rows: list[int]) -> list:
-    return [reader[r] for r in rows]
+def decode_threads(job: Job) -> int:
+    """Decoding threads of a task: on the CPU one keeps ahead of the model (a VGG-16 photo costs
+    far more than its decode); a GPU worker needs several cores of decoding to be fed."""
+    if job.decode_threads:
+        return job.decode_threads
+    return max(1, cores() // max(1, worker_threads())) if job.device == "cuda" else 1
 
 
 class ChunkPaths:
@@ -218,12 +224,12 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     feats = np.zeros((stop - start, engine.dim), dtype=np.float32)
     valid, reasons = np.ones(stop - start, bool), [""] * (stop - start)
     batches = ChunkBatches([chunk], job.chunk_rows, job.n_rows, job.batch_size).batches
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        coming = pool.submit(decode_batch, reader, batches[0])
+    with ThreadPoolExecutor(max_workers=decode_threads(job), thread_name_prefix="decode") as pool:
+        coming = [pool.submit(reader.__getitem__, r) for r in batches[0]]
         for i in range(len(batches)):
-            items = coming.result()
-            if i + 1 < len(batches):
-                coming = pool.submit(decode_batch, reader, batches[i + 1])
+            items = [f.result() for f in coming]
+            if i + 1 < len(batches):  # the next batch decodes while the model runs this one
+                coming = [pool.submit(reader.__getitem__, r) for r in batches[i + 1]]
             rows, inputs, why = collate(items)
             out = engine(inputs)  # invalid rows ride along as zeros: batches as in-process
             for j, (r, reason) in enumerate(zip(rows.tolist(), why, strict=True)):
