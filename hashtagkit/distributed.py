@@ -50,7 +50,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit import provenance
 from hashtagkit.errors import InputError
 
 SCHEDULER = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -173,15 +172,15 @@ def worker_name() -> str:
         return "-"
 
 
-def open_groups(job: Job):
-    """(root group, the Store the features are written through), opened from the job's string."""
+def open_target(job: Job):
+    """The Store the features are written through, opened with Zarr from the job's string."""
     import zarr
 
-    from hashtagkit.extract import ASIDE
+    from hashtagkit.extract import AsideStore
     from hashtagkit.stores import Store
 
-    root = zarr.open_group(job.store, mode="r+", zarr_format=3)
-    return root, Store(job.store, root[ASIDE] if job.aside else root)
+    root = Store(job.store, zarr.open_group(job.store, mode="r+", zarr_format=3))
+    return AsideStore(root) if job.aside else root
 
 
 def stale(target, token: str) -> bool:
@@ -213,13 +212,13 @@ class ChunkPaths:
 
 def extract_chunk(job: Job, chunk: int) -> dict:
     """The task: decode, extract and write one chunk (done flag last); returns its log."""
-    from hashtagkit.extract import ChunkBatches, ImageReader, collate
+    from hashtagkit.extract import ChunkBatches, ImageReader, chunk_info, collate
 
-    started, t0 = provenance.now(), time.perf_counter()
+    t0 = time.perf_counter()
     engine = worker_extractor(job)
-    root, target = open_groups(job)
+    target = open_target(job)
     start, stop = chunk * job.chunk_rows, min((chunk + 1) * job.chunk_rows, job.n_rows)
-    paths = ChunkPaths(start, [str(p) for p in np.asarray(root["paths"][start:stop]).tolist()])
+    paths = ChunkPaths(start, target.parent.paths_range(start, stop) if job.aside else target.paths_range(start, stop))
     reader = ImageReader(Path(job.image_root), paths, engine.transforms, job.allow_truncated)
     feats = np.zeros((stop - start, engine.dim), dtype=np.float32)
     valid, reasons = np.ones(stop - start, bool), [""] * (stop - start)
@@ -240,13 +239,11 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     pause = float(os.environ.get(TEST_CHUNK_SECONDS) or 0) - (time.perf_counter() - t0)
     if pause > 0:
         time.sleep(pause)
-    log = {"chunk": chunk, "run": job.run, "host": socket.gethostname(), "worker": worker_name(),
-           "pid": os.getpid(), "device": str(engine.device), "precision": engine.precision,
-           "started": started, "seconds": round(time.perf_counter() - t0, 3), "rows": stop - start,
-           "invalid": dict(Counter(r for r in reasons if r)), "finished": provenance.now()}
+    info = chunk_info(job.run, engine.device, engine.precision, time.perf_counter() - t0, worker=worker_name())
+    log = info | {"chunk": chunk, "rows": stop - start, "invalid": dict(Counter(r for r in reasons if r))}
     if stale(target, job.token):
         return log | {"skipped": "a newer run owns the store"}
-    target.write_chunk(chunk, feats, valid, reasons)
+    target.write_chunk(chunk, feats, valid, reasons, info=info)
     return log
 
 

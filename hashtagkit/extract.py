@@ -5,15 +5,21 @@
   truncated or a decompression bomb becomes an invalid row with its reason, and the run goes on.
 - model: all backbones in one pass over the decoded batch, in inference mode, channels_last,
   under autocast (bf16 on a CPU that has it, fp16 on CUDA) unless fp32 is asked for.
-- writer: the store's `features` array is written one whole chunk at a time; `done[c]` is set
-  only after chunk c's features, `valid` flags and reasons are written, so a run killed at any
-  instant resumes from the first chunk not done and loses at most one chunk of work. Batches
-  never straddle a chunk, so a resumed fp32 run computes exactly what an uninterrupted one does.
+- writer: the store's `features` array is written one whole chunk at a time (`Store.write_chunk`,
+  the same call a distributed worker makes); `chunk_log[c]` (who computed chunk c: host,
+  worker, pid, device, precision, seconds) and then `done[c]` are set only after chunk c's
+  features, `valid` flags and reasons are written, so a run killed at any instant resumes from
+  the first chunk not done and loses at most one chunk of work. Batches never straddle a
+  chunk, so a resumed fp32 run computes exactly what an uninterrupted one does.
 - record: before any chunk, the store's `extraction` attribute says which run computes which
   chunk (precision, device, workers...) and a fingerprint of each chunk's photos (paths, sizes,
-  mtimes), so even a killed run leaves the truth about its done chunks; a resume that would mix
-  precisions or photo sets is refused unless asked for (`allow_mixed_precision`,
+  mtimes), so even a killed run leaves the truth about its done chunks; after them, the
+  coordinator folds the per-chunk logs into it (`gather_chunk_log`: per run its hosts, workers
+  and compute seconds). Only the coordinating process writes the record. A resume that would
+  mix precisions or photo sets is refused unless asked for (`allow_mixed_precision`,
   `allow_other_images`), and `info` says when the done chunks come from several settings.
+- format: a store of format 1 (before per-chunk objects) is upgraded in place, under the lock,
+  before anything else (`hashtagkit.stores.upgrade`).
 - overwrite: the new features grow in the subgroup `overwriting` and replace the old ones only
   when complete; until then the old ones stay readable and a rerun of `--overwrite` resumes.
 - a decode worker that dies (killed, out of memory) costs its image ('decoder died'), found by
@@ -26,6 +32,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,6 +50,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
 from hashtagkit.stores import Store, open_store
 from hashtagkit.stores.store import SWAPPING
+from hashtagkit.stores.upgrade import upgrade_store
 
 
 # --- reader ------------------------------------------------------------------------------------
@@ -165,7 +173,7 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
 
 # --- --overwrite: write aside, swap at the end -------------------------------------------------
 ASIDE = "overwriting"  # the subgroup the new features grow in while the old ones stay readable
-FEATURE_ARRAYS = ("features", "valid", "reason", "done")
+FEATURE_ARRAYS = ("features", "valid", "reason", "chunk_log", "done")  # done last: moved, it says "complete"
 
 
 class AsideStore(Store):
@@ -371,6 +379,46 @@ def extraction_summary(store: Store) -> dict | None:
     }
 
 
+def gather_chunk_log(store: Store, record: dict) -> dict:
+    """The record with the per-chunk logs of the done chunks folded in: which run computed each
+    chunk (`chunk_runs`) and, per run that has logs, its `hosts`, `worker_names`, `chunks`,
+    `rows_done`, `invalid` rows and `chunk_seconds` (the sum of its chunks' compute seconds; a run's `seconds` stays
+    its wall time). The coordinator's job, after the chunks: workers only write their chunk's
+    log, never the group's attributes. Chunks without a log (format 1) keep what the record said."""
+    record = dict(record)
+    runs = [dict(r) for r in record.get("runs") or []]
+    done = np.asarray(store.group["done"][...]) if "done" in store.group else np.zeros(0, bool)
+    owner = list(record.get("chunk_runs") or [-1] * len(done))
+    owner += [-1] * (len(done) - len(owner))
+    folded: dict[int, dict] = {}
+    for c, log in enumerate(store.chunk_log()):
+        if log is None or c >= len(done) or not done[c] or not isinstance(log.get("run"), int):
+            continue
+        r = log["run"]
+        owner[c] = r
+        acc = folded.setdefault(r, {"hosts": set(), "workers": set(), "chunks": 0, "rows": 0,
+                                    "chunk_seconds": 0.0, "invalid": Counter()})
+        acc["hosts"].add(str(log.get("host")))
+        acc["workers"].add(str(log.get("worker")))
+        acc["chunks"] += 1
+        acc["rows"] += int(log.get("rows") or 0)
+        acc["chunk_seconds"] += float(log.get("seconds") or 0.0)
+        acc["invalid"].update(log.get("invalid") or {})
+    for r, acc in folded.items():
+        if 0 <= r < len(runs):
+            runs[r].update(hosts=sorted(acc["hosts"]), worker_names=sorted(acc["workers"]), chunks=acc["chunks"],
+                           rows_done=acc["rows"], chunk_seconds=round(acc["chunk_seconds"], 3),
+                           invalid=dict(acc["invalid"]))
+    record.update(runs=runs, chunk_runs=owner)
+    return record
+
+
+def chunk_info(run: int, device: torch.device, precision: str, seconds: float, worker: str = "in-process") -> dict:
+    """What a writer records about the chunk it computed (see `Store.write_chunk`)."""
+    return {"run": run, "host": socket.gethostname(), "worker": worker, "pid": os.getpid(), "device": str(device),
+            "precision": precision, "seconds": round(seconds, 3)}
+
+
 def start_record(store: Store, record: dict, done: np.ndarray, pending: list[int], prints: list[str], run: dict,
                  root: Path) -> dict:
     """Write, before any chunk, which run computes which chunk and from which photos, so that even
@@ -447,6 +495,8 @@ def extract(
         # taken must not be written through this stale handle
         store = open_store(store_path, mode="r+")
         root = Path(images) if images else Path(store.image_root or root)  # of the store read under the lock
+        if upgrade_store(store, log=log):  # a format-1 store (or an interrupted upgrade): format 2 first
+            store = open_store(store_path, mode="r+")
         if finish_swap(store):  # an `--overwrite` killed while swapping: its new features are complete
             log("finished the swap of an interrupted `extract --overwrite`: its new features are in place")
             store, overwrite = open_store(store_path, mode="r+"), False
@@ -483,11 +533,12 @@ def extract(
         else:
             todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
                                                                                  allow_truncated),
-                                                batch_size, workers, dev, progress)
+                                                batch_size, workers, dev, progress, run_index=len(record["runs"]) - 1)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
                    images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
         record["runs"][-1] = run
+        record = gather_chunk_log(target, record)
         g.attrs["extraction"] = record | provenance.record(
             device=str(dev), precision=prec, batch_size=batch_size, workers=workers, dtype=dtype,
             chunk_rows=plan.chunk_rows, allow_truncated=allow_truncated, image_root=str(root.resolve()),
@@ -504,12 +555,14 @@ def extract(
 class ChunkWriter:
     """Gathers decoded-and-extracted rows into the current chunk and writes each chunk when full."""
 
-    def __init__(self, store: Store, engine: Extractor, plan: Plan, bar):
+    def __init__(self, store: Store, engine: Extractor, plan: Plan, bar, run_index: int = -1):
         self.store, self.engine, self.bar = store, engine, bar
         self.chunk_rows, self.n = plan.chunk_rows, store.n_rows
         self.pending = list(plan.pending)
         self.invalid: Counter = Counter()
         self.buf = None
+        self.run_index = run_index  # which run of the record computes the chunks (their logs say so)
+        self.started = time.perf_counter()  # of the current chunk: its log's seconds
 
     def missing_rows(self) -> list[int]:
         """The rows of the current chunk not received yet (after a decode worker died)."""
@@ -542,9 +595,12 @@ class ChunkWriter:
     def flush(self) -> None:
         """Write the current chunk if every row of it is in: features first, then the done flag."""
         if self.buf is not None and self.buf[3].all():
-            self.store.write_chunk(self.pending[0], *self.buf[:3])
+            info = chunk_info(self.run_index, self.engine.device, self.engine.precision,
+                              time.perf_counter() - self.started)
+            self.store.write_chunk(self.pending[0], *self.buf[:3], info=info)
             self.pending.pop(0)
             self.buf = None
+            self.started = time.perf_counter()
 
     def lost(self, row: int) -> None:
         """A row whose decoder died: invalid, with zero features."""
@@ -593,7 +649,7 @@ def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
 
 
 def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
-               dev: torch.device, progress: bool) -> tuple[int, Counter, float]:
+               dev: torch.device, progress: bool, run_index: int = -1) -> tuple[int, Counter, float]:
     """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds).
 
     A decode worker that dies (killed, out of memory) loses the batches it held: the rest of
@@ -604,7 +660,7 @@ def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader,
     todo = sum(min((c + 1) * plan.chunk_rows, store.n_rows) - c * plan.chunk_rows for c in plan.pending)
     started = time.perf_counter()
     bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-    writer = ChunkWriter(store, engine, plan, bar)
+    writer = ChunkWriter(store, engine, plan, bar, run_index)
     while writer.pending:
         batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
         try:

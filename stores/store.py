@@ -4,12 +4,21 @@
 |-------------|-----------------------|----------------------------------------------------------|
 | `labels`    | (N, C) uint8 multi-hot| C = vocabulary size                                      |
 | `split`     | (N,) uint8            | 0 train, 1 test, 2 val; seed and sha256 in attrs `split` |
-| `paths`     | (N,) str              | image path relative to attrs `hashtagkit.image_root`     |
-| `features`  | (N, D) float16/32     | added by `extract`; column blocks described in `blocks`  |
-| `valid`     | (N,) bool             | the row's image decoded (else `reason` says why)         |
-| `reason`    | (N,) str              | why an image failed, '' for a valid row                  |
-| `done`      | (n_chunks,) bool      | chunk c's rows of features/valid/reason are written      |
-| attrs       | `vocab`, `split`, `blocks`, `hashtagkit` (kind, synthetic, image root, provenance) |
+| `paths`     | (N,) str, chunks 4,096| image path relative to attrs `hashtagkit.image_root`     |
+| `features`  | (N, D) float16/32     | added by `extract`; chunks (rows, D); blocks in `blocks` |
+| `valid`     | (N,) bool, chunks rows| the row's image decoded (else `reason` says why)         |
+| `reason`    | (N,) str, chunks rows | why an image failed, '' for a valid row                  |
+| `chunk_log` | (n_chunks,) str, (1,) | JSON: who computed chunk c (run, host, worker, pid, ...) |
+| `done`      | (n_chunks,) bool, (1,)| chunk c's rows of features/valid/reason are written      |
+| attrs       | `vocab`, `split`, `blocks`, `extraction`, `hashtagkit` (format, kind, image root, ...) |
+
+Format 2 (this one) lets many processes write one store at once: whatever a worker writes for
+chunk c (its rows of `features`, `valid`, `reason`, then `chunk_log[c]`, then `done[c]`) is a
+Zarr chunk object of its own, so workers writing different chunks never read-modify-write a
+shared object (Zarr v3 is safe for concurrent writers of *different* chunks only). The group's
+attributes are written by the coordinating process alone. Format 1 (hashtagkit before it) kept
+`done` and `paths` in one chunk each and had no `chunk_log`: it is still read, and
+`upgrade_store` (`hashtagkit upgrade`, or any `extract`) rewrites it in place.
 
 Rows per chunk are chosen so a chunk is a few MiB: big enough to compress and read fast,
 small enough that a resumed extraction loses little. A store is created complete or not at
@@ -24,6 +33,7 @@ import contextlib
 import json
 import os
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -35,7 +45,7 @@ from hashtagkit import provenance
 from hashtagkit.errors import InputError
 from hashtagkit.outputs import atomic_dir, refuse_existing
 
-FORMAT = 1
+FORMAT = 2  # 1: `done` and `paths` in one chunk each, no `chunk_log` (see the module docstring)
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 CHUNK_BYTES = 4 << 20
@@ -43,6 +53,14 @@ LOCK_FILE = ".extract.lock"  # the name extract always used: an old lock file st
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
 SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
+UPGRADING = "upgrading_to_format_2"  # group attr while `upgrade_store` rewrites a format-1 store
+PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks for its rows
+
+
+def is_url(path: str | Path) -> bool:
+    """An fsspec URL (s3://, gs://...) rather than a local path: Zarr opens it, but the
+    coordinator's local-file checks (lock file, chunk files' presence, upgrade) cannot apply."""
+    return "://" in str(path)
 
 
 def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -149,7 +167,7 @@ def create_store(
         lab[...] = labels.astype(np.uint8)
         sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors())
         sp[...] = split.astype(np.uint8)
-        pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(max(n, 1),))
+        pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),))
         pa[...] = np.asarray(list(paths), dtype=str)
         group.attrs.update(
             {
@@ -172,9 +190,12 @@ def create_store(
 
 
 def open_store(path: str | Path, mode: str = "r") -> Store:
-    """Open an existing store; a path that is not a hashtagkit store is a clear user error."""
-    path = Path(path)
-    if not path.exists():
+    """Open an existing store; a path that is not a hashtagkit store is a clear user error.
+
+    `path` may be an fsspec URL (s3://...): Zarr opens it (a worker needs nothing else), but
+    the local-file parts (lock, chunk files' presence, upgrade) are skipped or refused there."""
+    path = path if is_url(path) else Path(path)
+    if not is_url(path) and not path.exists():
         raise InputError(f"store {path} does not exist (make one with `hashtagkit prepare`)")
     try:
         group = zarr.open_group(path, mode=mode, zarr_format=3)
@@ -199,6 +220,11 @@ class Store:
     @property
     def meta(self) -> dict:
         return dict(self.group.attrs["hashtagkit"])
+
+    @property
+    def format(self) -> int:
+        """1 for stores written before per-chunk objects (see the module docstring), else 2."""
+        return int(self.meta.get("format", 1))
 
     @property
     def vocab(self) -> list[str]:
@@ -239,9 +265,30 @@ class Store:
         data = np.asarray(arr[...])
         return data if rows is None else data[rows]
 
-    def paths(self, rows: np.ndarray | None = None) -> list[str]:
-        data = np.asarray(self.group["paths"][...])  # numpy StringDType; tolist gives str
-        return [str(p) for p in (data if rows is None else data[rows]).tolist()]
+    def paths(self, rows: np.ndarray | Sequence[int] | None = None) -> list[str]:
+        """Image paths of `rows` (all by default), reading only the path chunks that hold them."""
+        self._refuse_upgrading()
+        arr = self.group["paths"]
+        if rows is None:
+            return [str(p) for p in np.asarray(arr[...]).tolist()]  # numpy StringDType; tolist gives str
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + self.n_rows, rows).astype(np.int64)
+        if rows.size == 0:
+            return []
+        wanted, back = np.unique(rows, return_inverse=True)
+        data = np.asarray(arr.get_orthogonal_selection(wanted))
+        return [str(p) for p in data[back].tolist()]
+
+    def paths_range(self, start: int, stop: int) -> list[str]:
+        """Paths of rows start..stop-1: what a worker reads for its chunk (only Zarr reads)."""
+        return [str(p) for p in np.asarray(self.group["paths"][start:stop]).tolist()]
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        """The rows (start, stop) of feature chunk `chunk`."""
+        rows = self.chunk_rows()
+        return chunk * rows, min((chunk + 1) * rows, self.n_rows)
 
     def verify_split(self) -> str:
         """Recompute the split's sha256 and check it against the recorded one."""
@@ -256,10 +303,12 @@ class Store:
         return store_lock(self.path, doing)
 
     def init_features(self, dim: int, dtype: str, blocks: list[dict], chunk_rows: int | None = None) -> int:
-        """Create the empty feature arrays (features, valid, reason, done) and record the blocks.
+        """Create the empty feature arrays (features, valid, reason, chunk_log, done) and record
+        the blocks: the coordinator's job, before any worker writes a chunk.
 
         Returns the rows per chunk. `done[c]` is the only truth about chunk c: writers set it
-        after the chunk's features (see `write_chunk`)."""
+        after the chunk's features (see `write_chunk`). `done` and `chunk_log` have one element
+        per chunk object, so concurrent writers of different chunks touch different objects."""
         g, n = self.group, self.n_rows
         rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
         rows = max(1, min(rows, max(n, 1)))
@@ -268,13 +317,14 @@ class Store:
         g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
         g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
         n_chunks = max(1, -(-n // rows))
-        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(n_chunks,), fill_value=False,
+        create_chunk_log(g, n_chunks)
+        g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False,
                        attributes={FILES_MARK: True})
         g.attrs["blocks"] = blocks
         return rows
 
     def drop_features(self) -> None:
-        for name in ("features", "done", "valid", "reason"):
+        for name in ("features", "done", "valid", "reason", "chunk_log"):
             if name in self.group:
                 del self.group[name]
         self.group.attrs["blocks"] = []
@@ -282,21 +332,38 @@ class Store:
     def chunk_rows(self) -> int:
         return int(self.group["features"].chunks[0])
 
-    def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray, reasons: list[str] | None = None) -> None:
-        """Write one whole chunk, then flag it done: a crash in between only loses this chunk.
+    def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray, reasons: Sequence[str] | None = None,
+                    info: dict | None = None) -> None:
+        """Write one whole chunk, then its log (`info`, when given), then flag it done: a crash
+        in between only loses this chunk. What a worker calls: only Zarr writes, each a whole
+        chunk object of its own (features, valid, reason, chunk_log[chunk], done[chunk]), so
+        workers writing different chunks at once never touch the same object.
 
-        Written with `write_empty_chunks`, so a done chunk always has its files (zarr skips a
-        chunk equal to the fill value, e.g. all zeros, and a missing file is how `verify`
-        recognises a deleted one)."""
+        `info` is the chunk's log: run (index into the record's runs), host, worker, pid,
+        device, precision, seconds; `rows`, `invalid` ({reason: count}) and `finished` are
+        filled in here unless given. Written with `write_empty_chunks`, so a done chunk always
+        has its files (zarr skips a chunk equal to the fill value, e.g. all zeros, and a missing
+        file is how `verify` recognises a deleted one)."""
         g = self.group
-        rows = self.chunk_rows()
-        start = chunk * rows
-        stop = start + len(features)
-        reasons = reasons if reasons is not None else [""] * len(features)
+        start, stop = self.chunk_range(chunk)
+        if len(features) != stop - start or len(valid) != stop - start:
+            raise ValueError(f"chunk {chunk} has {stop - start} rows, got {len(features)} features, {len(valid)} flags")
+        reasons = list(reasons) if reasons is not None else [""] * len(features)
         for name, data in (("features", features.astype(g["features"].dtype, copy=False)), ("valid", valid),
                            ("reason", np.asarray(reasons, dtype=str))):
             g[name].with_config({"write_empty_chunks": True})[start:stop] = data
+        if info is not None:
+            log = {"rows": stop - start, "invalid": dict(Counter(r for r in reasons if r)),
+                   "finished": provenance.now(), **info}
+            g["chunk_log"][chunk] = json.dumps(log)
         g["done"][chunk] = True
+
+    def chunk_log(self) -> list[dict | None]:
+        """Per chunk, the log its writer left (see `write_chunk`), None where there is none
+        (not computed yet, or computed before format 2)."""
+        if "chunk_log" not in self.group:
+            return [None] * self.completeness()[1]
+        return [json.loads(s) if s else None for s in np.asarray(self.group["chunk_log"][...]).tolist()]
 
     def has_features(self) -> bool:
         return "features" in self.group and bool(self.blocks)
@@ -353,7 +420,8 @@ class Store:
             return {}
         rows, n = self.chunk_rows(), self.n_rows
         arrays = {name: self.group[name] for name in CHUNKED}
-        check_files = self._files_always_written()
+        # a stat per file: local stores only (a URL store is checked by decoding)
+        check_files = self._files_always_written() and not is_url(self.path)
         damaged = {}
         for c in np.flatnonzero(np.asarray(self.group["done"][...])).tolist():
             if check_files:
@@ -377,10 +445,21 @@ class Store:
 
     def mark_not_done(self, chunks: Sequence[int]) -> None:
         """Clear the done flag of these chunks, so the next `extract` re-does exactly them."""
-        if chunks:
-            done = np.asarray(self.group["done"][...])
+        if not chunks:
+            return
+        arr = self.group["done"]
+        if arr.chunks == (1,):  # format 2: one object per flag, rewrite only these
+            for c in chunks:
+                arr[int(c)] = False
+        else:
+            done = np.asarray(arr[...])
             done[list(chunks)] = False
-            self.group["done"][...] = done
+            arr[...] = done
+
+    def _refuse_upgrading(self) -> None:
+        if UPGRADING in self.group.attrs:
+            raise InputError(f"{self.path}: an upgrade to store format {FORMAT} was interrupted; "
+                             f"run `hashtagkit upgrade {self.path}` to finish it")
 
     def _refuse_damaged(self, damaged: dict[int, str]) -> None:
         if damaged:
@@ -398,6 +477,7 @@ class Store:
         if SWAPPING in self.group.attrs:
             raise InputError(f"{self.path}: an `extract --overwrite` was interrupted while it swapped its new "
                              f"features in; run `hashtagkit extract {self.path}` to finish it")
+        self._refuse_upgrading()
         done, total = self.completeness()
         if done < total:
             raise InputError(
@@ -433,6 +513,8 @@ class Store:
         meta = self.meta
         return {
             "path": str(self.path),
+            "format": self.format,
+            "upgrading": UPGRADING in self.group.attrs,  # an interrupted upgrade to format 2
             "kind": meta.get("kind"),
             "synthetic": meta.get("synthetic", False),
             "rows": self.n_rows,
@@ -455,3 +537,8 @@ class Store:
             "source": meta.get("source", {}),
             "provenance": meta.get("provenance", {}),
         }
+
+
+def create_chunk_log(group: zarr.Group, n_chunks: int) -> zarr.Array:
+    """The per-chunk log array: one JSON string per chunk, each its own object."""
+    return group.create_array("chunk_log", shape=(n_chunks,), dtype=str, chunks=(1,))

@@ -125,6 +125,13 @@ def test_distributed_equals_in_process_bit_for_bit_with_bad_photos(tmp_path, clu
     by_worker = run["distributed"]["chunks_by_worker"]
     assert sum(w["chunks"] for w in by_worker) == 4 and {w["pid"] for w in by_worker} <= pids
     assert os.getpid() not in pids
+    # each chunk's own log says who computed it and how, gathered into the record by the coordinator
+    logs = s.chunk_log()
+    assert len(logs) == 4 and all(log["pid"] in pids and log["precision"] == "fp32" and log["device"] == "cpu"
+                                  and log["worker"].startswith("tcp://127.0.0.1:") for log in logs)
+    assert [log["rows"] for log in logs] == [3, 3, 3, 3]
+    assert sum(log["invalid"].get("missing", 0) for log in logs) == 1
+    assert run["chunks"] == 4 and set(run["worker_names"]) == {log["worker"] for log in logs}
 
 
 def test_real_vgg16_path_equals_in_process(tmp_path, cluster):
