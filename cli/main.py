@@ -581,7 +581,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: half the cores, 1..4].")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Decoding processes of an in-process run [default: half the cores, 1..4].")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")

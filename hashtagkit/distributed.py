@@ -253,10 +253,19 @@ def warm_worker(job: Job) -> str:
 
 
 def worker_facts() -> dict:
-    """What the coordinator checks of every worker before submitting: same hashtagkit."""
+    """What the coordinator checks of every worker before submitting: same hashtagkit; GPUs."""
+    import torch
+
     import hashtagkit
 
-    return {"hashtagkit": hashtagkit.__version__, "host": socket.gethostname(), "pid": os.getpid(), "cores": cores()}
+    return {"hashtagkit": hashtagkit.__version__, "host": socket.gethostname(), "pid": os.getpid(), "cores": cores(),
+            "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+
+
+def allowed_failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures"))
 
 
 # --- the coordinator side -----------------------------------------------------------------------
@@ -301,7 +310,7 @@ def connect(cluster: str | None, scheduler: str | None, device: str, log=print):
         if n > cores():
             log(f"warning: {n} workers on {cores()} cores: each gets one torch thread, they compete")
         made = LocalCluster(n_workers=n, processes=True, **kw)
-    threads = max(1, cores() // max(1, len(made.workers))) if device != "cuda" else None
+    threads = max(1, cores() // max(1, len(made.workers)))  # this machine's cores, shared by its workers
     try:
         with Client(made) as client:
             yield client, threads
@@ -350,20 +359,31 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
     logs: list[dict] = []
     with connect(cluster, scheduler, engine.device.type, log) as (client, threads):
         job.torch_threads = threads
+        job.decode_threads = (threads if engine.device.type == "cuda" else 1) if threads else None
         facts = check_workers(client, log)
         hosts = sorted({f["host"] for f in facts.values()})
+        gpus = sum(f["gpus"] for f in facts.values())
+        if gpus and engine.device.type != "cuda":
+            log(f"warning: the workers have {gpus} GPU(s) but this run computes on the {engine.device.type}, the "
+                "device this process chose; run the coordinator where --device cuda works to use them")
         log(f"dask: {len(facts)} worker(s) on {', '.join(hosts)}; scheduler {client.scheduler.address}; "
             f"dashboard {client.dashboard_link if has_dashboard() else 'none (pip install bokeh for one)'}")
         run["distributed"] |= {"scheduler_address": client.scheduler.address, "workers_at_start": len(facts)}
         client.run(warm_worker, job)  # a worker that joins later loads them with its first task
         started = time.perf_counter()
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         futures = [client.submit(extract_chunk, job, c, key=f"hashtagkit-{job.token}-chunk-{c}", pure=False)
                    for c in plan.pending]
         bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
         for fut in as_completed(futures):
-            entry = fut.result()  # a task's error (e.g. weights missing on a worker) ends the run here
+            try:
+                entry = fut.result()  # a task's error (e.g. weights missing on a worker) ends the run here
+            except KilledWorker:
+                raise InputError(
+                    f"chunk {int(fut.key.rsplit('-', 1)[1])} killed {allowed_failures()} workers in a row (a photo "
+                    "that crashes the decoder, or too little memory); the done chunks are kept: an in-process "
+                    "`hashtagkit extract` of this store isolates a crashing photo as an invalid row") from None
             logs.append(entry)
             invalid.update(entry["invalid"])
             bar.update(entry["rows"])
