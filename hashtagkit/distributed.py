@@ -220,6 +220,7 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     start, stop = chunk * job.chunk_rows, min((chunk + 1) * job.chunk_rows, job.n_rows)
     paths = ChunkPaths(start, target.parent.paths_range(start, stop) if job.aside else target.paths_range(start, stop))
     reader = ImageReader(Path(job.image_root), paths, engine.transforms, job.allow_truncated)
+    reader.parent = -1  # this process decodes as a decode worker does (the test hook of a dying decoder applies)
     feats = np.zeros((stop - start, engine.dim), dtype=np.float32)
     valid, reasons = np.ones(stop - start, bool), [""] * (stop - start)
     batches = ChunkBatches([chunk], job.chunk_rows, job.n_rows, job.batch_size).batches
@@ -260,12 +261,6 @@ def worker_facts() -> dict:
 
     return {"hashtagkit": hashtagkit.__version__, "host": socket.gethostname(), "pid": os.getpid(), "cores": cores(),
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
-
-
-def allowed_failures() -> int:
-    import dask
-
-    return int(dask.config.get("distributed.scheduler.allowed-failures"))
 
 
 # --- the coordinator side -----------------------------------------------------------------------
@@ -381,9 +376,10 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
                 entry = fut.result()  # a task's error (e.g. weights missing on a worker) ends the run here
             except KilledWorker:
                 raise InputError(
-                    f"chunk {int(fut.key.rsplit('-', 1)[1])} killed {allowed_failures()} workers in a row (a photo "
-                    "that crashes the decoder, or too little memory); the done chunks are kept: an in-process "
-                    "`hashtagkit extract` of this store isolates a crashing photo as an invalid row") from None
+                    f"chunk {int(fut.key.rsplit('-', 1)[1])} killed every worker that ran it (Dask's "
+                    "allowed-failures; a photo that crashes the decoder, or too little memory); the done chunks are "
+                    "kept: an in-process `hashtagkit extract` of this store isolates a crashing photo as an invalid "
+                    "row") from None
             logs.append(entry)
             invalid.update(entry["invalid"])
             bar.update(entry["rows"])

@@ -49,10 +49,10 @@ def bad_photos(tmp_path) -> dict:
     return {"missing.jpg": None, "text.jpg": b"this is not an image", "cut.jpg": data[: len(data) // 2]}
 
 
-def local_cluster(n: int = 2):
+def local_cluster(n: int = 2, **kw):
     return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                                     dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
-                                    silence_logs=logging.CRITICAL)
+                                    silence_logs=logging.CRITICAL, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,26 @@ def test_real_vgg16_path_equals_in_process(tmp_path, cluster):
     assert open_store(store).blocks[0]["weights"] == {"source": "random", "seed": 3, "sha256": None, "path": None}
 
 
-def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, monkeypatch):
+@pytest.fixture(scope="module")
+def fragile():
+    """A cluster for the worker-killing tests: slow tasks (0.4 s each), a decoder that dies on
+    'poison.jpg', and a task given up after it killed 2 workers (Dask's default: 4)."""
+    import dask
+
+    env = {dist.TEST_CHUNK_SECONDS: "0.4", "HASHTAGKIT_TEST_KILL_DECODE": "poison.jpg"}  # every (re)started worker's
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # read by the scheduler it starts
+        c = local_cluster(env=env)
+    with c:
+        yield c
+
+
+def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, fragile):
     store = make_image_store(tmp_path, n=16)
     ref = twin(store, "ref.zarr")
     kw = dict(precision="fp32", chunk_rows=2, batch_size=2, progress=False, log=QUIET)
     extract(ref, tiny, workers=0, **kw)
-    monkeypatch.setenv(dist.TEST_CHUNK_SECONDS, "0.4")  # inherited by the workers spawned below
-    with local_cluster() as c, distributed.Client(c) as client:
+    c = fragile
+    with distributed.Client(c) as client:
         pids = client.run(os.getpid)
         outcome = {}
 
@@ -179,6 +192,25 @@ def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, monkey
     assert_same(store, ref)
     by_worker = open_store(store).group.attrs["extraction"]["runs"][-1]["distributed"]["chunks_by_worker"]
     assert sum(w["chunks"] for w in by_worker) == 8
+
+
+def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path, tiny, fragile):
+    """Dask gives a chunk up after it killed its workers; the other chunks stay done, and the
+    in-process extract the error suggests isolates the photo as an invalid row."""
+    good = (tmp_path / "good.jpg")
+    Image.new("RGB", (200, 200), (10, 200, 10)).save(good)
+    store = make_image_store(tmp_path, n=5, extra={"poison.jpg": good.read_bytes()})  # row 5: chunk 2
+    kw = dict(precision="fp32", chunk_rows=2, batch_size=2, progress=False, log=QUIET)
+    with pytest.raises(InputError, match="chunk 2 killed every worker that ran it"):
+        extract(store, tiny, scheduler=fragile.scheduler_address, **kw)
+    assert not done_flags(store)[2]
+    os.environ["HASHTAGKIT_TEST_KILL_DECODE"] = "poison.jpg"
+    try:
+        summary = extract(store, tiny, workers=1, **kw)
+    finally:
+        del os.environ["HASHTAGKIT_TEST_KILL_DECODE"]
+    assert summary.invalid == {"decoder died": 1}
+    assert open_store(store).paths()[5] == "poison.jpg" and not open_store(store).valid()[5]
 
 
 def alive(procs: list) -> list:
