@@ -27,9 +27,9 @@ chunk in memory) and gives torch the worker's share of the cores (`local:N`: cor
 The store goes to the workers as a string (a path, later an fsspec URL) and is opened with
 Zarr there: nothing in a task needs the store to be a local path. Workers started by
 `--cluster` are children of the coordinator and exit with it, even when it is SIGKILLed
-(Dask's worker processes watch their parent); with `--scheduler` a task checks before it
-writes that its run still owns the store, so a task left running by a killed coordinator
-cannot overwrite the chunk of a newer run.
+(Dask's worker processes watch their parent); with `--scheduler` a task left running by a
+killed coordinator sees that Dask cancelled it (`abandoned`) and writes nothing, so it cannot
+overwrite the chunk of a newer run.
 """
 
 from __future__ import annotations
@@ -76,8 +76,7 @@ def parse_scheduler(text: str) -> str:
 
 
 def describe(cluster: str | None, scheduler: str | None) -> dict:
-    """What the run records about its cluster; the token tells a task whether its run still owns
-    the store (see `stale`)."""
+    """What the run records about its cluster (the token names its tasks)."""
     return {"cluster": cluster, "scheduler": scheduler, "token": uuid.uuid4().hex[:16]}
 
 
@@ -104,7 +103,7 @@ class Job:
     chunk_rows: int
     n_rows: int
     run: int  # index of this run in the record's `runs`
-    token: str
+    token: str  # this run's, unique
     torch_threads: int | None  # None: the worker's cores // its Dask threads
     decode_threads: int | None = None  # None: see `decode_threads`
     specs: dict = field(default_factory=dict)  # backbone name -> BackboneSpec, for the worker's registry
@@ -133,6 +132,7 @@ def worker_extractor(job: Job):
     with _LOADING:
         if key in _EXTRACTORS:
             return _EXTRACTORS[key]
+        _EXTRACTORS.clear()  # a long-lived worker keeps one set of models: the latest run's
         threads = job.torch_threads or max(1, cores() // max(1, worker_threads()))
         torch.set_num_threads(threads)
         for name, spec in job.specs.items():
@@ -172,21 +172,37 @@ def worker_name() -> str:
         return "-"
 
 
+_OPENED: dict = {}
+
+
 def open_target(job: Job):
-    """The Store the features are written through, opened with Zarr from the job's string."""
+    """The Store the features are written through, opened with Zarr from the job's string once
+    per run and worker (the group's metadata holds the whole record: not read per chunk)."""
     import zarr
 
     from hashtagkit.extract import AsideStore
     from hashtagkit.stores import Store
 
-    root = Store(job.store, zarr.open_group(job.store, mode="r+", zarr_format=3))
-    return AsideStore(root) if job.aside else root
+    with _LOADING:
+        if job.token not in _OPENED:
+            _OPENED.clear()
+            root = Store(job.store, zarr.open_group(job.store, mode="r+", zarr_format=3))
+            _OPENED[job.token] = AsideStore(root) if job.aside else root
+        return _OPENED[job.token]
 
 
-def stale(target, token: str) -> bool:
-    """A newer run owns the store (its coordinator started after ours was killed): write nothing."""
-    runs = (dict(target.group.attrs).get("extraction") or {}).get("runs") or []
-    return not runs or (runs[-1].get("distributed") or {}).get("token") != token
+def abandoned() -> bool:
+    """Whether the coordinator of this task is gone: when its client disconnects (the coordinator
+    was killed), the scheduler cancels its tasks, and one still running must not write (a newer
+    run may own the store by now). A worker-local check: it reads nothing from the store."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker
+        return False
+    task = worker.state.tasks.get(worker.get_current_task())
+    return task is None or task.state in ("cancelled", "released", "forgotten")
 
 
 def decode_threads(job: Job) -> int:
@@ -242,8 +258,8 @@ def extract_chunk(job: Job, chunk: int) -> dict:
         time.sleep(pause)
     info = chunk_info(job.run, engine.device, engine.precision, time.perf_counter() - t0, worker=worker_name())
     log = info | {"chunk": chunk, "rows": stop - start, "invalid": dict(Counter(r for r in reasons if r))}
-    if stale(target, job.token):
-        return log | {"skipped": "a newer run owns the store"}
+    if abandoned():
+        return log | {"skipped": "its coordinator is gone"}
     target.write_chunk(chunk, feats, valid, reasons, info=info)
     return log
 
@@ -388,8 +404,8 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
         seconds = time.perf_counter() - started
     skipped = [e["chunk"] for e in logs if e.get("skipped")]
     if skipped:
-        raise InputError(f"{len(skipped)} chunk(s) were not written: {logs[0].get('skipped')} "
-                         "(another extract started on this store)")
+        raise InputError(f"{len(skipped)} chunk(s) were not written ({logs[0].get('skipped')}); run the same "
+                         "command again to do them")
     by_worker = Counter((e["host"], e["worker"], e["pid"]) for e in logs)
     run["distributed"]["chunks_by_worker"] = [{"host": h, "worker": w, "pid": p, "chunks": k}
                                               for (h, w, p), k in sorted(by_worker.items())]

@@ -134,6 +134,19 @@ def test_distributed_equals_in_process_bit_for_bit_with_bad_photos(tmp_path, clu
     assert run["chunks"] == 4 and set(run["worker_names"]) == {log["worker"] for log in logs}
 
 
+def test_overwrite_writes_aside_on_the_workers_and_swaps_in(tmp_path, cluster, tiny):
+    """`--overwrite` on Dask: the workers write into the aside group, the coordinator swaps it in."""
+    store = make_image_store(tmp_path, n=5)
+    kw = dict(precision="fp32", chunk_rows=2, batch_size=2, progress=False, log=QUIET)
+    extract(store, tiny, workers=0, dtype="float16", **kw)
+    ref = twin(store, "ref.zarr")
+    extract(ref, tiny, workers=0, dtype="float32", overwrite=True, **kw)
+    extract(store, tiny, scheduler=cluster.scheduler_address, dtype="float32", overwrite=True, **kw)
+    assert_same(store, ref)
+    assert arrays(store)["features"].dtype == np.float32 and "overwriting" not in open_store(store).group
+    assert all(log["worker"].startswith("tcp://") for log in open_store(store).chunk_log())
+
+
 def test_real_vgg16_path_equals_in_process(tmp_path, cluster):
     with pytest.warns(UserWarning):
         vgg = [load_backbone("vgg16-object", "random", seed=3)]
@@ -192,6 +205,44 @@ def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, fragil
     assert_same(store, ref)
     by_worker = open_store(store).group.attrs["extraction"]["runs"][-1]["distributed"]["chunks_by_worker"]
     assert sum(w["chunks"] for w in by_worker) == 8
+
+
+def test_a_task_whose_coordinator_is_gone_writes_nothing(tmp_path, tiny, fragile):
+    """On a shared cluster (--scheduler) a killed coordinator's running task still finishes on its
+    worker; Dask has cancelled it, and it must not write: a newer run may own the store by now.
+    The same task with its client still there writes the chunk (the control)."""
+    store = make_image_store(tmp_path, n=4)
+    extract(store, tiny, workers=0, precision="fp32", chunk_rows=2, batch_size=2, progress=False, log=QUIET)
+    s = open_store(store, mode="r+")
+    s.mark_not_done([1])
+    before = s.chunk_log()[1]
+    job = dist.Job(store=str(store), aside=False, image_root=str(tmp_path / "images"), blocks=s.blocks,
+                   device="cpu", precision="fp32", batch_size=2, allow_truncated=False, chunk_rows=2, n_rows=4,
+                   run=0, token="gone", torch_threads=1, specs={"tiny-scene": tiny[0].spec})
+
+    def executing(dask_worker) -> int:
+        return sum(ts.state in ("executing", "long-running") for ts in dask_worker.state.tasks.values())
+
+    def slow(dask_worker, seconds: str) -> None:  # long enough to be seen executing under load
+        os.environ[dist.TEST_CHUNK_SECONDS] = seconds
+
+    with distributed.Client(fragile.scheduler_address) as watcher:
+        watcher.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
+        watcher.run(slow, seconds="3")
+        with distributed.Client(fragile.scheduler_address) as coordinator:
+            fut = coordinator.submit(dist.extract_chunk, job, 1, pure=False, key="abandoned-chunk-1")
+            deadline = time.monotonic() + 60
+            while not sum(watcher.run(executing).values()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert sum(watcher.run(executing).values()) == 1, fut.status
+        deadline = time.monotonic() + 60  # the coordinator is gone; the task runs on to its end
+        while sum(watcher.run(executing).values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sum(watcher.run(executing).values())
+        assert not done_flags(store)[1] and open_store(store).chunk_log()[1] == before
+        log = watcher.submit(dist.extract_chunk, job, 1, pure=False, key="kept-chunk-1").result(timeout=60)
+        watcher.run(slow, seconds="0.4")
+    assert "skipped" not in log and done_flags(store)[1] and open_store(store).chunk_log()[1]["worker"] == log["worker"]
 
 
 def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path, tiny, fragile):
