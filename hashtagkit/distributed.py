@@ -55,6 +55,7 @@ from hashtagkit.errors import InputError
 SCHEDULER = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 CONNECT_TIMEOUT = "15s"  # to reach a --scheduler
 WAIT_FOR_WORKERS = 60  # seconds a --scheduler run waits for its first worker
+IN_FLIGHT = 1000  # tasks submitted ahead (at least 2 per worker thread): the scheduler holds these, not all
 TEST_CHUNK_SECONDS = "HASHTAGKIT_TEST_CHUNK_SECONDS"  # test-only: a task takes at least this long
 
 
@@ -129,12 +130,15 @@ def worker_extractor(job: Job):
     from hashtagkit.recommend import rebuild_extractor
 
     key = job.key()
+    # per calling thread: OpenMP's thread count belongs to the thread that sets it, and Dask's
+    # nanny starts workers with OMP_NUM_THREADS=1 (measured: 1 thread, half the rate, without this)
+    threads = job.torch_threads or max(1, cores() // max(1, worker_threads()))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     with _LOADING:
         if key in _EXTRACTORS:
             return _EXTRACTORS[key]
         _EXTRACTORS.clear()  # a long-lived worker keeps one set of models: the latest run's
-        threads = job.torch_threads or max(1, cores() // max(1, worker_threads()))
-        torch.set_num_threads(threads)
         for name, spec in job.specs.items():
             if name not in BACKBONES:
                 register(spec)
@@ -353,8 +357,10 @@ def check_workers(client, log=print) -> dict:
 
 def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncated: bool, run: dict, run_index: int,
                cluster: str | None, scheduler: str | None, progress: bool, log=print) -> tuple[int, Counter, float]:
-    """The distributed stand-in for `extract.run_chunks`: one task per pending chunk; returns
-    (rows, invalid reasons, seconds) and adds per-worker chunk counts to `run`."""
+    """The distributed stand-in for `extract.run_chunks`: one task per pending chunk, submitted
+    as earlier ones complete (a 100 M-photo store has ~400 k chunks: the scheduler holds the
+    tasks in flight, not all of them); returns (rows, invalid reasons, seconds) and adds
+    per-worker chunk counts to `run`."""
     from tqdm import tqdm
 
     from hashtagkit.extract import AsideStore
@@ -384,10 +390,18 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
         started = time.perf_counter()
         from distributed import KilledWorker, as_completed
 
-        futures = [client.submit(extract_chunk, job, c, key=f"hashtagkit-{job.token}-chunk-{c}", pure=False)
-                   for c in plan.pending]
+        queue = iter(plan.pending)
+        running = as_completed()
+
+        def submit_next() -> None:
+            c = next(queue, None)
+            if c is not None:
+                running.add(client.submit(extract_chunk, job, c, key=f"hashtagkit-{job.token}-chunk-{c}", pure=False))
+
+        for _ in range(max(IN_FLIGHT, 2 * sum(client.nthreads().values()))):
+            submit_next()
         bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-        for fut in as_completed(futures):
+        for fut in running:
             try:
                 entry = fut.result()  # a task's error (e.g. weights missing on a worker) ends the run here
             except KilledWorker:
@@ -396,10 +410,11 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
                     "allowed-failures; a photo that crashes the decoder, or too little memory); the done chunks are "
                     "kept: an in-process `hashtagkit extract` of this store isolates a crashing photo as an invalid "
                     "row") from None
+            submit_next()
             logs.append(entry)
             invalid.update(entry["invalid"])
             bar.update(entry["rows"])
-            bar.set_postfix_str(f"{len(logs)}/{len(futures)} chunks")
+            bar.set_postfix_str(f"{len(logs)}/{len(plan.pending)} chunks")
         bar.close()
         seconds = time.perf_counter() - started
     skipped = [e["chunk"] for e in logs if e.get("skipped")]
