@@ -119,7 +119,8 @@ def main() -> None:
         f"workers); wall: the whole `extract` call, with starting the cluster and loading the models in every "
         f"worker. 1-minute load average at most {peak:.1f} on {os.cpu_count()} cores during the run"
         + (" (the machine was shared with other work: every path ran slower than alone, and differences of "
-           "a few tens of percent are within the noise)." if peak > (os.cpu_count() or 1) else "."),
+           "a few tens of percent are within the noise)." if peak > (os.cpu_count() or 1) + 1
+           else ", about the benchmark's own load (little other work)."),
         "",
         "| path | images/s, median (best) | vs (a) | images/s wall, median | load avg (best round) |",
         "|---|---:|---:|---:|---:|",
@@ -139,7 +140,7 @@ def main() -> None:
         "## What 1 M and 100 M photos would take (arithmetic, not a measurement)",
         "",
         f"No GPU figure is measured here. **Assumption: one GPU worker extracts R = {args.gpu_rate:,.0f} photos/s "
-        "through both backbones** (the rate `make bench-extract DEVICE=cuda` would measure as (c) end to end; put "
+        "through both backbones** (the rate `make bench-extract DEVICE=cuda` would measure in its row (c), `hashtagkit extract` end to end; put "
         "the measured R in `--gpu-rate`). The distributed path is taken to keep the fraction b / a measured above "
         "of a worker's rate, and workers to scale linearly (they share nothing but the store's file system).",
         "",
