@@ -182,6 +182,7 @@ def cli() -> None:
       hashtagkit bench STORE -o DIR                           every head x view x seed, Table-1 style
       hashtagkit recommend RUN IMAGE...                       top hashtags for new photos
       hashtagkit info STORE                                   what a store holds and how it was made
+      hashtagkit upgrade STORE                                a store of an older format to the current one
     """
 
 
@@ -724,12 +725,34 @@ def info(store: Path, as_json: bool, verify: bool) -> None:
         f"split      train {s['train']:,} / test {s['test']:,} / val {s['val']:,}"
         f"   (seed {data['split_seed']}, sha256 {str(data['split_sha256'])[:12]})",
         f"images     {data['image_root'] or '(none: features only)'}",
+        f"format     {data['format']}" + (
+            "   (upgrade interrupted: run `hashtagkit upgrade STORE` to finish it)" if data["upgrading"] else
+            "   (readable; `hashtagkit upgrade STORE` or any `extract` rewrites it as format 2)"
+            if data["format"] < 2 else ""),
     ]
     if not data["blocks"]:
         lines.append("features   none yet (run `hashtagkit extract`)")
     lines += extraction_lines(data["blocks"], data.get("completeness"), data["extraction"])
     lines.append(f"made       {prov.get('created')} by `{prov.get('command')}`")
     click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def upgrade(store: Path) -> None:
+    """Rewrite STORE in place in the current store format (2), keeping every feature and flag.
+
+    Format 2 keeps each chunk's done flag and log in objects of their own, so that many workers
+    can extract into one store at once. Format-1 stores stay readable as they are; `extract`
+    upgrades them itself. Safe to interrupt: run it again to finish."""
+    from hashtagkit.stores import open_store
+    from hashtagkit.stores.upgrade import upgrade_store
+
+    opened = open_store(store, mode="r+")
+    with opened.lock("upgraded"):
+        opened = open_store(store, mode="r+")  # re-read under the lock
+        if not upgrade_store(opened, log=echo_err):
+            echo_err(f"{store} is already store format {opened.format}: nothing to do")
 
 
 def verify_store(path: Path) -> int:
@@ -778,6 +801,10 @@ def extraction_lines(blocks: list[dict], completeness: list | None, summary: dic
         lines.append(f"settings   {text}" + ("   (MIXED: the done chunks come from several settings)"
                                               if summary["mixed"] else ""))
         lines.append(f"runs       {summary['runs']}, first {summary['first']}, last {summary['last']}")
+        if summary.get("hosts"):
+            lines.append(f"written by {len(summary['workers'])} worker(s) ({', '.join(summary['workers'][:4])}"
+                         f"{', ...' if len(summary['workers']) > 4 else ''}) on {', '.join(summary['hosts'][:4])}"
+                         f"{', ...' if len(summary['hosts']) > 4 else ''}")
         lines.append(f"invalid    {reasons_text(summary['invalid'])}")
         if summary["overwriting"]:
             o = summary["overwriting"]

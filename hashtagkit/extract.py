@@ -370,6 +370,9 @@ def extraction_summary(store: Store) -> dict | None:
     runs = record.get("runs") or []
     return {
         "settings": [{"precision": p, "device": d} for p, d in settings],
+        # gathered from the per-chunk logs (format 2): who computed the chunks
+        "hosts": sorted({h for r in runs for h in r.get("hosts") or []}),
+        "workers": sorted({w for r in runs for w in r.get("worker_names") or []}),
         "mixed": len(settings) > 1,
         "runs": len(runs),
         "first": runs[0].get("started") if runs else record.get("created"),

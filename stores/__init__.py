@@ -1,9 +1,13 @@
 """The Zarr v3 feature store: the only hand-off between hashtagkit's steps.
 
 `prepare` creates a store with paths, labels, vocabulary and split; `extract` adds features;
-every head reads it. See `hashtagkit.stores.store` for the schema.
+every head reads it. See `hashtagkit.stores.store` for the schema (format 2: every chunk, done
+flag and chunk log its own object, so several workers can write one store), and
+`hashtagkit.stores.upgrade` for the in-place upgrade of format-1 stores.
 """
 
-from hashtagkit.stores.store import SPLIT_CODES, SPLIT_NAMES, Store, create_store, open_store, store_lock
+from hashtagkit.stores.store import FORMAT, SPLIT_CODES, SPLIT_NAMES, Store, create_store, open_store, store_lock
+from hashtagkit.stores.upgrade import upgrade_store
 
-__all__ = ["SPLIT_CODES", "SPLIT_NAMES", "Store", "create_store", "open_store", "store_lock"]
+__all__ = ["FORMAT", "SPLIT_CODES", "SPLIT_NAMES", "Store", "create_store", "open_store", "store_lock",
+           "upgrade_store"]

@@ -84,7 +84,14 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
     `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
     the orphaned workers kept the store locked for seconds and the resume was refused. A
     record lock belongs to the process that took it and dies with it. `doing` ("extracted",
-    "replaced") completes the refusal another process gets: "... is being extracted by ..."."""
+    "replaced") completes the refusal another process gets: "... is being extracted by ...".
+
+    The coordinator's lock, a local file: a store at a URL (s3://...) has no such lock, so there
+    it warns and the user must make sure that one coordinator writes it at a time."""
+    if is_url(path):
+        warnings.warn(f"{path}: no lock on a store at a URL: run one extract per store at a time", stacklevel=3)
+        yield
+        return
     path = Path(path)
     try:
         fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

@@ -22,6 +22,7 @@ attributes); a store at a URL is written as format 2 from the start.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -82,9 +83,13 @@ def feature_groups(store: Store) -> list[tuple[Path, zarr.Group]]:
     """The store's root and every subgroup that holds (or held) features, with their folders."""
     root = Path(store.path)
     out = [(root, store.group)]
-    for name, sub in store.group.groups():
-        if "done" in sub or any(k.startswith("done") for k in sub.array_keys()):
-            out.append((root / name, sub))
+    # the folders, not `group.groups()`: zarr warns about the lock file it finds among them
+    for folder in sorted(p for p in root.iterdir() if (p / "zarr.json").is_file()):
+        if json.loads((folder / "zarr.json").read_text()).get("node_type") != "group":
+            continue
+        sub = store.group[folder.name]
+        if any(k == "done" or k.startswith("done" + TMP) for k in sub.array_keys()):
+            out.append((folder, sub))
     return out
 
 

@@ -228,3 +228,258 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
     assert record["runs"][1]["rows_done"] == 3 and record["runs"][0]["rows_done"] == 4
     assert json.loads(json.dumps(record)) == record
     assert engine.gather_chunk_log(store, record) == record  # gathering again changes nothing
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert f"written by 1 worker(s) (in-process) on {socket.gethostname()}" in res.output
+    assert "format     2\n" in res.output
+    # --overwrite writes aside (with its own chunk_log) and swaps it in: the logs are the new run's
+    res = CliRunner().invoke(cli, [*args, "--overwrite", "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    store = open_store(path)
+    assert engine.ASIDE not in store.group and store.blocks[0]["weights"]["seed"] == 7
+    assert [log["run"] for log in store.chunk_log()] == [0, 0, 0, 0]
+    assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 0, 0]
+    assert len(store.group.attrs["extraction"]["runs"]) == 1
+
+
+# --- format 1: still read, upgraded in place ------------------------------------------------------
+def format1_module():
+    """stores/store.py of the last format-1 release (9525730), kept verbatim in tests/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("format1_store", Path(__file__).parent / "format1_store.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.FORMAT == 1
+    return module
+
+
+def test_the_format1_module_is_the_release_code():
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    old = subprocess.run(["git", "show", "9525730:stores/store.py"], cwd=repo, capture_output=True, text=True)
+    if old.returncode != 0:
+        pytest.skip("commit 9525730 is not in this clone (shallow?)")
+    assert old.stdout == (Path(__file__).parent / "format1_store.py").read_text()
+
+
+BLOCKS = [{"name": "object", "columns": [0, 2], "backbone": "t-object", "weights": {"sha256": "a" * 64}},
+          {"name": "scene", "columns": [2, DIM], "backbone": "t-scene", "weights": {"sha256": "b" * 64}}]
+
+
+def format1_store(path: Path, n: int = 23, chunk_rows: int = 4, done: tuple[int, ...] | None = None,
+                  aside: tuple[int, ...] | None = None) -> dict:
+    """A store written by the format-1 code: prepared, then the chunks in `done` extracted
+    (all by default) with its init_features/write_chunk; with `aside`, also an interrupted
+    `extract --overwrite` whose new features (chunks `aside` done) grow in the subgroup
+    'overwriting' as that release wrote them. Returns what was written, to compare."""
+    old = format1_module()
+    rng = np.random.default_rng(1)
+    labels = (rng.random((n, 5)) < 0.4).astype(np.uint8)
+    labels[:, 0] = 1
+    split = np.zeros(n, np.uint8)
+    split[: n // 4] = 1
+    paths = [f"dir{i % 3}/photo_{i}.jpg" for i in range(n)]
+    old.create_store(path, paths=paths, labels=labels, vocab=[f"t{j}" for j in range(5)], split=split,
+                     split_info={"seed": 0}, kind="test", image_root=None)
+    store = old.open_store(path, mode="r+")
+    X = rng.random((n, DIM)).astype(np.float32)
+    valid = rng.random(n) > 0.2
+    X[~valid] = 0
+    reasons = ["" if v else "unreadable image" for v in valid]
+    rows = store.init_features(DIM, "float32", BLOCKS, chunk_rows)
+    n_chunks = -(-n // rows)
+    done = tuple(range(n_chunks)) if done is None else done
+    for c in done:
+        s = slice(c * rows, min((c + 1) * rows, n))
+        store.write_chunk(c, X[s], valid[s], reasons[s])
+    store.group.attrs["extraction"] = {"precision": "fp32", "device": "cpu", "runs": [{"precision": "fp32"}],
+                                       "chunk_runs": [0 if c in done else -1 for c in range(n_chunks)]}
+    written = {"paths": paths, "X": X, "valid": valid, "reasons": reasons, "done": done, "n_chunks": n_chunks}
+    if aside is not None:
+        class Aside(old.Store):
+            n_rows = n
+
+        new = Aside(path, store.group.require_group("overwriting"))
+        new.init_features(DIM, "float32", BLOCKS, chunk_rows)
+        for c in aside:
+            s = slice(c * rows, min((c + 1) * rows, n))
+            new.write_chunk(c, X[s] + 1, valid[s], reasons[s])
+        written["aside"] = aside
+    assert zarr_chunks(path, "done") == (n_chunks,) and zarr_chunks(path, "paths") == (n,)  # the old layout
+    return written
+
+
+def zarr_chunks(path: Path, name: str) -> tuple:
+    return tuple(json.loads((path / name / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"])
+
+
+def test_a_format1_store_reads_unchanged_and_fits(tmp_path):
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    path = tmp_path / "old.zarr"
+    w = format1_store(path)
+    store = open_store(path)
+    assert store.format == 1 and store.paths() == w["paths"] and store.paths([5, 1]) == [w["paths"][5], w["paths"][1]]
+    assert np.array_equal(store.features(), w["X"]) and np.array_equal(store.valid(), w["valid"])
+    assert store.completeness() == (w["n_chunks"], w["n_chunks"]) and store.damaged_chunks() == {}
+    assert store.chunk_log() == [None] * w["n_chunks"]
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 0 and "format     1   (readable; `hashtagkit upgrade STORE`" in res.output
+    assert json.loads(CliRunner().invoke(cli, ["info", "--json", str(path)]).output)["format"] == 1
+    res = CliRunner().invoke(cli, ["fit", str(path), "--head", "knn", "--set", "k=3", "-o", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert zarr_chunks(path, "done") == (w["n_chunks"],)  # reading never rewrites a store
+
+
+def check_upgraded(path: Path, w: dict, path_chunks: int | None = None) -> None:
+    """A format-2 store holding exactly what the format-1 code wrote."""
+    from hashtagkit.stores.store import FILES_MARK
+
+    store = open_store(path)
+    assert store.format == 2 and store.info()["upgrading"] is False
+    assert zarr_chunks(path, "done") == (1,) and zarr_chunks(path, "chunk_log") == (1,)
+    assert zarr_chunks(path, "paths") == (path_chunks or len(w["paths"]),)  # below 4,096 rows: one chunk
+    assert store.paths() == w["paths"]
+    done = np.asarray(store.group["done"][...])
+    assert np.flatnonzero(done).tolist() == sorted(w["done"])
+    assert files_under(path / "done") == {str(c) for c in w["done"]}
+    assert store.group["done"].attrs.get(FILES_MARK) is True
+    assert store.chunk_log() == [None] * w["n_chunks"]
+    rows = store.chunk_rows()
+    for c in w["done"]:
+        s = slice(c * rows, min((c + 1) * rows, len(w["paths"])))
+        assert np.array_equal(np.asarray(store.group["features"][s]), w["X"][s])
+        assert np.asarray(store.group["reason"][s]).tolist() == w["reasons"][s]
+    if "aside" in w:
+        aside = store.group["overwriting"]
+        assert aside["done"].chunks == (1,) and "chunk_log" in aside
+        assert np.flatnonzero(np.asarray(aside["done"][...])).tolist() == sorted(w["aside"])
+    assert not [p.name for p in path.rglob("*.format2")]  # no temporary left
+
+
+def test_upgrade_keeps_every_flag_path_and_feature(tmp_path):
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    path = tmp_path / "old.zarr"
+    w = format1_store(path, done=(0, 2, 3, 5), aside=(1,))
+    res = CliRunner().invoke(cli, ["upgrade", str(path)])
+    assert res.exit_code == 0 and "upgraded" in res.output and "store format 2" in res.output
+    check_upgraded(path, w)
+    res = CliRunner().invoke(cli, ["upgrade", str(path)])
+    assert res.exit_code == 0 and "already store format 2: nothing to do" in res.output
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert "format     2\n" in res.output and "overwrite  in progress: 1 of 6" in res.output
+
+
+def upgrade_steps(path: Path) -> list[str]:
+    """The steps an upgrade of this store takes (every `act`), counted on a copy."""
+    import shutil
+
+    from hashtagkit.stores import upgrade
+
+    copy = path.with_name("count.zarr")
+    shutil.copytree(path, copy)
+    steps = []
+    real = upgrade.act
+    upgrade.act = lambda what, fn, *a: (steps.append(what), real(what, fn, *a))
+    try:
+        upgrade.upgrade_store(open_store(copy, mode="r+"))
+    finally:
+        upgrade.act = real
+    shutil.rmtree(copy)
+    return steps
+
+
+def test_an_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path, monkeypatch):
+    """The upgrade fails after step k (for every k): readers are told to finish it or read the
+    old store; the next `upgrade` completes it and nothing is lost, whatever k was."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+    from hashtagkit.errors import InputError
+    from hashtagkit.stores import upgrade
+
+    monkeypatch.setattr(upgrade, "PATH_CHUNK_ROWS", 8)  # so the 23 paths are rechunked too
+    template = tmp_path / "template.zarr"
+    w = format1_store(template, done=(0, 1, 4), aside=(0, 2))
+    steps = upgrade_steps(template)
+    assert [s for s in steps if s.startswith("copy")] == ["copy done", "copy done", "copy paths"]  # root, aside
+    real_act = upgrade.act
+    for k in range(len(steps)):
+        path = tmp_path / f"k{k}.zarr"
+        shutil.copytree(template, path)
+        count = []
+
+        def fail_after_k(what, fn, *a, k=k, count=count):
+            if len(count) == k:
+                raise KeyboardInterrupt(f"killed before {what}")
+            count.append(what)
+            fn(*a)
+
+        monkeypatch.setattr(upgrade, "act", fail_after_k)
+        with pytest.raises(KeyboardInterrupt):
+            upgrade.upgrade_store(open_store(path, mode="r+"))
+        monkeypatch.setattr(upgrade, "act", real_act)
+        half = open_store(path)
+        if k > 0:  # the store says what to do rather than serve a half-moved array
+            with pytest.raises(InputError, match="upgrade .* was interrupted; run `hashtagkit upgrade"):
+                half.paths()
+            if k in (1, len(steps) // 2):
+                res = CliRunner().invoke(cli, ["info", str(path)])
+                assert res.exit_code == 0 and "(upgrade interrupted: run `hashtagkit upgrade STORE`" in res.output
+        else:
+            assert half.format == 1 and half.paths() == w["paths"]
+        assert upgrade.upgrade_store(open_store(path, mode="r+")) is True
+        check_upgraded(path, w, path_chunks=8)
+        shutil.rmtree(path)
+
+
+def test_extract_upgrades_a_format1_store_and_resumes_it(tmp_path):
+    """A format-1 store extracted half-way (by the release's writer) and resumed by this
+    `extract`: upgraded with one line, only the chunks not done are computed, and the features
+    equal an uninterrupted extraction's."""
+
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    from .test_extract import make_image_store, tiny_scene_backbone
+
+    tiny_scene_backbone()
+    ref_path = make_image_store(tmp_path, n=7, name="ref.zarr")
+    args = ["--backbone", "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32",
+            "--dtype", "float32", "--chunk-rows", "2"]
+    assert CliRunner().invoke(cli, ["extract", str(ref_path), *args]).exit_code == 0
+    ref = open_store(ref_path)
+    # the same store as the release wrote it: prepared, then chunks 0 and 1 extracted
+    old = format1_module()
+    path = tmp_path / "old.zarr"
+    old.create_store(path, paths=ref.paths(), labels=ref.labels(), vocab=ref.vocab, split=ref.split(),
+                     split_info={"seed": 0}, kind="test", image_root=ref.image_root)
+    writer = old.open_store(path, mode="r+")
+    writer.init_features(ref.group["features"].shape[1], "float32", ref.blocks, 2)
+    for c in (0, 1):
+        writer.write_chunk(c, ref.features()[2 * c:2 * c + 2], ref.valid()[2 * c:2 * c + 2])
+    record = dict(ref.group.attrs["extraction"])
+    writer.group.attrs["extraction"] = {k: v for k, v in record.items() if k != "runs"} | {
+        "runs": [{k: v for k, v in record["runs"][0].items() if k not in ("hosts", "worker_names")}]}
+    assert zarr_chunks(path, "done") == (4,) and open_store(path).format == 1
+    res = CliRunner().invoke(cli, ["extract", str(path), *args])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("upgraded") == 1 and "to store format 2" in res.output
+    assert "extracted 3 of 7 rows" in res.output and "2 chunk(s) already done" in res.output
+    store = open_store(path)
+    assert store.format == 2 and zarr_chunks(path, "done") == (1,)
+    assert np.array_equal(store.features(), ref.features()) and store.paths() == ref.paths()
+    logs = store.chunk_log()
+    assert logs[:2] == [None, None] and [log["run"] for log in logs[2:]] == [1, 1]
+    assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 1, 1]
