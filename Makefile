@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
+        bench-extract-distributed
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +52,11 @@ bench-extract: $(STAMP)
 STARTUP_REPEATS ?= 3
 bench-startup: $(STAMP)
 	$(BIN)/python benchmarks/startup.py --repeats $(STARTUP_REPEATS)
+
+# In-process vs `extract --cluster local:1` vs `--cluster local:2` on the same photos (a few minutes on 2 cores).
+DIST_N ?= 96
+bench-extract-distributed: $(STAMP)
+	$(BIN)/python benchmarks/extract_distributed.py --n $(DIST_N)
 
 # Fault injection (SIGKILL extract, a decode worker, an attribute writer); < 10 minutes on 2 cores.
 FAULT_TRIALS ?= 20

@@ -584,7 +584,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: half the cores, 1..4].")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Decoding processes of an in-process run [default: half the cores, 1..4].")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
@@ -603,21 +604,35 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Feed BACKBONE other pixels than its own (repeatable). NAME: imagenet, places365-caffe, weights "
                    "(what its weights file records) or backbone. Needed for a weights file made for another "
                    "preprocessing or block, which is refused otherwise.")
+@click.option("--cluster", metavar="local[:N]",
+              help="Compute the chunks on a Dask LocalCluster of N worker processes on this machine "
+                   "[N default: one per GPU, else 1].")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
+                   "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
             workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
-            allow_other_images: bool) -> None:
+            allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
     """Compute image features for every row of STORE, resumably.
 
     Decodes each image once, runs every backbone on it and writes the concatenated features
     (vgg16-object fc7 + vgg16-scene fc7 = 8,192-d by default) into the store, one chunk at a
     time. Killed or interrupted, it resumes where it stopped when run again. Images that are
     missing, unreadable, truncated or decompression bombs become invalid rows, with the reason.
+    With --cluster or --scheduler the chunks are computed by Dask workers, this process
+    coordinating (see the README's "Extraction on Dask").
     """
     from hashtagkit.backbones import DEFAULT_BACKBONES, load_backbone, parse_backbone_option
     from hashtagkit.extract import extract as run_extract
     from hashtagkit.stores import open_store
 
+    if cluster is not None and scheduler is not None:
+        raise UserError("--cluster and --scheduler are exclusive: choose one")
+    if cluster is not None or scheduler is not None:
+        from hashtagkit import distributed
+
+        distributed.parse_cluster(cluster) if cluster is not None else distributed.parse_scheduler(scheduler)
     open_store(store)  # a missing store fails before any weights are loaded
     chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
     asked = {}
@@ -630,7 +645,8 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
                 workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
                 allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
-                allow_other_images=allow_other_images, progress=not no_progress, log=echo_err)
+                allow_other_images=allow_other_images, progress=not no_progress, log=echo_err,
+                cluster=cluster, scheduler=scheduler)
 
 
 @cli.command("convert-caffe")

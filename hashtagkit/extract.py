@@ -462,12 +462,20 @@ def extract(
     allow_other_images: bool = False,
     progress: bool = True,
     log=print,
+    cluster: str | None = None,
+    scheduler: str | None = None,
 ) -> Summary:
     """Fill the store's features with the given backbones; resumes unless `overwrite`.
 
     A resume must use the same backbones, weights, preprocessing and dtype (else `overwrite`),
     the same precision (else `allow_mixed_precision`) and the same photos (else
-    `allow_other_images`)."""
+    `allow_other_images`). `cluster` ("local[:N]") or `scheduler` (an address) computes the
+    chunks on Dask workers (`hashtagkit.distributed`) instead of in this process."""
+    if cluster and scheduler:
+        raise InputError("--cluster and --scheduler are exclusive: choose one")
+    if cluster or scheduler:
+        from hashtagkit import distributed
+        distributed.parse_cluster(cluster) if cluster else distributed.parse_scheduler(scheduler)
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
     if batch_size < 1:
@@ -518,10 +526,17 @@ def extract(
                "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve()),
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
                "decode": {"jpeg_draft_min_side": DRAFT_SIDE, "max_pixels": MAX_PIXELS}}
+        if cluster or scheduler:
+            run["distributed"] = distributed.describe(cluster, scheduler)
         record = start_record(target, record, done, plan.pending, prints, run, root)
-        todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
-                                                                             allow_truncated),
-                                            batch_size, workers, dev, progress, run_index=len(record["runs"]) - 1)
+        if cluster or scheduler:
+            todo, invalid, seconds = distributed.run_chunks(target, engine, plan, root, batch_size, allow_truncated,
+                                                            run, len(record["runs"]) - 1, cluster, scheduler,
+                                                            progress, log)
+        else:
+            todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
+                                                                                 allow_truncated),
+                                                batch_size, workers, dev, progress, run_index=len(record["runs"]) - 1)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
                    images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
