@@ -447,7 +447,8 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) 
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Hashtags per image.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, hashtags: [{tag, score}]}].")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"results": [{image, hashtags: [{tag, score}], error}]} (as `serve` answers).')
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="auto: the precision the store was extracted with, where this device supports it.")
@@ -461,17 +462,18 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
     scored by the run's head. An image that cannot be decoded is reported and the others go on
     (exit status 2 if any failed).
     """
-    from hashtagkit.recommend import recommend as run_recommend
-
     moved = {}
     for item in weights:
         name, sep, path = item.partition("=")
         if not sep or not path:
             raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
         moved[name] = path
-    results = run_recommend(run, list(images), top=top, device=device, precision=precision, weights=moved)
+    from hashtagkit.recommend import Recommender
+
+    recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
+    results = recommender.recommend([str(p) for p in images], top=top)
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+        click.echo(json.dumps({"results": [r.as_json() for r in results]}, indent=2))
     else:
         for r in results:
             if r.error:
