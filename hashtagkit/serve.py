@@ -55,6 +55,7 @@ from hashtagkit.recommend import Recommendation
 log = logging.getLogger("hashtagkit.serve")
 
 MAX_FILES = 256  # photos in one request: beyond this a client should send several requests
+MAX_CONNECTIONS = 64  # open connections `run_server` accepts: at most 64 x the upload limit in memory
 MAX_NAME = 255  # characters of a file name echoed back
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
@@ -79,10 +80,7 @@ class RecommendResponse(BaseModel):
 
 def result_json(name: str, hashtags: list[tuple[str, float]], error: str | None = None) -> dict:
     """One image's answer in `recommend --json`'s shape (the Recommendation decides it)."""
-    out = Recommendation(name, hashtags, error).as_json()
-    out.setdefault("hashtags", [])
-    out.setdefault("error", None)
-    return out
+    return Recommendation(name, hashtags, error).as_json()
 
 
 # ---------------------------------------------------------------- micro-batcher
@@ -466,7 +464,9 @@ def run_server(recommender, host: str = "127.0.0.1", port: int = 8000, *, token:
         print(warning, file=sys.stderr, flush=True)
     app = create_app(recommender, token=token, **options)
     sock = listen(host, port)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False)
+    # at most MAX_CONNECTIONS requests at once (503 beyond): bounds the memory uploads can hold
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False,
+                            limit_concurrency=MAX_CONNECTIONS)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -488,7 +488,7 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeou
             raise RuntimeError(f"the server did not start within {timeout:g} s")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
+        yield f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout)
