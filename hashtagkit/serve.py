@@ -58,6 +58,7 @@ MAX_FILES = 256  # photos in one request: beyond this a client should send sever
 MAX_CONNECTIONS = 64  # open connections `run_server` accepts: at most 64 x the upload limit in memory
 MAX_NAME = 255  # characters of a file name echoed back
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_WAIT_S = 1.0  # the most a gathering batch waits, beyond max_wait, for photos being decoded
 
 
 # ---------------------------------------------------------------- the JSON the API answers
@@ -110,7 +111,13 @@ class BatchStats:
 
 
 class MicroBatcher:
-    """Gathers prepared photos from concurrent requests into one `predict` call at a time."""
+    """Gathers prepared photos from concurrent requests into one `predict` call at a time.
+
+    A batch starts with the first queued photo and closes when it holds `max_batch` photos or
+    `max_wait_ms` later, except that while other requests' photos are being decoded it waits for
+    them too (at most `DECODE_WAIT_S` more): clients answered by the previous batch come back
+    while the next one gathers, and without this they would stay in a separate, smaller batch
+    for good (two half-size batches in turn, each less efficient per photo)."""
 
     def __init__(self, predict, max_batch: int, max_wait_ms: float):
         self.predict = predict
@@ -119,10 +126,12 @@ class MicroBatcher:
         self.stats = BatchStats()
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
+        self.decoding = 0  # requests whose photos are being decoded now
+        self.wake: asyncio.Event | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="hashtagkit-model")
 
     def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue, self.wake = asyncio.Queue(), asyncio.Event()
         self.task = asyncio.create_task(self._run(), name="hashtagkit-batcher")
 
     def alive(self) -> bool:
@@ -141,6 +150,17 @@ class MicroBatcher:
                 future.set_exception(RuntimeError("the server is shutting down"))
         self.model_thread.shutdown(wait=True)
 
+    @asynccontextmanager
+    async def decoding_request(self):
+        """Around a request's decoding: a gathering batch waits for its photos."""
+        self.decoding += 1
+        try:
+            yield
+        finally:
+            self.decoding -= 1
+            if self.wake is not None:
+                self.wake.set()
+
     async def submit(self, prepared: list, top: int) -> list[list[tuple[str, float]]]:
         """The top hashtags of each prepared photo, in order (they may run in several batches)."""
         if not self.alive():
@@ -151,6 +171,7 @@ class MicroBatcher:
             future = loop.create_future()
             self.queue.put_nowait((item, top, future))
             futures.append(future)
+        self.wake.set()
         try:
             return await asyncio.gather(*futures)
         finally:
@@ -161,17 +182,19 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         batch = [await self.queue.get()]
         deadline = loop.time() + self.max_wait
-        while len(batch) < self.max_batch:
-            if not self.queue.empty():
+        longest = deadline + (DECODE_WAIT_S if self.max_wait > 0 else 0)
+        while True:
+            while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            now = loop.time()
+            until = longest if self.decoding else deadline
+            if len(batch) >= self.max_batch or now >= until:
                 break
-            try:  # Queue.get leaves its item in the queue if cancelled, so a timeout loses nothing
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), until - now)
             except TimeoutError:
-                break
+                pass
         return [b for b in batch if not b[2].done()]  # drop photos of requests gone meanwhile
 
     async def _run(self) -> None:
@@ -364,7 +387,8 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
             return Response(status_code=400)  # nobody is left to read it
         if not uploads:
             raise HTTPException(400, "no files: send one or more photos as multipart parts named 'files'")
-        prepared = await asyncio.gather(*(prepare(u) for u in uploads))
+        async with batcher.decoding_request():
+            prepared = await asyncio.gather(*(prepare(u) for u in uploads))
         good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
         errors = {i: p for i, p in enumerate(prepared) if isinstance(p, str)}
         if not good:

@@ -5,6 +5,7 @@ from the tiny test backbone, a kNN head. Every answer is checked against the in-
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import random
@@ -183,6 +184,8 @@ def test_nothing_usable_is_400_or_415_with_a_detail(server, run):
     assert res.status_code == 400 and "boundary" in res.json()["detail"]
     res = post(server, [(run[1][0].name, run[1][0].read_bytes())], top=0)
     assert res.status_code == 422
+    res = post(server, [(f"{i}.jpg", b"x") for i in range(257)])  # MAX_FILES + 1
+    assert res.status_code == 413 and "too many files" in res.json()["detail"]
     assert httpx.get(f"{server}/healthz", timeout=TIMEOUT).status_code == 200
 
 
@@ -321,6 +324,45 @@ def test_concurrent_requests_are_batched_together(rec, run, reference):
         stats = httpx.get(f"{url}/v1/info", timeout=TIMEOUT).json()["server"]["batching"]
     assert stats["images"] == len(photos)
     assert stats["largest_batch"] > 1 and stats["batches"] < len(photos), stats
+
+
+def test_a_gathering_batch_waits_for_photos_being_decoded(monkeypatch):
+    """The batcher alone (a fake model that records batch sizes): photos arriving after
+    max_wait_ms join the batch only while some request is still decoding, and that extra wait
+    is bounded by DECODE_WAIT_S."""
+    from hashtagkit import serve
+
+    monkeypatch.setattr(serve, "DECODE_WAIT_S", 0.5)
+    sizes: list[int] = []
+
+    def predict(items, top):
+        sizes.append(len(items))
+        return [[(str(i), 1.0)] * top for i in items]
+
+    async def scenario(decoding_for: float | None) -> list[int]:
+        sizes.clear()
+        b = serve.MicroBatcher(predict, max_batch=16, max_wait_ms=20)
+        b.start()
+
+        async def late_request():
+            if decoding_for is None:  # nobody decoding: the late photo arrives after the batch closed
+                await asyncio.sleep(0.2)
+                return await b.submit([2], 1)
+            async with b.decoding_request():
+                await asyncio.sleep(decoding_for)
+            return await b.submit([2], 1)
+
+        late = asyncio.create_task(late_request())
+        await asyncio.sleep(0.01)
+        first = await asyncio.wait_for(b.submit([1], 1), TIMEOUT)
+        second = await asyncio.wait_for(late, TIMEOUT)
+        await b.stop()
+        assert first == [[("1", 1.0)]] and second == [[("2", 1.0)]]
+        return list(sizes)
+
+    assert asyncio.run(scenario(None)) == [1, 1]  # max_wait_ms respected
+    assert asyncio.run(scenario(0.2)) == [2]  # waited for the photo being decoded
+    assert asyncio.run(scenario(1.5)) == [1, 1]  # but not beyond DECODE_WAIT_S
 
 
 def half_upload(url: str, photo: bytes, send_all: bool = False) -> None:
