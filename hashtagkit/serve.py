@@ -488,6 +488,10 @@ def run_server(recommender, host: str = "127.0.0.1", port: int = 8000, *, token:
         print(warning, file=sys.stderr, flush=True)
     app = create_app(recommender, token=token, **options)
     sock = listen(host, port)
+    bound = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    print(f"hashtagkit serve: {url}/ (API {url}/v1/recommend, documentation {url}/docs"
+          f"{', token required' if token else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
     # at most MAX_CONNECTIONS requests at once (503 beyond): bounds the memory uploads can hold
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False,
                             limit_concurrency=MAX_CONNECTIONS)
