@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-serve
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-serve bench-startup
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ clean:
 DEVICE ?= cpu
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
+
+# `hashtagkit recommend` from process start to the first result: git revision 9525730 (before the
+# fast start) against this checkout, cold and warm sha256 cache; two 528 MB VGG-16 files in a temp dir.
+STARTUP_REPEATS ?= 3
+bench-startup: $(STAMP)
+	$(BIN)/python benchmarks/startup.py --repeats $(STARTUP_REPEATS)
 
 # Fault injection (SIGKILL extract, a decode worker, an attribute writer); < 10 minutes on 2 cores.
 FAULT_TRIALS ?= 20

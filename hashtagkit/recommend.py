@@ -55,10 +55,11 @@ class Recommendation:
                 "error": self.error}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prepared:
     """A decoded photo as the model takes it: one (3, crop, crop) float32 tensor per distinct
-    preprocessing of the run's backbones (none for a head that ignores the image)."""
+    preprocessing of the run's backbones (none for a head that ignores the image). Compared by
+    identity: tensors have no single truth value to compare fields with."""
 
     name: str
     inputs: tuple[torch.Tensor, ...] = field(repr=False)

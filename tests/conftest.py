@@ -16,6 +16,12 @@ HARRISON = SHARED / "harrison"
 REQUIRE_SHARED = "HASHTAGKIT_REQUIRE_SHARED"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_sha256_cache(tmp_path_factory):
+    """The suite never writes the user's sha256 cache of weights files (subprocesses inherit this)."""
+    os.environ.setdefault("HASHTAGKIT_SHA256_CACHE", str(tmp_path_factory.mktemp("sha256-cache") / "sha256.json"))
+
+
 def need_data(available: bool, reason: str) -> None:
     """Skip a test whose real data (../shared, WordNet) is absent, or fail it when the environment
     says that data must be there: a skipped test proves nothing, and CI must not pass by skipping.

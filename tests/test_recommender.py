@@ -75,7 +75,8 @@ def test_path_bytes_and_pil_give_the_same_inputs(rec, tmp_path):
     path = sample_photo()
     data = open(path, "rb").read()
     a, b = rec.prepare(path), rec.prepare(data, name="upload.jpg")
-    c = rec.prepare(Image.open(path))  # lazy: opened, not loaded, by the caller
+    with Image.open(path) as lazy:  # opened, not loaded, by the caller
+        c = rec.prepare(lazy)
     d = rec.prepare(decode(path))  # loaded, already RGB
     assert (a.name, b.name, c.name, d.name) == (path, "upload.jpg", path, "image-0")
     assert len(a.inputs) == 2  # ImageNet for the object block, Places365-Caffe for the scene block
@@ -224,3 +225,201 @@ def test_popularity_run_needs_no_extractor(tmp_path):
     expected = [store.vocab[c] for c in sorted(range(len(freq)), key=lambda c: (-freq[c], c))[:3]]
     out = rec.recommend([Image.new("RGB", (40, 30)), b"junk"], top=3)
     assert [t for t, _ in out[0].hashtags] == expected and out[1].error == "unreadable"
+
+
+# --- fast start: weights put in place without random initialisation; sha256 cached ------------------
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].device.type == "cpu" and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("variant", ["fp32, fc8 of 365 classes", "fp16 file, no fc8"])
+def test_vgg_weights_load_equals_the_copying_load_bit_for_bit(tmp_path, variant):
+    """The meta-device load gives exactly the module the old path (random init, then a copying
+    load_state_dict) gave, and draws nothing from the random generator (no initialisation ran)."""
+    from torchvision.models import vgg16
+
+    from hashtagkit.backbones import load_backbone
+
+    torch.manual_seed(5)
+    state = vgg16(weights=None, num_classes=365 if "365" in variant else 1000).state_dict()
+    if "no fc8" in variant:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+    saved = {k: v.half() for k, v in state.items()} if "fp16" in variant else state
+    torch.save(saved, tmp_path / "w.pth")
+    rng = torch.get_rng_state()
+    fast = load_backbone("vgg16-object", str(tmp_path / "w.pth")).module
+    assert torch.equal(torch.get_rng_state(), rng), "weights were randomly initialised before being loaded"
+    slow = vgg16(weights=None, num_classes=365 if "365" in variant else 1000)  # the old path
+    slow.load_state_dict({k: v for k, v in saved.items()}, strict=False)
+    slow.classifier = slow.classifier[:5]
+    slow.eval()
+    _states_equal(fast, slow)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(fast(x), slow(x))
+
+
+def test_resnet_weights_load_equals_the_copying_load_and_random_weights_are_unchanged(tmp_path):
+    from torchvision.models import resnet50, vgg16
+
+    from hashtagkit.backbones import load_backbone
+
+    torch.manual_seed(6)
+    state = resnet50(weights=None).state_dict()
+    state = {k: (v + 1 if k.endswith("running_var") else v) for k, v in state.items()}  # buffers count too
+    torch.save(state, tmp_path / "r.pth")
+    fast = load_backbone("resnet50-object", str(tmp_path / "r.pth")).module
+    slow = resnet50(weights=None)
+    slow.load_state_dict(state)
+    slow.fc = torch.nn.Identity()
+    _states_equal(fast, slow.eval())
+    # `random` is still torchvision's initialisation from the seed, so a store stays reproducible
+    rand = load_backbone("vgg16-object", "random", seed=3).module
+    torch.manual_seed(3)
+    reference = vgg16(weights=None)
+    reference.classifier = reference.classifier[:5]
+    _states_equal(rand, reference)
+
+
+def test_a_weights_file_that_does_not_fit_is_still_refused(tmp_path):
+    from torchvision.models import vgg16
+
+    from hashtagkit.backbones import load_backbone
+
+    with torch.device("meta"):
+        shapes = vgg16(weights=None).state_dict()
+    state = {k: torch.zeros(v.shape) for k, v in shapes.items()}
+    torch.save({k: v for k, v in state.items() if k != "features.0.weight"}, tmp_path / "missing.pth")
+    with pytest.raises(InputError, match="does not fit vgg16-object.*features.0.weight"):
+        load_backbone("vgg16-object", str(tmp_path / "missing.pth"))
+    state["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, tmp_path / "shape.pth")
+    with pytest.raises(InputError, match="does not fit vgg16-object"):
+        load_backbone("vgg16-object", str(tmp_path / "shape.pth"))
+
+
+@pytest.fixture
+def sha_cache(tmp_path, monkeypatch):
+    """A cache file under tmp_path and a count of the files actually read to hash them."""
+    from hashtagkit import provenance
+
+    monkeypatch.setenv(provenance.SHA256_CACHE_ENV, str(tmp_path / "cache" / "sha256.json"))
+    hashed = []
+    real = provenance.sha256_file
+    monkeypatch.setattr(provenance, "sha256_file", lambda p, *a: hashed.append(str(p)) or real(p, *a))
+    return tmp_path / "cache" / "sha256.json", hashed
+
+
+def test_sha256_cache_hashes_an_unchanged_file_once_and_a_changed_one_again(tmp_path, sha_cache):
+    import hashlib
+    import os
+
+    from hashtagkit.provenance import sha256_file_cached
+
+    cache, hashed = sha_cache
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    truth = hashlib.sha256(b"a" * 1000).hexdigest()
+    assert sha256_file_cached(f) == truth and len(hashed) == 1
+    assert sha256_file_cached(f) == truth and len(hashed) == 1  # from the cache
+    assert str(f.resolve()) in json.loads(cache.read_text())["entries"]
+    st = os.stat(f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # mtime changed, same content
+    assert sha256_file_cached(f) == truth and len(hashed) == 2
+    assert sha256_file_cached(f) == truth and len(hashed) == 2
+    with open(f, "ab") as out:  # size changed
+        out.write(b"b")
+    assert sha256_file_cached(f) == hashlib.sha256(b"a" * 1000 + b"b").hexdigest() and len(hashed) == 3
+    # same size, mtime set back by hand: the ctime still tells
+    st = os.stat(f)
+    f.write_bytes(b"c" * 1001)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sha256_file_cached(f) == hashlib.sha256(b"c" * 1001).hexdigest() and len(hashed) == 4
+    # a damaged cache is ignored and rewritten, never an error
+    cache.write_text("{not json")
+    assert sha256_file_cached(f) == hashlib.sha256(b"c" * 1001).hexdigest() and len(hashed) == 5
+    assert sha256_file_cached(f) and len(hashed) == 5
+    assert [p.name for p in cache.parent.iterdir()] == ["sha256.json"]  # no temporaries left
+
+
+def test_loading_weights_twice_hashes_once_and_still_refuses_other_weights(tmp_path, sha_cache):
+    from torchvision.models import vgg16
+
+    from hashtagkit.backbones import load_backbone
+
+    _, hashed = sha_cache
+    torch.manual_seed(0)
+    torch.save(vgg16(weights=None).state_dict(), tmp_path / "a.pth")
+    first = load_backbone("vgg16-object", str(tmp_path / "a.pth")).weights["sha256"]
+    assert load_backbone("vgg16-object", str(tmp_path / "a.pth"), expect_sha256=first).weights["sha256"] == first
+    assert len(hashed) == 1
+    torch.save(vgg16(weights=None).state_dict(), tmp_path / "a.pth")  # other weights, same path and size
+    with pytest.raises(InputError, match="sha256"):
+        load_backbone("vgg16-object", str(tmp_path / "a.pth"), expect_sha256=first)
+    assert len(hashed) == 2
+
+
+def test_cache_folder_follows_the_environment(tmp_path, monkeypatch):
+    from hashtagkit import provenance
+
+    monkeypatch.delenv(provenance.SHA256_CACHE_ENV, raising=False)
+    monkeypatch.delenv("HASHTAGKIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert provenance.sha256_cache_file() == tmp_path / "xdg" / "hashtagkit" / "sha256.json"
+    monkeypatch.setenv("HASHTAGKIT_CACHE", str(tmp_path / "hk"))
+    assert provenance.sha256_cache_file() == tmp_path / "hk" / "sha256.json"
+    monkeypatch.delenv("HASHTAGKIT_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert provenance.sha256_cache_file() == tmp_path / "home" / ".cache" / "hashtagkit" / "sha256.json"
+
+
+def _torchvision_resize_and_crop(p, image):
+    """The preprocessing's geometry as it was written with torchvision's functional API (the reference)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    w, h = image.size
+    out_h, out_w = p.resize if isinstance(p.resize, tuple) else (round(h * p.resize / min(w, h)),
+                                                                  round(w * p.resize / min(w, h)))
+    if max(out_h, out_w) <= 4 * max(p.resize if isinstance(p.resize, tuple) else (p.resize,)):
+        size = list(p.resize) if isinstance(p.resize, tuple) else p.resize
+        image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return F.center_crop(image, [p.crop, p.crop])
+    box_h, box_w = max(1.0, p.crop * h / out_h), max(1.0, p.crop * w / out_w)
+    top, left = round((h - box_h) / 2), round((w - box_w) / 2)
+    return F.resized_crop(image, top, left, round(box_h), round(box_w), [p.crop, p.crop],
+                          interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def test_preprocessing_without_torchvision_equals_torchvision_pixel_for_pixel():
+    from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE, Preprocessing
+
+    small = Preprocessing(resize=200, crop=224, colour_order="RGB", value_range=1.0, mean=(0, 0, 0))  # pads
+    rng = np.random.default_rng(0)
+    sizes = [(427, 320), (320, 427), (256, 256), (225, 224), (224, 225), (999, 257), (1, 1), (3, 1000),
+             (5000, 7), (33, 2000), (255, 255), (511, 384)] + [tuple(rng.integers(1, 1200, 2)) for _ in range(20)]
+    for w, h in sizes:
+        image = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+        for p in (IMAGENET, PLACES365_CAFFE, small):
+            ours, ref = p.resize_and_crop(image), _torchvision_resize_and_crop(p, image)
+            assert ours.size == ref.size == (p.crop, p.crop), (w, h, p)
+            assert np.array_equal(np.asarray(ours), np.asarray(ref)), (w, h, p)
+
+
+def test_recommend_imports_neither_torchvision_nor_sklearn():
+    """What the fast start relies on: loading VGG-16 weights from files, a kNN head and decoding
+    need neither torchvision (torch._dynamo with it) nor scikit-learn (checked in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hashtagkit.recommend import Recommender; import hashtagkit.cli.main; "
+            "from hashtagkit.backbones.vgg import vgg16_fc7, VGG16; "
+            "vgg16_fc7({k: v for k, v in VGG16().state_dict().items()}); "
+            "print(sorted(m for m in ('torchvision', 'sklearn', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

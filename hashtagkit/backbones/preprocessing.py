@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 
 @dataclass(frozen=True)
@@ -53,17 +51,44 @@ class Preprocessing:
             out_h, out_w = round(h * scale), round(w * scale)
         if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
             size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
-            image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-            return F.center_crop(image, [self.crop, self.crop])
+            return center_crop(resize(image, size), self.crop)
         box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
         top, left = round((h - box_h) / 2), round((w - box_w) / 2)
-        return F.resized_crop(image, top, left, round(box_h), round(box_w), [self.crop, self.crop],
-                              interpolation=InterpolationMode.BILINEAR, antialias=True)
+        box = image.crop((left, top, left + round(box_w), top + round(box_h)))
+        return resize(box, [self.crop, self.crop])
 
     def describe(self) -> dict:
         d = asdict(self)
         d["resize"] = list(self.resize) if isinstance(self.resize, tuple) else self.resize
         return d
+
+
+# torchvision.transforms.v2.functional's resize and center_crop on PIL images (bilinear, which for
+# PIL always antialiases), pixel for pixel (tested against torchvision): importing torchvision
+# imports torch._dynamo, about a second of every start, for three lines of arithmetic.
+def resize(image: Image.Image, size: int | list[int]) -> Image.Image:
+    """An int resizes the shorter side to it (the longer side truncated, as torchvision does);
+    [h, w] resizes to exactly that."""
+    w, h = image.size
+    if isinstance(size, int):
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        new_h, new_w = size
+    if (new_w, new_h) == (w, h):
+        return image
+    return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def center_crop(image: Image.Image, crop: int) -> Image.Image:
+    w, h = image.size
+    if crop > w or crop > h:  # torchvision pads with zeros first: leave that rare case to it
+        from torchvision.transforms.v2 import functional as F
+
+        return F.center_crop(image, [crop, crop])
+    top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+    return image.crop((left, top, left + crop, top + crop))
 
 
 IMAGENET = Preprocessing(

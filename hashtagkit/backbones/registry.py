@@ -129,6 +129,32 @@ def choose_preprocessing(spec: BackboneSpec, path: Path, meta: dict, asked: str 
     return spec.preprocessing
 
 
+def build_with_weights(make: Callable[[], nn.Module], state: dict, optional: tuple[str, ...] = ()) -> nn.Module:
+    """`make()` on the meta device (no memory, no random initialisation: VGG-16's costs ~2 s)
+    and then the state's tensors put in place (`load_state_dict(assign=True)`), cast to each
+    parameter's dtype as a copying load would; the result equals `make()` + `load_state_dict`
+    bit for bit (tested). Keys starting with one of `optional` may be absent: the caller removes
+    those layers; any other missing or unexpected key is a RuntimeError as load_state_dict raises."""
+    with torch.device("meta"):
+        model = make()
+    own = model.state_dict(keep_vars=True)
+    state = {k: v.to(own[k].dtype).contiguous() if k in own and v.dtype != own[k].dtype else v.contiguous()
+             for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # shapes checked by torch
+    missing = [k for k in missing if not k.startswith(optional)] if optional else missing
+    if missing or unexpected:
+        raise RuntimeError(f"state dict does not match {type(model).__name__}\n"
+                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def check_materialised(module: nn.Module, name: str) -> None:
+    """No parameter or buffer may stay on the meta device (it would fail at the first forward)."""
+    left = [k for k, v in [*module.named_parameters(), *module.named_buffers()] if v.is_meta]
+    if left:
+        raise RuntimeError(f"{name}: weights missing for {', '.join(left[:3])}")
+
+
 class RandomWeightsWarning(UserWarning):
     pass
 
@@ -174,7 +200,7 @@ def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sh
         chosen = choose_preprocessing(spec, Path(RANDOM), {}, preprocessing)
     else:
         path = Path(source) if source else spec.default_source()
-        sha = provenance.sha256_file(path) if path.is_file() else None
+        sha = provenance.sha256_file_cached(path) if path.is_file() else None
         if expect_sha256 and sha != expect_sha256:
             raise InputError(
                 f"{name}: weights at {path} have sha256 {str(sha)[:12]}..., but the store was extracted with "
@@ -184,6 +210,7 @@ def load_backbone(name: str, source: str | None = None, seed: int = 0, expect_sh
         chosen = choose_preprocessing(spec, path, meta, preprocessing)
         try:
             module = spec.build(state)
+            check_materialised(module, name)
         except RuntimeError as e:  # load_state_dict's shape / key mismatch
             raise InputError(f"{path} does not fit {name}: {str(e).splitlines()[0]} {str(e).splitlines()[1:2]}") from None
         weights = {"source": "default" if not source else "file", "path": str(path.resolve()), "sha256": sha}

@@ -4,32 +4,72 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
-from torchvision.models import VGG16_Weights, vgg16
 
 from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE
-from hashtagkit.backbones.registry import BackboneSpec, register, weights_dir
+from hashtagkit.backbones.registry import BackboneSpec, build_with_weights, register, weights_dir
 from hashtagkit.backbones.torchvision_weights import torchvision_source
 from hashtagkit.errors import InputError
 
 PLACES_FILE = "vgg16_places365.pth"
 
 
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """torchvision's VGG-16 (configuration D, no batch norm): the same modules under the same
+    names, so the same state dict and the same forward, without importing torchvision (which
+    imports torch._dynamo: about a second of every start). Weights come from a file only;
+    random weights are made by torchvision itself (`vgg16_fc7`)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for v in VGG16_LAYERS:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=0.5),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 def vgg16_fc7(state: dict | None) -> nn.Module:
-    """torchvision's vgg16 cut after fc7's ReLU: features -> avgpool -> flatten -> classifier[:5].
+    """VGG-16 cut after fc7's ReLU: features -> avgpool -> flatten -> classifier[:5].
 
     The classifier's last layer (fc8) is not needed for the feature, so a state dict without it
     (a converted Caffe model with fc8 dropped) loads, and one with any number of classes does.
+    Random weights (`state` None) are torchvision's own initialisation, drawn from the caller's
+    seed, as stores made with `random` always were; given weights are put in place without any
+    initialisation (`build_with_weights`).
     """
     n_out = state["classifier.6.weight"].shape[0] if state and "classifier.6.weight" in state else 1000
-    model = vgg16(weights=None, num_classes=n_out)
-    if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("classifier.6.")]
-        if missing or unexpected:
-            raise RuntimeError(f"state dict does not match vgg16\nmissing {missing[:3]}, unexpected {unexpected[:3]}")
+    if state is None:
+        from torchvision.models import vgg16
+
+        model = vgg16(weights=None, num_classes=n_out)
+    else:
+        model = build_with_weights(lambda: VGG16(num_classes=n_out), state, optional=("classifier.6.",))
     model.classifier = model.classifier[:5]  # Linear, ReLU, Dropout, Linear, ReLU = fc7 after ReLU
     return model
+
+
+def imagenet_source() -> Path:
+    from torchvision.models import VGG16_Weights
+
+    return torchvision_source(VGG16_Weights.IMAGENET1K_V1, "vgg16-object")
 
 
 def places_source() -> Path:
@@ -45,7 +85,7 @@ def places_source() -> Path:
 
 register(BackboneSpec(
     name="vgg16-object", block="object", dim=4096, layer="fc7 after ReLU", preprocessing=IMAGENET,
-    build=vgg16_fc7, default_source=lambda: torchvision_source(VGG16_Weights.IMAGENET1K_V1, "vgg16-object"),
+    build=vgg16_fc7, default_source=imagenet_source,
     notes={"weights": "torchvision VGG16_Weights.IMAGENET1K_V1"},
 ))
 register(BackboneSpec(

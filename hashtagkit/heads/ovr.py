@@ -15,16 +15,14 @@ the margin for `linearsvc` and `sgd` (hinge); ranking is all the harness uses.
 from __future__ import annotations
 
 import numpy as np
-from joblib import Parallel, delayed
-from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.svm import LinearSVC
 
 from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.projection import fit_projection, project
 
 
 def _fit_one(estimator, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    from sklearn.base import clone  # scikit-learn is imported by fitting, not by every start (recommend)
+
     model = clone(estimator).fit(Z, y)
     return model.coef_.ravel().astype(np.float32), float(np.ravel(model.intercept_)[0])
 
@@ -55,6 +53,9 @@ class OVRHead(Head):
         self.random_state = random_state
 
     def _make_estimator(self):
+        from sklearn.linear_model import LogisticRegression, SGDClassifier
+        from sklearn.svm import LinearSVC
+
         if self.estimator == "logistic":
             return LogisticRegression(C=self.C, max_iter=self.max_iter)
         if self.estimator == "linearsvc":
@@ -76,6 +77,8 @@ class OVRHead(Head):
         trainable = np.flatnonzero((positives > 0) & (positives < len(Y)))
         self.constant_ = np.where(positives == 0, 0.0, 1.0).astype(np.float32)
         self.constant_[trainable] = np.nan
+        from joblib import Parallel, delayed
+
         fits = Parallel(n_jobs=self.n_jobs)(delayed(_fit_one)(estimator, Z, Y[:, j]) for j in trainable)
         self.coef_ = np.zeros((self.n_classes_, Z.shape[1]), np.float32)
         self.intercept_ = np.zeros(self.n_classes_, np.float32)

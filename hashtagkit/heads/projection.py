@@ -8,7 +8,6 @@ plain arrays so a head can save it in its .npz.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 FIT_ROWS = 20_000
 
@@ -17,6 +16,8 @@ def fit_projection(X: np.ndarray, n_components: int, whiten: bool, random_state:
     """{'mean', 'components', 'scale'}; empty arrays mean 'no projection' (too few rows or dims)."""
     if not n_components or n_components >= min(X.shape):
         return {k: np.zeros(0, np.float32) for k in ("mean", "components", "scale")}
+    from sklearn.decomposition import PCA  # imported by fitting, not by every start (recommend)
+
     rng = np.random.default_rng(random_state)
     rows = np.sort(rng.choice(len(X), min(len(X), FIT_ROWS), replace=False))
     pca = PCA(int(n_components), svd_solver="randomized", random_state=random_state)
