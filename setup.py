@@ -22,6 +22,7 @@ setup(
         "hashtagkit.data",
         "hashtagkit.heads",
         "hashtagkit.backbones",
+        "hashtagkit.serve",
         "hashtagkit.stores",
         "hashtagkit.cli",
     ],

@@ -514,7 +514,11 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     /healthz, the API's documentation at /docs, the upload page at /. Stop with Ctrl-C.
     """
     from hashtagkit.recommend import Recommender
-    from hashtagkit.serve import read_token, run_server
+
+    try:
+        from hashtagkit.serve import read_token, run_server
+    except ImportError as e:  # fastapi, uvicorn and python-multipart are the 'serve' extra
+        raise UserError(f"serve needs the 'serve' extra ({e.name} is missing): pip install 'hashtagkit[serve]'") from None
 
     moved = {}
     for item in weights:

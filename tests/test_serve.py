@@ -207,7 +207,7 @@ def test_info_openapi_and_page(server, rec):
         assert page.headers["content-type"].startswith("text/html")
     else:  # said clearly, not a 500
         assert page.status_code == 404 and "index.html is missing" in page.text
-    for evil in ("/static/..%2Fserve.py", "/static/%2e%2e%2f%2e%2e%2fsetup.py", "/static/serve.py"):
+    for evil in ("/static/..%2Fapp.py", "/static/%2e%2e%2f%2e%2e%2fsetup.py", "/static/..%2Fserve%2Fapp.py"):
         assert httpx.get(f"{server}{evil}", timeout=TIMEOUT).status_code == 404
 
 
@@ -330,9 +330,9 @@ def test_a_gathering_batch_waits_for_photos_being_decoded(monkeypatch):
     """The batcher alone (a fake model that records batch sizes): photos arriving after
     max_wait_ms join the batch only while some request is still decoding, and that extra wait
     is bounded by DECODE_WAIT_S."""
-    from hashtagkit import serve
+    from hashtagkit.serve import batcher
 
-    monkeypatch.setattr(serve, "DECODE_WAIT_S", 0.5)
+    monkeypatch.setattr(batcher, "DECODE_WAIT_S", 0.5)
     sizes: list[int] = []
 
     def predict(items, top):
@@ -341,7 +341,7 @@ def test_a_gathering_batch_waits_for_photos_being_decoded(monkeypatch):
 
     async def scenario(decoding_for: float | None) -> list[int]:
         sizes.clear()
-        b = serve.MicroBatcher(predict, max_batch=16, max_wait_ms=20)
+        b = batcher.MicroBatcher(predict, max_batch=16, max_wait_ms=20)
         b.start()
 
         async def late_request():
