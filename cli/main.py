@@ -490,6 +490,54 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets others reach the API (use --token-file).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535))
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1, max=4096),
+              help="Most photos in one forward pass (1 turns batching off).")
+@click.option("--max-wait-ms", default=20.0, show_default=True, type=FiniteFloat(min=0, max=60_000),
+              help="How long a batch waits for more photos after its first.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A file holding a token: every /v1 call must then send 'Authorization: Bearer <token>'.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(min=0, max=4096, min_open=True),
+              help="Largest request body (MiB); larger is refused with 413 while it is read.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="auto: the precision the store was extracted with, where this device supports it.")
+@click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
+              help="Where a backbone's weights are now, if moved (checked against the recorded sha256).")
+def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, token_file: Path | None,
+          max_upload_mb: float, device: str, precision: str, weights: tuple[str, ...]) -> None:
+    """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
+
+    The models are loaded once, before the port opens; concurrent requests are batched into one
+    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K), GET /v1/info, GET
+    /healthz, the API's documentation at /docs, the upload page at /. Stop with Ctrl-C.
+    """
+    from hashtagkit.recommend import Recommender
+
+    try:
+        from hashtagkit.serve import read_token, run_server
+    except ImportError as e:  # fastapi, uvicorn and python-multipart are the 'serve' extra
+        raise UserError(f"serve needs the 'serve' extra ({e.name} is missing): pip install 'hashtagkit[serve]'") from None
+
+    moved = {}
+    for item in weights:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
+        moved[name] = path
+    token = read_token(token_file) if token_file is not None else None
+    recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
+    try:
+        run_server(recommender, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                   max_upload_mb=max_upload_mb)
+    except (KeyboardInterrupt, Terminated):  # uvicorn re-raises the signal after its graceful shutdown
+        echo_err("hashtagkit serve: stopped")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
 @click.option("--n", "n", default=12, show_default=True, type=click.IntRange(min=1, max=200), help="Images on the sheet.")
 @click.option("--seed", default=0, show_default=True, type=SEED,

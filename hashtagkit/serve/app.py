@@ -1,0 +1,174 @@
+"""The FastAPI app around a loaded `Recommender`: the routes, the token check, the page's files."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import mimetypes
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
+
+from hashtagkit import __version__
+from hashtagkit.errors import InputError
+from hashtagkit.images import DecodeError
+from hashtagkit.recommend import Recommendation
+from hashtagkit.serve.batcher import MicroBatcher
+from hashtagkit.serve.uploads import MAX_FILES, Upload, read_uploads
+
+log = logging.getLogger("hashtagkit.serve")
+
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+class Hashtag(BaseModel):
+    tag: str
+    score: float
+
+
+class ImageResult(BaseModel):
+    image: str
+    hashtags: list[Hashtag]
+    error: str | None = None
+
+
+class RecommendResponse(BaseModel):
+    results: list[ImageResult]
+
+
+def result_json(name: str, hashtags: list[tuple[str, float]], error: str | None = None) -> dict:
+    """One image's answer in `recommend --json`'s shape (the Recommendation decides it)."""
+    return Recommendation(name, hashtags, error).as_json()
+
+
+def page_files() -> dict[str, Any]:
+    """The upload page's files (hashtagkit/static/*), by name: the only files GET serves."""
+    root = importlib.resources.files("hashtagkit") / "static"
+    if not root.is_dir():
+        return {}
+    return {f.name: f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")}
+
+
+def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, token: str | None = None,
+               max_upload_mb: float = 20) -> FastAPI:
+    """The API around a loaded `Recommender`: POST /v1/recommend, GET /v1/info, GET /healthz,
+    the upload page at GET /; with a token, every /v1 call needs `Authorization: Bearer <token>`."""
+    if max_batch < 1 or max_wait_ms < 0 or max_upload_mb <= 0:
+        raise InputError("max_batch must be >= 1, max_wait_ms >= 0 and max_upload_mb > 0")
+    if token is not None and not token.strip():
+        raise InputError("the token is empty")
+    limit = int(max_upload_mb * 2**20)
+    batcher = MicroBatcher(recommender.predict, max_batch, max_wait_ms)
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="hashtagkit-decode")
+    files = page_files()
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            decoder.shutdown(wait=True)
+
+    app = FastAPI(title="hashtagkit", version=__version__, lifespan=lifespan,
+                  description="Hashtags for photos: a fitted hashtagkit run served with its models loaded once.")
+    app.state.batcher = batcher
+    bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
+    expected = token.strip().encode() if token is not None else None
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if expected is None:
+            return
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, expected):  # constant time: no timing oracle on the token
+            raise HTTPException(401, "missing or wrong token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def prepare(upload: Upload):
+        """A decoded photo, or the reason it is not one."""
+        if not upload.data:
+            return "empty file"
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(decoder, recommender.prepare, bytes(upload.data), upload.name)
+        except DecodeError as e:
+            return str(e) or "unreadable"
+        except Exception:  # a decoder bug must cost this photo, not the request or the server
+            log.exception("decoding %r failed unexpectedly", upload.name)
+            return "unreadable"
+        finally:
+            upload.data = bytearray()
+
+    multipart_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["files"],
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "The photos (repeat the field for several)."}}}}}}}
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(authorized)],
+              openapi_extra=multipart_body, tags=["api"],
+              responses={400: {"description": "no files"}, 401: {"description": "token missing or wrong"},
+                         413: {"description": "upload too large"}, 415: {"description": "no file is an image"}})
+    async def recommend(request: Request, top: int = Query(5, ge=1, le=10_000, description="Hashtags per photo.")):
+        """Top hashtags for each uploaded photo, in upload order; a bad photo gets its own error."""
+        try:
+            uploads = await read_uploads(request, limit)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        if not uploads:
+            raise HTTPException(400, "no files: send one or more photos as multipart parts named 'files'")
+        async with batcher.decoding_request():
+            prepared = await asyncio.gather(*(prepare(u) for u in uploads))
+        good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        errors = {i: p for i, p in enumerate(prepared) if isinstance(p, str)}
+        if not good:
+            reasons = "; ".join(f"{uploads[i].name}: {errors[i]}" for i in errors)
+            return JSONResponse({"detail": f"no uploaded file is an image ({reasons})",
+                                 "results": [result_json(uploads[i].name, [], errors[i]) for i in errors]},
+                                status_code=415)
+        ranked = dict(zip(good, await batcher.submit([prepared[i] for i in good], min(top, len(recommender.vocab))),
+                          strict=True))
+        return {"results": [result_json(u.name, ranked.get(i, []), errors.get(i)) for i, u in enumerate(uploads)]}
+
+    @app.get("/v1/info", dependencies=[Depends(authorized)], tags=["api"])
+    def info() -> dict:
+        """The run being served (head, view, vocabulary, backbones and their weights' sha256, test
+        scores) and what the server has done (batches run, images, largest batch)."""
+        return {**recommender.info(), "server": {
+            "version": __version__, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+            "max_upload_mb": max_upload_mb, "max_files": MAX_FILES, "token_required": expected is not None,
+            "uptime_s": round(time.time() - started, 1), "batching": batcher.stats.as_json()}}
+
+    @app.get("/healthz", tags=["server"])
+    def healthz() -> JSONResponse:
+        """200 while the model's batcher runs, 503 if it died (no token needed)."""
+        ok = batcher.alive()
+        return JSONResponse({"status": "ok" if ok else "batcher stopped"}, status_code=200 if ok else 503)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        if "index.html" not in files:
+            return Response("hashtagkit: the upload page is not installed (hashtagkit/static/index.html is missing "
+                            "from this installation); the API is at /v1/recommend, its documentation at /docs\n",
+                            status_code=404, media_type="text/plain")
+        return HTMLResponse(files["index.html"].read_bytes())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in files:  # a name from the list, never a path joined from the client's text
+            raise HTTPException(404, "no such file")
+        media = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return Response(files[name].read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
+
+    return app

@@ -1,0 +1,150 @@
+"""The micro-batcher: photos from concurrent requests gathered into one `predict` call at a time,
+run in a single model thread (`Recommender.predict` is not thread-safe; the event loop must not
+wait for the model)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException
+
+log = logging.getLogger("hashtagkit.serve")
+
+DECODE_WAIT_S = 1.0  # the most a gathering batch waits, beyond max_wait, for photos being decoded
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done: a test proves batching by `largest_batch > 1`."""
+
+    batches: int = 0
+    images: int = 0
+    largest_batch: int = 0
+    sizes: Counter = field(default_factory=Counter)
+    failed_batches: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.images += size
+        self.largest_batch = max(self.largest_batch, size)
+        self.sizes[size] += 1
+
+    def as_json(self) -> dict:
+        return {"batches": self.batches, "images": self.images, "largest_batch": self.largest_batch,
+                "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0,
+                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+                "failed_batches": self.failed_batches}
+
+
+class MicroBatcher:
+    """Gathers prepared photos from concurrent requests into one `predict` call at a time.
+
+    A batch starts with the first queued photo and closes when it holds `max_batch` photos or
+    `max_wait_ms` later, except that while other requests' photos are being decoded it waits for
+    them too (at most `DECODE_WAIT_S` more): clients answered by the previous batch come back
+    while the next one gathers, and without this they would stay in a separate, smaller batch
+    for good (two half-size batches in turn, each less efficient per photo)."""
+
+    def __init__(self, predict, max_batch: int, max_wait_ms: float):
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.stats = BatchStats()
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.decoding = 0  # requests whose photos are being decoded now
+        self.wake: asyncio.Event | None = None
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="hashtagkit-model")
+
+    def start(self) -> None:
+        self.queue, self.wake = asyncio.Queue(), asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name="hashtagkit-batcher")
+
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        while self.queue is not None and not self.queue.empty():
+            _, _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the server is shutting down"))
+        self.model_thread.shutdown(wait=True)
+
+    @asynccontextmanager
+    async def decoding_request(self):
+        """Around a request's decoding: a gathering batch waits for its photos."""
+        self.decoding += 1
+        try:
+            yield
+        finally:
+            self.decoding -= 1
+            if self.wake is not None:
+                self.wake.set()
+
+    async def submit(self, prepared: list, top: int) -> list[list[tuple[str, float]]]:
+        """The top hashtags of each prepared photo, in order (they may run in several batches)."""
+        if not self.alive():
+            raise HTTPException(503, "the model's batcher is not running")
+        loop = asyncio.get_running_loop()
+        futures = []
+        for item in prepared:
+            future = loop.create_future()
+            self.queue.put_nowait((item, top, future))
+            futures.append(future)
+        self.wake.set()
+        try:
+            return await asyncio.gather(*futures)
+        finally:
+            for f in futures:  # a cancelled request leaves nothing for the batcher to answer
+                f.cancel()
+
+    async def _gather(self) -> list:
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        deadline = loop.time() + self.max_wait
+        longest = deadline + (DECODE_WAIT_S if self.max_wait > 0 else 0)
+        while True:
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            now = loop.time()
+            until = longest if self.decoding else deadline
+            if len(batch) >= self.max_batch or now >= until:
+                break
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), until - now)
+            except TimeoutError:
+                pass
+        return [b for b in batch if not b[2].done()]  # drop photos of requests gone meanwhile
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            top = max(t for _, t, _ in batch)  # ranking is deterministic: a shorter top is a prefix
+            try:
+                ranked = await loop.run_in_executor(self.model_thread, self.predict, [p for p, _, _ in batch], top)
+            except Exception as e:  # our bug, not the client's: answer 500 for these, keep serving
+                log.exception("predict failed on a batch of %d", len(batch))
+                self.stats.failed_batches += 1
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.stats.add(len(batch))
+            for (_, t, future), tags in zip(batch, ranked, strict=True):
+                if not future.done():
+                    future.set_result(list(tags)[:t])
