@@ -70,7 +70,7 @@
     if (random) {
       const warn = document.createElement("strong");
       warn.className = "warn";
-      warn.textContent = " · random weights (a demo: the hashtags mean nothing)";
+      warn.textContent = " · random weights: a smoke test, not a trained model";
       runInfo.append(warn);
     }
   }
@@ -139,12 +139,12 @@
       askForToken();
       return;
     }
-    if (!res.ok) {
-      const detail = data && typeof data.detail === "string" ? data.detail : "HTTP " + res.status;
-      showError(item, detail);
+    // one photo per request, so its answer is results[0]; a 415 ("no file is an image") has it too
+    const result = data && Array.isArray(data.results) ? data.results[0] : null;
+    if (!res.ok && !(result && result.error)) {
+      showError(item, data && typeof data.detail === "string" ? data.detail : "HTTP " + res.status);
       return;
     }
-    const result = data && Array.isArray(data.results) ? data.results[0] : null;
     if (!result) showError(item, "The server sent no result for this photo.");
     else if (result.error) showError(item, result.error);
     else showTags(item, Array.isArray(result.hashtags) ? result.hashtags : []);
