@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-serve
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench-extract: $(STAMP)
 FAULT_TRIALS ?= 20
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py --trials $(FAULT_TRIALS)
+
+# `hashtagkit serve` under load (1/4/16 clients, batching on/off) vs the model alone and a process per
+# photo; the random-weight VGG-16 pair (real compute). About 5 minutes on 2 idle cores.
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve.py
 
 bench-heads: $(STAMP)
 	$(BIN)/python benchmarks/heads.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)

@@ -26,6 +26,7 @@ setup(
         "hashtagkit.cli",
     ],
     package_dir={"hashtagkit.stores": "stores", "hashtagkit.cli": "cli"},
+    package_data={"hashtagkit": ["static/*"]},  # the upload page `hashtagkit serve` shows at GET /
     install_requires=[
         "torch>=2.4,<=2.14.1",  # 2.4: fused AdamW on CPU, torch.amp.GradScaler("cpu")
         "torchvision>=0.19,<=0.29.1",

@@ -447,7 +447,8 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) 
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Hashtags per image.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{image, hashtags: [{tag, score}]}].")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"results": [{image, hashtags: [{tag, score}], error}]} (as `serve` answers).')
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
               help="auto: the precision the store was extracted with, where this device supports it.")
@@ -461,17 +462,18 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
     scored by the run's head. An image that cannot be decoded is reported and the others go on
     (exit status 2 if any failed).
     """
-    from hashtagkit.recommend import recommend as run_recommend
-
     moved = {}
     for item in weights:
         name, sep, path = item.partition("=")
         if not sep or not path:
             raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
         moved[name] = path
-    results = run_recommend(run, list(images), top=top, device=device, precision=precision, weights=moved)
+    from hashtagkit.recommend import Recommender
+
+    recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
+    results = recommender.recommend([str(p) for p in images], top=top)
     if as_json:
-        click.echo(json.dumps([r.as_json() for r in results], indent=2))
+        click.echo(json.dumps({"results": [r.as_json() for r in results]}, indent=2))
     else:
         for r in results:
             if r.error:
@@ -483,6 +485,50 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
         echo_err(f"Error: {r.image}: {r.error}")
     if failed:
         sys.exit(2)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets others reach the API (use --token-file).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535))
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1, max=4096),
+              help="Most photos in one forward pass (1 turns batching off).")
+@click.option("--max-wait-ms", default=20.0, show_default=True, type=FiniteFloat(min=0, max=60_000),
+              help="How long a batch waits for more photos after its first.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A file holding a token: every /v1 call must then send 'Authorization: Bearer <token>'.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(min=0, max=4096, min_open=True),
+              help="Largest request body (MiB); larger is refused with 413 while it is read.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="auto: the precision the store was extracted with, where this device supports it.")
+@click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
+              help="Where a backbone's weights are now, if moved (checked against the recorded sha256).")
+def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, token_file: Path | None,
+          max_upload_mb: float, device: str, precision: str, weights: tuple[str, ...]) -> None:
+    """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
+
+    The models are loaded once, before the port opens; concurrent requests are batched into one
+    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K), GET /v1/info, GET
+    /healthz, the API's documentation at /docs, the upload page at /. Stop with Ctrl-C.
+    """
+    from hashtagkit.recommend import Recommender
+    from hashtagkit.serve import read_token, run_server
+
+    moved = {}
+    for item in weights:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
+        moved[name] = path
+    token = read_token(token_file) if token_file is not None else None
+    recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
+    try:
+        run_server(recommender, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                   max_upload_mb=max_upload_mb)
+    except (KeyboardInterrupt, Terminated):  # uvicorn re-raises the signal after its graceful shutdown
+        echo_err("hashtagkit serve: stopped")
 
 
 @cli.command()

@@ -15,10 +15,13 @@ CMYK and palettes go through Pillow's conversions, animations give their first f
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
+import threading
 import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +75,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def open_bounded(im: Image.Image, max_pixels: int) -> Image.Image:
     """Ask the decoder for fewer pixels where it can (JPEG), refuse what stays over the limit."""
     w, h = im.size
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        # Pillow warned at open; its warning becomes an error only where no other thread was
+        # changing the warning filters at the time (catch_warnings is process-wide), so check here too
+        raise DecodeError("decompression bomb")
     if im.format == "JPEG" and min(w, h) >= 2 * DRAFT_SIDE:
         scale = min(8, min(w, h) // DRAFT_SIDE)
         im.draft("RGB", (max(1, w // scale), max(1, h // scale)))
@@ -81,18 +88,86 @@ def open_bounded(im: Image.Image, max_pixels: int) -> Image.Image:
     return im
 
 
+class _TruncationMode:
+    """Pillow reads `ImageFile.LOAD_TRUNCATED_IMAGES`, a module global, while it decodes. Threads
+    (the server decodes uploads in a pool) must not see another thread's setting: decodes of one
+    setting run together, the other setting waits until they are done. A process uses one setting
+    in practice, so nobody waits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._lenient = False
+        self._active = 0
+
+    @contextmanager
+    def hold(self, lenient: bool):
+        with self._cond:
+            while self._active and self._lenient != lenient:
+                self._cond.wait()
+            self._lenient = lenient
+            ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = False  # Pillow's default for everyone else
+                    self._cond.notify_all()
+
+
+_TRUNCATION = _TruncationMode()
+# a forked decode worker starts with no decode in flight (its parent's threads are not copied)
+os.register_at_fork(after_in_child=lambda: _TRUNCATION.__init__())
+
+
 def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image as RGB with its EXIF orientation applied (first frame of an animation),
     or raise DecodeError(reason)."""
     path = Path(path)
     check_regular_file(path)
-    ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+    return _decode(lambda: Image.open(path), allow_truncated, max_pixels)
+
+
+def decode_bytes(data: bytes | bytearray | memoryview, allow_truncated: bool = False, *,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`decode` for an image held in memory (an upload): the same checks, nothing written to disk."""
+    if not len(data):
+        raise DecodeError("empty")
+    return _decode(lambda: Image.open(io.BytesIO(bytes(data))), allow_truncated, max_pixels)
+
+
+def decode_pil(image: Image.Image, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`decode` for a PIL image the caller opened: loaded (if lazy) within the same limits, EXIF
+    orientation applied (a no-op on an image already transposed), any mode to 8-bit RGB."""
+    return _decode(lambda: nullcontext(image), allow_truncated, max_pixels, own=False)
+
+
+def decode_image(source: Image.Image | str | os.PathLike | bytes | bytearray | memoryview,
+                 allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Any of a path, the bytes of a file or a PIL image -> RGB (see `decode`); bytes are content,
+    never a path."""
+    if isinstance(source, Image.Image):
+        return decode_pil(source, allow_truncated, max_pixels=max_pixels)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return decode_bytes(source, allow_truncated, max_pixels=max_pixels)
+    if isinstance(source, str | os.PathLike):
+        return decode(Path(source), allow_truncated, max_pixels=max_pixels)
+    raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
+
+
+def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True) -> Image.Image:
+    """The one decoding path: every way an image arrives ends in the same checks and reasons."""
     try:
-        with warnings.catch_warnings():
+        with _TRUNCATION.hold(allow_truncated), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.seek(0)
-                im = open_bounded(im, max_pixels)
+            with open_image() as im:
+                if own or getattr(im, "fp", None) is not None:  # a lazy image: bounded like a file
+                    im.seek(0)
+                    im = open_bounded(im, max_pixels)
+                elif im.width * im.height > max_pixels:
+                    raise DecodeError(f"too large ({im.width}x{im.height} pixels, limit {max_pixels:,})")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return to_rgb(im)

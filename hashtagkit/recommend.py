@@ -1,41 +1,75 @@
-"""Recommend hashtags for new photos with a fitted run.
+"""Recommend hashtags for new photos with a fitted run: the library's one way from a run to hashtags.
 
-The run remembers the store's backbones and the sha256 of their weights, so the extractor is
-rebuilt exactly (a different weights file is refused), the features are cast to the store's
-dtype and masked to the run's view as in training, and the head ranks the vocabulary.
+`Recommender.from_run` loads everything once (the head, and the store's backbones rebuilt from
+the run's provenance, weights checked against the recorded sha256); then photos become hashtags
+in two steps that a server can put on different threads:
+
+- `prepare`: decode (the store's own checks: empty, not an image, truncated, decompression bomb)
+  and every backbone's preprocessing; CPU only, no model, thread-safe;
+- `predict`: one forward pass for a batch of prepared photos, features cast to the store's dtype
+  and masked to the run's view as in training, then the head ranks the vocabulary; not
+  thread-safe (the caller serialises it, e.g. a micro-batcher's single model thread).
+
+`recommend` does both, in batches; `hashtagkit recommend` and `hashtagkit serve` are thin shells.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
 from hashtagkit import metrics
-from hashtagkit.backbones import load_backbone
-from hashtagkit.devices import pick_device, pick_precision
 from hashtagkit.errors import InputError
-from hashtagkit.extract import Extractor
 from hashtagkit.heads import Head
-from hashtagkit.images import DecodeError, decode
+from hashtagkit.images import DecodeError, decode_image
 from hashtagkit.runs import MODEL_DIR, read_run
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from hashtagkit.extract import Extractor
+
+ImageInput = Union["Image.Image", str, os.PathLike, bytes]
+METRICS_FILE = "metrics.json"  # `hashtagkit evaluate RUN --json > RUN/metrics.json`: shown by info()
 
 
 @dataclass
 class Recommendation:
+    """One photo's answer: its hashtags best first, or why it has none."""
+
     image: str
     hashtags: list[tuple[str, float]]
     error: str | None = None
 
     def as_json(self) -> dict:
-        if self.error:
-            return {"image": self.image, "error": self.error}
-        return {"image": self.image, "hashtags": [{"tag": t, "score": round(s, 6)} for t, s in self.hashtags]}
+        """Always the same three keys, so a client never branches on their presence."""
+        return {"image": self.image,
+                "hashtags": [] if self.error else [{"tag": t, "score": round(s, 6)} for t, s in self.hashtags],
+                "error": self.error}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded photo as the model takes it: one (3, crop, crop) float32 tensor per distinct
+    preprocessing of the run's backbones (none for a head that ignores the image)."""
+
+    name: str
+    inputs: tuple[torch.Tensor, ...] = field(repr=False)
 
 
 def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precision: str) -> Extractor:
+    """The extractor of the run's store: same backbones, weights (sha256 checked), preprocessing."""
+    from hashtagkit.backbones import load_backbone
+    from hashtagkit.devices import pick_device, pick_precision
+    from hashtagkit.extract import Extractor
+
     blocks = record["store"].get("blocks") or []
     if not blocks:
         raise InputError("this run's store has no image features: fit on a store made by `hashtagkit extract`")
@@ -61,45 +95,128 @@ def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precis
     return Extractor(loaded, dev, pick_precision(precision, dev))
 
 
+class Recommender:
+    """A fitted run loaded once; see the module docstring for the prepare / predict split."""
+
+    def __init__(self, run_dir: Path, record: dict, head: Head, extractor: Extractor | None, allow_truncated: bool):
+        self.run_dir, self.record, self.head, self.extractor = run_dir, record, head, extractor
+        self.allow_truncated = allow_truncated
+        self.vocab: list[str] = list(record["store"]["vocab"])
+        self.blocks: list[dict] = record["store"].get("blocks") or []
+        self.view: str = record.get("features") or "both"
+        # features as the store held them (float16 by default): the head was trained on those values
+        self.dtype = self.blocks[0].get("dtype", "float16") if self.blocks else "float32"
+        self.transforms = extractor.transforms if extractor else []
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto",
+                 weights: dict[str, str] | None = None, allow_truncated: bool | None = None) -> Recommender:
+        """Load RUN's head and rebuild its store's extractor (none for a head that ignores the
+        image). `weights`: backbone -> path of a moved weights file (checked by sha256);
+        `allow_truncated`: None follows the store's extraction."""
+        run_dir = Path(run_dir)
+        record = read_run(run_dir)
+        if not record["store"].get("vocab"):
+            raise InputError(f"{run_dir}: run.json has no vocabulary (made by an older hashtagkit); fit it again")
+        head = Head.load(run_dir / MODEL_DIR)
+        # a head that ignores the image (the popularity floor) needs no extractor, only real photos
+        extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
+        if allow_truncated is None:
+            allow_truncated = bool(record["store"].get("extraction", {}).get("allow_truncated", False))
+        return cls(run_dir, record, head, extractor, allow_truncated)
+
+    def info(self) -> dict:
+        """What answers come from: the run, its head and view, backbones and weights, where the
+        model runs, and the run's test scores if `RUN/metrics.json` (evaluate's --json) is there."""
+        backbones = [{"name": b.get("name"), "backbone": b.get("backbone"),
+                      "weights_sha256": (b.get("weights") or {}).get("sha256"),
+                      "source": (b.get("weights") or {}).get("source")} for b in self.blocks]
+        ex = self.extractor
+        return {
+            "run": str(self.run_dir.resolve()),
+            "head": self.record.get("head"),
+            "view": self.record.get("features"),
+            "vocabulary_size": len(self.vocab),
+            "backbones": backbones if ex else [],
+            "device": str(ex.device) if ex else None,
+            "precision": ex.precision if ex else None,
+            "allow_truncated": self.allow_truncated,
+            "test_scores": self._scores(),
+        }
+
+    def _scores(self) -> dict | None:
+        path = self.run_dir / METRICS_FILE
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(m, dict):
+            return None
+        return {k: v for k, v in m.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+
+    def prepare(self, image: ImageInput, name: str | None = None) -> Prepared:
+        """Decode and preprocess one photo (path, file bytes or PIL image); raises DecodeError."""
+        if name is None:
+            name = default_name(image, 0)
+        rgb = decode_image(image, self.allow_truncated)
+        return Prepared(name, tuple(t(rgb) for t in self.transforms))
+
+    def predict(self, prepared: Sequence[Prepared], top: int = 5) -> list[list[tuple[str, float]]]:
+        """Ranked (hashtag, score) lists for prepared photos, in one forward pass. Not thread-safe."""
+        if top < 1:
+            raise InputError(f"top must be at least 1, got {top}")
+        if not prepared:
+            return []
+        if self.extractor is None:
+            feats = np.zeros((len(prepared), 0), dtype=np.float32)
+        else:
+            import torch
+
+            batch = [torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))]
+            feats = self.extractor(batch).astype(self.dtype)
+            if self.view != "both":  # the other block is zero, as in training
+                for b in self.blocks:
+                    if b["name"] != self.view:
+                        feats[:, b["columns"][0] : b["columns"][1]] = 0
+        scores = self.head.predict_proba(feats)
+        ranked = metrics.top_k(scores, min(top, len(self.vocab)))
+        return [[(self.vocab[c], float(scores[j, c])) for c in ranked[j]] for j in range(len(prepared))]
+
+    def recommend(self, images: Sequence[ImageInput], top: int = 5, names: Sequence[str] | None = None,
+                  batch_size: int = 16) -> list[Recommendation]:
+        """Hashtags for each image, in order; a bad image gets its error, the others their hashtags."""
+        if names is not None and len(names) != len(images):
+            raise InputError(f"{len(names)} names for {len(images)} images")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        out: list[Recommendation] = []
+        good: list[tuple[int, Prepared]] = []
+        for i, image in enumerate(images):
+            name = names[i] if names is not None else default_name(image, i)
+            try:
+                good.append((len(out), self.prepare(image, name)))
+                out.append(Recommendation(name, []))
+            except DecodeError as e:
+                out.append(Recommendation(name, [], error=str(e)))
+        for start in range(0, len(good), batch_size):
+            chunk = good[start : start + batch_size]
+            for (row, _), tags in zip(chunk, self.predict([p for _, p in chunk], top), strict=True):
+                out[row].hashtags = tags
+        return out
+
+
+def default_name(image: ImageInput, index: int) -> str:
+    """A path's own text, a PIL image's file name, else `image-<index>`."""
+    if isinstance(image, str | os.PathLike):
+        return str(image)
+    filename = getattr(image, "filename", None)
+    return str(filename) if isinstance(filename, str) and filename else f"image-{index}"
+
+
 def recommend(run_dir: str | Path, images: list[str | Path], top: int = 5, device: str = "auto",
               precision: str = "auto", weights: dict[str, str] | None = None,
               allow_truncated: bool | None = None) -> list[Recommendation]:
-    record = read_run(run_dir)
-    head = Head.load(Path(run_dir) / MODEL_DIR)
-    vocab = record["store"].get("vocab")
-    if not vocab:
-        raise InputError(f"{run_dir}: run.json has no vocabulary (made by an older hashtagkit); fit it again")
-    # a head that ignores the image (the popularity floor) needs no extractor, only real photos
-    extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
-    blocks = record["store"]["blocks"]
-    dtype = blocks[0].get("dtype", "float16") if blocks else "float32"
-    truncated_ok = record["store"].get("extraction", {}).get("allow_truncated", False) if allow_truncated is None else allow_truncated
-    transforms = extractor.transforms if extractor else []
-    out, good, inputs = [], [], [[] for _ in transforms]
-    for path in images:
-        try:
-            image = decode(Path(path), truncated_ok)
-        except DecodeError as e:
-            out.append(Recommendation(str(path), [], error=str(e)))
-            continue
-        for i, t in enumerate(transforms):
-            inputs[i].append(t(image))
-        good.append(len(out))
-        out.append(Recommendation(str(path), []))
-    if not good:
-        return out
-    if extractor is None:
-        feats = np.zeros((len(good), 0), dtype=np.float32)
-    else:
-        feats = np.concatenate([extractor([torch.stack(x[i : i + 16]) for x in inputs])
-                                for i in range(0, len(good), 16)]).astype(dtype)
-    view = record.get("features") or "both"
-    if view != "both":
-        for b in blocks:
-            if b["name"] != view:
-                feats[:, b["columns"][0] : b["columns"][1]] = 0
-    scores = head.predict_proba(feats)
-    ranked = metrics.top_k(scores, top)
-    for j, row in enumerate(good):
-        out[row].hashtags = [(vocab[c], float(scores[j, c])) for c in ranked[j]]
-    return out
+    """One-shot convenience: load RUN, answer for these images (see `Recommender`)."""
+    rec = Recommender.from_run(run_dir, device=device, precision=precision, weights=weights,
+                               allow_truncated=allow_truncated)
+    return rec.recommend(images, top=top)

@@ -301,7 +301,7 @@ def test_recommend_reproduces_store_features(extracted_demo):
     image = str(tmp / "demo_images" / s.paths([row])[0])
     res = CliRunner().invoke(cli, ["recommend", str(tmp / "run"), image, sample_photo(), "--json", "--top", "3"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.output)["results"]
     assert [r["image"] for r in out] == [image, sample_photo()]
     assert all(len(r["hashtags"]) == 3 and set(r["hashtags"][0]) == {"tag", "score"} for r in out)
     from hashtagkit.heads import Head
@@ -545,7 +545,7 @@ def test_single_view_run_on_two_block_store_scores_as_its_masked_features(tmp_pa
     from hashtagkit.heads import Head
 
     expected = Head.load(tmp_path / "run" / "model").predict_proba(s.features(view, rows))
-    for out, exp in zip(json.loads(res.output), expected, strict=True):
+    for out, exp in zip(json.loads(res.output)["results"], expected, strict=True):
         scores = {h["tag"]: h["score"] for h in out["hashtags"]}
         assert scores == pytest.approx({t: float(exp[s.vocab.index(t)]) for t in scores}, abs=1e-3)
         assert sorted(exp, reverse=True)[:4] == pytest.approx(sorted(scores.values(), reverse=True), abs=1e-3)

@@ -1,0 +1,450 @@
+"""`hashtagkit serve` against a real uvicorn server on 127.0.0.1 (in a thread of this process, so
+the test backbone registered here is known to it), with a real small run: a demo store, features
+from the tiny test backbone, a kNN head. Every answer is checked against the in-process
+`Recommender.recommend` of the same photo; every client call has a timeout and every loop a bound."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hashtagkit.cli.main import cli
+from hashtagkit.recommend import Recommender
+from hashtagkit.serve import create_app, exposure_warning, serve_in_thread
+
+from .test_extract import tiny_scene_backbone
+
+TIMEOUT = 30  # seconds, every client call
+
+
+# ---------------------------------------------------------------- the run, photos and helpers
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A demo store of 30 photos, tiny-scene features, a kNN run and a popularity run."""
+    tiny_scene_backbone()
+    root = tmp_path_factory.mktemp("serve")
+    store = root / "demo.zarr"
+    runner = CliRunner()
+    for args in (["prepare", "demo", "-o", str(store), "--n", "30"],
+                 ["extract", str(store), "--backbone", "tiny-scene=random", "--no-progress", "--workers", "0",
+                  "--precision", "fp32"],
+                 ["fit", str(store), "--head", "knn", "-o", str(root / "run"), "--set", "k=5"],
+                 ["fit", str(store), "--head", "popularity", "-o", str(root / "floor")]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 0, res.output
+    photos = sorted((root / "demo_images").rglob("*.jpg"))[:12]
+    assert len(photos) == 12
+    return root, photos
+
+
+@pytest.fixture(scope="module")
+def rec(run):
+    return Recommender.from_run(run[0] / "run", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(rec, run):
+    """The in-process answer for each photo alone (top 5), by photo file name."""
+    return {p.name: rec.recommend([p], top=5)[0] for p in run[1]}
+
+
+@pytest.fixture(scope="module")
+def server(rec):
+    with serve_in_thread(create_app(rec, max_batch=8, max_wait_ms=20)) as url:
+        yield url
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds (almost) none: a decompression bomb's
+    header, a few dozen bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def bad_files(photo: Path) -> dict[str, tuple[bytes, str]]:
+    """name -> (content, a word its error must contain)."""
+    data = photo.read_bytes()
+    return {"notes.txt": (b"this is not a photo\n" * 10, "unreadable"),
+            "empty.jpg": (b"", "empty"),
+            "cut.jpg": (data[: len(data) // 2], "truncated"),
+            "bomb.png": (png_header(40_000, 40_000), "decompression bomb"),
+            "huge.png": (png_header(9_000, 9_000), "too large")}
+
+
+def post(url: str, files: list[tuple[str, bytes]], top: int = 5, headers: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{url}/v1/recommend", params={"top": top}, headers=headers or {}, timeout=TIMEOUT,
+                      files=[("files", (name, data, "application/octet-stream")) for name, data in files])
+
+
+def assert_same(got: dict, expected, top: int = 5) -> None:
+    """A served answer equals the in-process recommendation of that photo alone."""
+    assert got["image"] == Path(expected.image).name
+    assert got["error"] is None, got
+    tags = [h["tag"] for h in got["hashtags"]]
+    assert tags == [t for t, _ in expected.hashtags[:top]]
+    assert [h["score"] for h in got["hashtags"]] == pytest.approx([s for _, s in expected.hashtags[:top]], abs=1e-5)
+
+
+def raw_request(url: str, head: str, body: bytes = b"", timeout: float = TIMEOUT) -> tuple[int, bytes]:
+    """Send a request by hand (a lying Content-Length, half a body) and read the status line."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head.encode() + b"\r\n\r\n" + body)
+        reply = b""
+        for _ in range(1000):  # the head, then the body's declared length
+            head_end = reply.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = next((int(line.split(b":")[1]) for line in reply[:head_end].split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                if len(reply) >= head_end + 4 + length:
+                    break
+            part = s.recv(4096)
+            if not part:
+                break
+            reply += part
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_answers_equal_the_in_process_recommendation(server, run, reference):
+    photos = run[1][:5]
+    for top in (5, 3):
+        res = post(server, [(p.name, p.read_bytes()) for p in photos], top=top)
+        assert res.status_code == 200, res.text
+        results = res.json()["results"]
+        assert [r["image"] for r in results] == [p.name for p in photos]  # upload order
+        for got, p in zip(results, photos, strict=True):
+            assert_same(got, reference[p.name], top)
+            assert len(got["hashtags"]) == top
+
+
+def test_bad_images_get_their_own_error_the_others_their_hashtags(server, run, reference):
+    good = run[1][:2]
+    bad = bad_files(good[0])
+    files = [(good[0].name, good[0].read_bytes()), *[(n, d) for n, (d, _) in bad.items()],
+             (good[1].name, good[1].read_bytes())]
+    res = post(server, files)
+    assert res.status_code == 200, res.text
+    results = res.json()["results"]
+    assert [r["image"] for r in results] == [n for n, _ in files]
+    assert_same(results[0], reference[good[0].name])
+    assert_same(results[-1], reference[good[1].name])
+    for got, (name, (_, word)) in zip(results[1:-1], bad.items(), strict=True):
+        assert got["hashtags"] == [] and word in got["error"], (name, got)
+    assert httpx.get(f"{server}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
+
+
+def test_nothing_usable_is_400_or_415_with_a_detail(server, run):
+    bad = bad_files(run[1][0])
+    res = post(server, [(n, d) for n, (d, _) in bad.items()])
+    assert res.status_code == 415
+    body = res.json()
+    assert "no uploaded file is an image" in body["detail"]
+    assert [r["image"] for r in body["results"]] == list(bad) and all(r["error"] for r in body["results"])
+    # a form without any 'files' part, an empty multipart body, JSON instead of multipart, a broken body
+    res = httpx.post(f"{server}/v1/recommend", data={"photo": "x"}, files=[("other", ("a.jpg", b"x"))],
+                     timeout=TIMEOUT)
+    assert res.status_code == 400 and "no files" in res.json()["detail"]
+    res = httpx.post(f"{server}/v1/recommend", content=b"--b--\r\n", timeout=TIMEOUT,
+                     headers={"content-type": "multipart/form-data; boundary=b"})
+    assert res.status_code == 400 and "no files" in res.json()["detail"]
+    res = httpx.post(f"{server}/v1/recommend", json={"path": "/etc/passwd"}, timeout=TIMEOUT)
+    assert res.status_code == 415 and "multipart/form-data" in res.json()["detail"]
+    res = httpx.post(f"{server}/v1/recommend", content=b"garbage without boundaries", timeout=TIMEOUT,
+                     headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert res.status_code == 400 and "malformed" in res.json()["detail"]
+    res = httpx.post(f"{server}/v1/recommend", content=b"x", timeout=TIMEOUT,
+                     headers={"content-type": "multipart/form-data"})
+    assert res.status_code == 400 and "boundary" in res.json()["detail"]
+    res = post(server, [(run[1][0].name, run[1][0].read_bytes())], top=0)
+    assert res.status_code == 422
+    assert httpx.get(f"{server}/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_info_openapi_and_page(server, rec):
+    info = httpx.get(f"{server}/v1/info", timeout=TIMEOUT).json()
+    assert info["vocabulary_size"] == len(rec.vocab) and info["head"] == "knn"
+    assert [b["backbone"] for b in info["backbones"]] == ["tiny-scene"]
+    assert info["server"]["max_batch"] == 8 and info["server"]["token_required"] is False
+    spec = httpx.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
+    body = spec["paths"]["/v1/recommend"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"]["items"]["format"] == "binary"
+    assert {"/v1/info", "/healthz"} <= set(spec["paths"])
+    docs = httpx.get(f"{server}/docs", timeout=TIMEOUT)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    page = httpx.get(f"{server}/", timeout=TIMEOUT)
+    installed = (Path(__file__).parents[1] / "hashtagkit" / "static" / "index.html").is_file()
+    if installed:
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert page.headers["content-type"].startswith("text/html")
+    else:  # said clearly, not a 500
+        assert page.status_code == 404 and "index.html is missing" in page.text
+    for evil in ("/static/..%2Fserve.py", "/static/%2e%2e%2f%2e%2e%2fsetup.py", "/static/serve.py"):
+        assert httpx.get(f"{server}{evil}", timeout=TIMEOUT).status_code == 404
+
+
+# ---------------------------------------------------------------- safety
+
+
+def test_token_guards_every_api_call(rec, run):
+    photo = run[1][0]
+    with serve_in_thread(create_app(rec, token="s3cret-t0ken")) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-t0ken"},
+                        {"Authorization": "Bearer s3cret-t0ken-and-more"}):
+            res = httpx.get(f"{url}/v1/info", headers=headers, timeout=TIMEOUT)
+            assert res.status_code == 401 and res.headers["www-authenticate"] == "Bearer"
+            assert post(url, [(photo.name, photo.read_bytes())], headers=headers).status_code == 401
+        ok = {"Authorization": "Bearer s3cret-t0ken"}
+        assert httpx.get(f"{url}/v1/info", headers=ok, timeout=TIMEOUT).json()["server"]["token_required"] is True
+        res = post(url, [(photo.name, photo.read_bytes())], headers=ok)
+        assert res.status_code == 200 and res.json()["results"][0]["hashtags"]
+        # refused before the body is read: a declared 50 MB that never comes is answered at once
+        status, _ = raw_request(url, "POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n"
+                                     "Content-Type: multipart/form-data; boundary=b", timeout=10)
+        assert status == 401
+        assert httpx.get(f"{url}/healthz", timeout=TIMEOUT).status_code == 200  # open
+        assert httpx.get(f"{url}/", timeout=TIMEOUT).status_code in (200, 404)  # the page loads; its calls need it
+
+
+def test_uploads_over_the_limit_are_413_without_reading_them(rec, run):
+    photo = run[1][0]
+    with serve_in_thread(create_app(rec, max_upload_mb=0.25)) as url:
+        # a declared length over the limit: answered before any body byte is sent
+        status, reply = raw_request(url, "POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n"
+                                         "Content-Type: multipart/form-data; boundary=b", timeout=10)
+        assert status == 413 and b"0.25 MiB" in reply
+        # no declared length (chunked): refused while reading, once the limit is crossed
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+            part = b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jpg\"\r\n\r\n"
+            piece = os.urandom(32768)
+            sent, reply = 0, b""
+            for _ in range(256):  # at most 8 MiB
+                data = (part if sent == 0 else b"") + piece
+                s.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                sent += len(data)
+                if select.select([s], [], [], 0.01)[0]:
+                    reply = s.recv(4096)
+                    break
+            assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        # under the limit: answered
+        res = post(url, [(photo.name, photo.read_bytes())])
+        assert res.status_code == 200 and res.json()["results"][0]["error"] is None
+        assert httpx.get(f"{url}/healthz", timeout=TIMEOUT).status_code == 200
+
+
+class DiskWrites:
+    """Files opened for writing anywhere in this process while recording (an audit hook: it sees
+    `open`, `os.open` and so tempfile's spooling)."""
+
+    flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
+    installed: DiskWrites | None = None
+
+    def __init__(self):
+        self.recording, self.seen = False, []
+        if DiskWrites.installed is None:
+            DiskWrites.installed = self
+            sys.addaudithook(self.hook)
+
+    def hook(self, event, args) -> None:
+        if event == "open" and self.recording:
+            path, mode, flags = args
+            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags or 0) & self.flags:
+                self.seen.append(path)
+
+
+def test_request_bodies_are_never_written_to_disk(server, rec):
+    writes = DiskWrites.installed or DiskWrites()
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)).save(big, "PNG")
+    assert big.tell() > 2 * 2**20  # above starlette's 1 MiB spool threshold
+    writes.recording, writes.seen = True, []
+    try:
+        res = post(server, [("noise.png", big.getvalue()), ("noise2.png", big.getvalue())])
+    finally:
+        writes.recording = False
+    assert res.status_code == 200 and all(r["error"] is None for r in res.json()["results"])
+    assert writes.seen == []
+    # the probe sees spooling: SpooledTemporaryFile rolling over to disk is caught
+    writes.recording = True
+    try:
+        with tempfile.SpooledTemporaryFile(max_size=1024) as f:
+            f.write(b"x" * 4096)
+    finally:
+        writes.recording = False
+    assert writes.seen
+
+
+# ---------------------------------------------------------------- batching, load, faults
+
+
+def test_concurrent_requests_are_batched_together(rec, run, reference):
+    photos = run[1][:8]
+    with serve_in_thread(create_app(rec, max_batch=16, max_wait_ms=300)) as url:
+        barrier = threading.Barrier(len(photos), timeout=TIMEOUT)
+
+        def one(p: Path) -> dict:
+            barrier.wait()
+            return post(url, [(p.name, p.read_bytes())]).json()["results"][0]
+
+        with ThreadPoolExecutor(len(photos)) as pool:
+            answers = list(pool.map(one, photos, timeout=TIMEOUT))
+        for got, p in zip(answers, photos, strict=True):
+            assert_same(got, reference[p.name])
+        stats = httpx.get(f"{url}/v1/info", timeout=TIMEOUT).json()["server"]["batching"]
+    assert stats["images"] == len(photos)
+    assert stats["largest_batch"] > 1 and stats["batches"] < len(photos), stats
+
+
+def half_upload(url: str, photo: bytes, send_all: bool = False) -> None:
+    """A client that sends part of a multipart body (or all of it) and hangs up without reading."""
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.jpg\"\r\n\r\n" + photo
+            + b"\r\n--b--\r\n")
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
+        s.sendall(body if send_all else body[: len(body) // 2])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not a polite close
+
+
+def test_load_mixed_good_and_bad_with_clients_hanging_up(server, run, reference):
+    """8 clients x 10 requests of 1-3 photos (good and bad mixed), while other clients hang up
+    mid-upload: every answer is the photo's own, none is lost, the server is healthy afterwards."""
+    photos = run[1]
+    bad = bad_files(photos[0])
+    before = httpx.get(f"{server}/v1/info", timeout=TIMEOUT).json()["server"]["batching"]
+
+    def client(seed: int) -> int:
+        rng = random.Random(seed)
+        checked = 0
+        with httpx.Client(timeout=TIMEOUT) as http:
+            for _ in range(10):
+                names = rng.sample([p.name for p in photos] + list(bad), rng.randint(1, 3))
+                files = [(n, bad[n][0] if n in bad else (photos[0].parent / n).read_bytes()) for n in names]
+                top = rng.choice([1, 3, 5])
+                res = http.post(f"{server}/v1/recommend", params={"top": top},
+                                files=[("files", f) for f in files])
+                if all(n in bad for n in names):
+                    assert res.status_code == 415, res.text
+                    results = res.json()["results"]
+                else:
+                    assert res.status_code == 200, res.text
+                    results = res.json()["results"]
+                assert [r["image"] for r in results] == names
+                for got, n in zip(results, names, strict=True):
+                    if n in bad:
+                        assert got["hashtags"] == [] and bad[n][1] in got["error"]
+                    else:
+                        assert_same(got, reference[n], top)
+                    checked += 1
+        return checked
+
+    def hang_ups() -> int:
+        data = photos[1].read_bytes()
+        for i in range(6):
+            half_upload(server, data, send_all=i % 3 == 2)
+            time.sleep(0.05)
+        return 6
+
+    with ThreadPoolExecutor(9) as pool:
+        rude = pool.submit(hang_ups)
+        checked = list(pool.map(client, range(8), timeout=120))
+        assert rude.result(timeout=TIMEOUT) == 6
+    assert len(checked) == 8 and all(c >= 10 for c in checked)
+    assert httpx.get(f"{server}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
+    after = httpx.get(f"{server}/v1/info", timeout=TIMEOUT).json()["server"]["batching"]
+    assert after["failed_batches"] == 0 and after["images"] > before["images"]
+    res = post(server, [(photos[2].name, photos[2].read_bytes())])
+    assert_same(res.json()["results"][0], reference[photos[2].name])
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_exposure_warning_only_for_a_reachable_server_without_token():
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", None) is None
+    assert exposure_warning("localhost", None) is None and exposure_warning("0.0.0.0", "t") is None
+    assert "without a token" in exposure_warning("0.0.0.0", None)
+    assert "without a token" in exposure_warning("myhost.example", None)
+
+
+def test_cli_refuses_bad_input_in_one_line(run, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["serve", str(tmp_path / "no-run")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("Error:"), res.output
+    (tmp_path / "empty").write_text("  \n")
+    res = runner.invoke(cli, ["serve", str(run[0] / "run"), "--token-file", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "is empty" in res.output
+    res = runner.invoke(cli, ["serve", str(run[0] / "run"), "--max-upload-mb", "0"])
+    assert res.exit_code == 2
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = runner.invoke(cli, ["serve", str(run[0] / "floor"), "--port", str(busy.getsockname()[1])])
+    assert res.exit_code == 2 and "cannot listen" in res.output and res.output.count("\n") == 1, res.output
+
+
+def test_cli_serves_until_sigterm(run, tmp_path):
+    """The real command in its own process (the popularity run needs no test backbone): it loads
+    the run, answers as the library does, and stops cleanly on SIGTERM."""
+    floor = Recommender.from_run(run[0] / "floor", device="cpu")
+    photo = run[1][0]
+    expected = floor.recommend([photo], top=3)[0]
+    (tmp_path / "token").write_text("tok\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = Path(sys.executable).with_name("hashtagkit")
+    proc = subprocess.Popen([str(exe), "serve", str(run[0] / "floor"), "--port", str(port), "--token-file",
+                             str(tmp_path / "token"), "--max-batch", "4"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        res = post(url, [(photo.name, photo.read_bytes())], top=3, headers={"Authorization": "Bearer tok"})
+        assert res.status_code == 200, res.text
+        got = res.json()["results"][0]
+        assert [h["tag"] for h in got["hashtags"]] == [t for t, _ in expected.hashtags]
+        assert post(url, [(photo.name, photo.read_bytes())]).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    output = proc.stdout.read()
+    assert "Traceback" not in output and "hashtagkit serve: stopped" in output, output
