@@ -37,7 +37,7 @@ PHOTO = SHARED / "fixtures" / "harrison_fixed" / "instagram_dataset" / "sun" / "
 STATIC = REPO / "hashtagkit" / "static"
 TOKEN = "s3cret-token_42"
 NOT_AN_IMAGE = b"these are notes, not a photo\n"
-WAIT_MS = 20_000  # every wait in the browser is bounded
+WAIT_MS = 30_000  # every wait in the browser is bounded (generous: other work may share the CPU)
 
 
 def need_browser() -> None:
@@ -187,9 +187,14 @@ def test_real_photo_shows_the_apis_hashtags_and_a_non_image_its_error(browser, s
 
     photo = PHOTO.read_bytes()
     with page_at(browser, server) as page:
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/v1/recommend" in r.url else None)
         page.fill("#top", "4")
         page.set_input_files("#files", [payload(PHOTO.name, photo), payload("notes.txt", NOT_AN_IMAGE, "text/plain")])
+        settled(page, 2)
+        page.wait_for_timeout(600)  # past the K field's debounce: the cards were asked with K=4 already
         good, bad = settled(page, 2)
+        assert [u.split("?")[1] for u in asked] == ["top=4", "top=4"]
 
         answer = api(server, PHOTO.name, photo, top=4)
         assert good["name"] == PHOTO.name and len(good["tags"]) == 4
@@ -206,6 +211,7 @@ def test_real_photo_shows_the_apis_hashtags_and_a_non_image_its_error(browser, s
         page.wait_for_function("document.querySelectorAll('#results .card')[0].querySelectorAll('.chip').length === 2")
         good, bad = settled(page, 2)
         assert_shows(good, api(server, PHOTO.name, photo, top=2))
+        assert [u.split("?")[1] for u in asked[2:]] == ["top=2", "top=2"]
         assert bad["error"] == refused["error"]
 
         import httpx

@@ -12,7 +12,7 @@
   const tokenBox = $("token-box"), results = $("results"), status = $("status"), runInfo = $("run-info");
   const clearButton = $("clear"), template = $("card");
 
-  const items = []; // {file, url, card, tags, generation}
+  const items = []; // {file, url, card, tags, generation, top}
   const queue = [];
   let running = 0;
 
@@ -102,6 +102,7 @@
 
   function enqueue(item) {
     item.generation += 1;
+    item.top = topK(); // the K this card is asked with: a new K re-asks only the cards it changes
     setPending(item);
     queue.push([item, item.generation]);
     pump();
@@ -126,7 +127,7 @@
     body.append("files", item.file, item.file.name);
     let res, data = null;
     try {
-      res = await fetch("v1/recommend?top=" + topK(), { method: "POST", headers: headers(), body });
+      res = await fetch("v1/recommend?top=" + item.top, { method: "POST", headers: headers(), body });
       data = await res.json().catch(() => null);
     } catch (e) {
       if (generation === item.generation) showError(item, "The server cannot be reached.");
@@ -250,7 +251,8 @@
   let rerun = 0;
   topInput.addEventListener("input", () => {
     clearTimeout(rerun);
-    rerun = setTimeout(() => items.forEach(enqueue), 350); // the same photos again with the new K
+    // the same photos again with the new K, once the user stops typing
+    rerun = setTimeout(() => items.filter((i) => i.top !== topK()).forEach(enqueue), 350);
   });
 
   // Enter or "Use" applies the token; leaving the field does too
