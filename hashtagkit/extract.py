@@ -49,7 +49,7 @@ from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
 from hashtagkit.stores import Store, open_store
-from hashtagkit.stores.store import SWAPPING
+from hashtagkit.stores.store import SWAPPING, is_url
 from hashtagkit.stores.upgrade import upgrade_store
 
 
@@ -505,6 +505,9 @@ def extract(
             store, overwrite = open_store(store_path, mode="r+"), False
         target = store
         if overwrite and ("features" in store.group or ASIDE in store.group):
+            if is_url(store.path):  # the swap moves folders: a local file system only, for now
+                raise InputError(f"{store_path}: --overwrite of a store at a URL is not supported; "
+                                 "extract into a new store instead")
             target = AsideStore(store)
             log("--overwrite: the new features are written beside the old ones, which stay readable until "
                 "the new ones are complete (a rerun with --overwrite resumes them)")

@@ -76,8 +76,8 @@ def open_bounded(im: Image.Image, max_pixels: int) -> Image.Image:
     """Ask the decoder for fewer pixels where it can (JPEG), refuse what stays over the limit."""
     w, h = im.size
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-        # Pillow warned at open; its warning becomes an error only where no other thread was
-        # changing the warning filters at the time (catch_warnings is process-wide), so check here too
+        # Pillow only warns up to twice its limit (and raises beyond): refused here, whatever the
+        # process's warning filters say
         raise DecodeError("decompression bomb")
     if im.format == "JPEG" and min(w, h) >= 2 * DRAFT_SIDE:
         scale = min(8, min(w, h) // DRAFT_SIDE)
@@ -122,12 +122,21 @@ _TRUNCATION = _TruncationMode()
 os.register_at_fork(after_in_child=lambda: _TRUNCATION.__init__())
 
 
+# The pixel limit is enforced by open_bounded, so Pillow's warning for images just over it is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# The photo formats decoded: a store's photos and uploads alike. Pillow would otherwise try every
+# plugin it has, EPS among them, which hands untrusted PostScript to Ghostscript where installed.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (phone photos)
+Image.init()  # register every plugin now: Image.open(formats=...) looks each name up
+
+
 def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image as RGB with its EXIF orientation applied (first frame of an animation),
     or raise DecodeError(reason)."""
     path = Path(path)
     check_regular_file(path)
-    return _decode(lambda: Image.open(path), allow_truncated, max_pixels)
+    return _decode(lambda: Image.open(path, formats=FORMATS), allow_truncated, max_pixels)
 
 
 def decode_bytes(data: bytes | bytearray | memoryview, allow_truncated: bool = False, *,
@@ -135,12 +144,18 @@ def decode_bytes(data: bytes | bytearray | memoryview, allow_truncated: bool = F
     """`decode` for an image held in memory (an upload): the same checks, nothing written to disk."""
     if not len(data):
         raise DecodeError("empty")
-    return _decode(lambda: Image.open(io.BytesIO(bytes(data))), allow_truncated, max_pixels)
+    return _decode(lambda: Image.open(io.BytesIO(bytes(data)), formats=FORMATS), allow_truncated, max_pixels)
 
 
 def decode_pil(image: Image.Image, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """`decode` for a PIL image the caller opened: loaded (if lazy) within the same limits, EXIF
-    orientation applied (a no-op on an image already transposed), any mode to 8-bit RGB."""
+    orientation applied (a no-op on an image already transposed), any mode to 8-bit RGB.
+
+    A lazily opened image from a file is decoded from a fresh handle on that file, so the
+    caller's object is neither reduced (JPEG draft) nor loaded, and threads may share it."""
+    filename = getattr(image, "filename", "")
+    if getattr(image, "fp", None) is not None and filename:
+        return decode(Path(filename), allow_truncated, max_pixels=max_pixels)
     return _decode(lambda: nullcontext(image), allow_truncated, max_pixels, own=False)
 
 
@@ -160,8 +175,9 @@ def decode_image(source: Image.Image | str | os.PathLike | bytes | bytearray | m
 def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True) -> Image.Image:
     """The one decoding path: every way an image arrives ends in the same checks and reasons."""
     try:
-        with _TRUNCATION.hold(allow_truncated), warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # no warnings.catch_warnings here: its filter list is process-wide, so threads decoding at
+        # once would restore each other's filters; open_bounded refuses a bomb explicitly
+        with _TRUNCATION.hold(allow_truncated):
             with open_image() as im:
                 if own or getattr(im, "fp", None) is not None:  # a lazy image: bounded like a file
                     im.seek(0)
@@ -186,4 +202,6 @@ def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True
         raise DecodeError("unreadable") from None
     except MemoryError:
         raise DecodeError("too large (out of memory)") from None
+    except Exception:  # noqa: BLE001 - a plugin's own error on a malformed file (e.g. NotImplementedError)
+        raise DecodeError("unreadable") from None
 

@@ -370,7 +370,23 @@ class Store:
         (not computed yet, or computed before format 2)."""
         if "chunk_log" not in self.group:
             return [None] * self.completeness()[1]
-        return [json.loads(s) if s else None for s in np.asarray(self.group["chunk_log"][...]).tolist()]
+        arr = self.group["chunk_log"]
+        try:
+            texts = np.asarray(arr[...]).tolist()
+        except Exception:  # a damaged log object: the log is advisory, so that chunk has none
+            texts = []
+            for c in range(arr.shape[0]):
+                try:
+                    texts.append(str(arr[c]))
+                except Exception:  # zarr and its codecs raise many types for a damaged file
+                    texts.append("")
+        out = []
+        for text in texts:
+            try:
+                out.append(json.loads(text) if text else None)
+            except ValueError:
+                out.append(None)
+        return out
 
     def has_features(self) -> bool:
         return "features" in self.group and bool(self.blocks)

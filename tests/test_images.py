@@ -226,3 +226,43 @@ def test_truncated_and_damaged_files_give_only_decode_error(tmp_path, which, cut
     if data and flip % 3 == 0:  # also flip one byte of what is left
         data[flip % len(data)] ^= 0xFF
     decode_bytes(tmp_path, bytes(data), which)
+
+
+# --- formats and the caller's own images (review findings) ------------------------------------
+def test_only_photo_formats_are_decoded(tmp_path):
+    """A format outside the photo list (PPM here; EPS would run Ghostscript) is refused, from a
+    file and from uploaded bytes, although Pillow itself could open it."""
+    from hashtagkit.images import decode_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PPM")
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "PPM"  # Pillow would take it
+    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
+    for call in (lambda: decode(tmp_path / "a.jpg"), lambda: decode_bytes(buf.getvalue())):
+        with pytest.raises(DecodeError, match="unreadable"):
+            call()
+
+
+def test_a_plugin_error_of_any_type_is_an_unreadable_image():
+    """Fuzzed files make some Pillow plugins raise NotImplementedError or ZeroDivisionError: that
+    file's error, never the end of a run."""
+    from hashtagkit.images import MAX_PIXELS, _decode
+
+    for error in (NotImplementedError("Unimplemented pixel format 0"), ZeroDivisionError()):
+        def opener(error=error):
+            raise error
+        with pytest.raises(DecodeError, match="unreadable"):
+            _decode(opener, False, MAX_PIXELS)
+
+
+def test_decoding_a_callers_lazy_image_leaves_it_as_it_was(tmp_path):
+    """decode_pil reduces a big JPEG for the model but not the caller's object, which the caller
+    may save or show afterwards."""
+    from hashtagkit.images import decode_pil
+
+    Image.fromarray(np.zeros((2400, 3200, 3), np.uint8)).save(tmp_path / "big.jpg")
+    im = Image.open(tmp_path / "big.jpg")
+    out = decode_pil(im)
+    assert out.size[0] < 3200  # reduced for decoding (JPEG draft)
+    assert im.size == (3200, 2400) and im.mode == "RGB"
+    assert np.asarray(im).shape == (2400, 3200, 3)

@@ -127,6 +127,23 @@ def test_write_chunk_writes_one_object_per_piece_and_checks_its_rows(tmp_path):
     assert files_under(path / "done") == {"1"} and store.completeness() == (1, 5)
 
 
+def test_a_damaged_chunk_log_object_is_no_log_not_a_crash(tmp_path):
+    """The log is advisory: garbage in one chunk's log object costs that chunk's log, not every
+    later gather (which would stop each `extract` after its work, before the record is written)."""
+    from hashtagkit.extract import gather_chunk_log
+
+    path = shared_store(tmp_path, 3, 2)
+    store = open_store(path, mode="r+")
+    for c in range(3):
+        store.write_chunk(c, *expected_chunk(c, 2), info={"run": 0, "host": "h", "worker": "w", "pid": c,
+                                                          "device": "cpu", "precision": "fp32", "seconds": 1.0})
+    (path / "chunk_log" / "c" / "1").write_bytes(b"not zstd at all")
+    logs = open_store(path).chunk_log()
+    assert logs[1] is None and logs[0]["pid"] == 0 and logs[2]["pid"] == 2
+    gathered = gather_chunk_log(open_store(path), {"runs": [{}], "chunk_runs": [0, 0, 0]})
+    assert gathered["runs"][0]["chunks"] == 2
+
+
 def test_paths_are_chunked_and_read_by_range(tmp_path):
     from hashtagkit.stores.store import PATH_CHUNK_ROWS
 
