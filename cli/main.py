@@ -444,17 +444,39 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) 
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
+def run_model_options(command):
+    """--device, --precision and --weights of the commands that rebuild a run's models
+    (`recommend`, `serve`)."""
+    for option in reversed([
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--precision", default="auto", show_default=True,
+                     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     help="auto: the precision the store was extracted with, where this device supports it."),
+        click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
+                     help="Where a backbone's weights are now, if moved (checked against the recorded sha256)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def moved_weights(items: tuple[str, ...]) -> dict[str, str]:
+    """--weights BACKBONE=PATH options as {backbone: path}."""
+    moved = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
+        moved[name] = path
+    return moved
+
+
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Hashtags per image.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"results": [{image, hashtags: [{tag, score}], error}]} (as `serve` answers).')
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="auto: the precision the store was extracted with, where this device supports it.")
-@click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
-              help="Where a backbone's weights are now, if moved (checked against the recorded sha256).")
+@run_model_options
 def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, device: str, precision: str,
               weights: tuple[str, ...]) -> None:
     """Rank hashtags for IMAGES with a fitted RUN.
@@ -463,12 +485,7 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
     scored by the run's head. An image that cannot be decoded is reported and the others go on
     (exit status 2 if any failed).
     """
-    moved = {}
-    for item in weights:
-        name, sep, path = item.partition("=")
-        if not sep or not path:
-            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
-        moved[name] = path
+    moved = moved_weights(weights)
     from hashtagkit.recommend import Recommender
 
     recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
@@ -501,11 +518,7 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
               help="A file holding a token: every /v1 call must then send 'Authorization: Bearer <token>'.")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(min=0, max=4096, min_open=True),
               help="Largest request body (MiB); larger is refused with 413 while it is read.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              help="auto: the precision the store was extracted with, where this device supports it.")
-@click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
-              help="Where a backbone's weights are now, if moved (checked against the recorded sha256).")
+@run_model_options
 def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, token_file: Path | None,
           max_upload_mb: float, device: str, precision: str, weights: tuple[str, ...]) -> None:
     """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
@@ -521,12 +534,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     except ImportError as e:  # fastapi, uvicorn and python-multipart are the 'serve' extra
         raise UserError(f"serve needs the 'serve' extra ({e.name} is missing): pip install 'hashtagkit[serve]'") from None
 
-    moved = {}
-    for item in weights:
-        name, sep, path = item.partition("=")
-        if not sep or not path:
-            raise UserError(f"--weights takes BACKBONE=PATH, got {item!r}")
-        moved[name] = path
+    moved = moved_weights(weights)
     token = read_token(token_file) if token_file is not None else None
     recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
     try:

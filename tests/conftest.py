@@ -55,6 +55,18 @@ def harrison_store(harrison_root, tmp_path_factory):
                         split=split, split_info=info, kind="harrison", image_root=data.image_root, source=data.source)
 
 
+def run_cli(*commands: list[str]) -> None:
+    """Run hashtagkit commands in turn (in this process, so backbones a test registered are
+    known), each of which must succeed: the steps that make a test's store and runs."""
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    for args in commands:
+        res = CliRunner().invoke(cli, [str(a) for a in args])
+        assert res.exit_code == 0, f"hashtagkit {' '.join(map(str, args))}: {res.output}"
+
+
 def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15,
                kind: str = "test", invalid: tuple[int, ...] = (), chunk_rows: int = 16):
     """A small store with random labels and (optionally) two feature blocks of 4 columns each,

@@ -20,6 +20,7 @@ from hashtagkit.images import DecodeError, decode, decode_bytes
 from hashtagkit.recommend import Recommendation, Recommender
 from hashtagkit.stores import open_store
 
+from .conftest import run_cli
 from .test_extract import sample_photo, tiny_scene_backbone
 
 
@@ -29,13 +30,10 @@ def run(tmp_path_factory):
     tiny_scene_backbone()
     tmp = tmp_path_factory.mktemp("recommender")
     store = tmp / "demo.zarr"
-    runner = CliRunner()
-    assert runner.invoke(cli, ["prepare", "demo", "-o", str(store), "--n", "24"]).exit_code == 0
-    res = runner.invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--backbone",
-                              "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32"])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["fit", str(store), "--head", "knn", "-o", str(tmp / "run"), "--set", "k=5"])
-    assert res.exit_code == 0, res.output
+    run_cli(["prepare", "demo", "-o", store, "--n", "24"],
+            ["extract", store, "--backbone", "resnet50-object=random", "--backbone", "tiny-scene=random",
+             "--no-progress", "--workers", "0", "--precision", "fp32"],
+            ["fit", store, "--head", "knn", "-o", tmp / "run", "--set", "k=5"])
     return tmp, open_store(store)
 
 

@@ -32,6 +32,7 @@ from hashtagkit.cli.main import cli
 from hashtagkit.recommend import Recommender
 from hashtagkit.serve import create_app, exposure_warning, serve_in_thread
 
+from .conftest import run_cli
 from .test_extract import tiny_scene_backbone
 
 TIMEOUT = 30  # seconds, every client call
@@ -46,14 +47,11 @@ def run(tmp_path_factory):
     tiny_scene_backbone()
     root = tmp_path_factory.mktemp("serve")
     store = root / "demo.zarr"
-    runner = CliRunner()
-    for args in (["prepare", "demo", "-o", str(store), "--n", "30"],
+    run_cli(["prepare", "demo", "-o", str(store), "--n", "30"],
                  ["extract", str(store), "--backbone", "tiny-scene=random", "--no-progress", "--workers", "0",
                   "--precision", "fp32"],
                  ["fit", str(store), "--head", "knn", "-o", str(root / "run"), "--set", "k=5"],
-                 ["fit", str(store), "--head", "popularity", "-o", str(root / "floor")]):
-        res = runner.invoke(cli, args)
-        assert res.exit_code == 0, res.output
+                 ["fit", str(store), "--head", "popularity", "-o", str(root / "floor")])
     photos = sorted((root / "demo_images").rglob("*.jpg"))[:12]
     assert len(photos) == 12
     return root, photos

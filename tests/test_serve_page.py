@@ -21,11 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
 
-from hashtagkit.cli.main import cli
-
-from .conftest import REPO, REQUIRE_SHARED, SHARED, need_data
+from .conftest import REPO, REQUIRE_SHARED, SHARED, need_data, run_cli
 from .test_extract import tiny_scene_backbone
 
 CHROMIUM = Path(os.environ.get("HASHTAGKIT_CHROMIUM", "/usr/bin/chromium"))
@@ -64,13 +61,10 @@ def run(tmp_path_factory) -> SimpleNamespace:
     tiny_scene_backbone()
     tmp = tmp_path_factory.mktemp("page")
     store = str(tmp / "demo.zarr")
-    runner = CliRunner()
-    for args in (["prepare", "demo", "-o", store, "--n", "40"],
+    run_cli(["prepare", "demo", "-o", store, "--n", "40"],
                  ["extract", store, "--backbone", "tiny-scene=random", "--no-progress", "--workers", "0",
                   "--precision", "fp32", "--allow-truncated"],
-                 ["fit", store, "--head", "knn", "-o", str(tmp / "run"), "--set", "k=5"]):
-        res = runner.invoke(cli, args)
-        assert res.exit_code == 0, res.output
+                 ["fit", store, "--head", "knn", "-o", str(tmp / "run"), "--set", "k=5"])
     return SimpleNamespace(dir=tmp / "run", photos=sorted((tmp / "demo_images").glob("*.jpg")))
 
 
