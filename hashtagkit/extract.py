@@ -49,7 +49,7 @@ from hashtagkit.devices import autocast, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
 from hashtagkit.stores import Store, open_store
-from hashtagkit.stores.store import SWAPPING, is_url
+from hashtagkit.stores.store import SWAPPING, is_url, read_done
 from hashtagkit.stores.upgrade import upgrade_store
 
 
@@ -166,7 +166,7 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
     if fresh:
         store.init_features(blocks[-1]["columns"][1], dtype, blocks, chunk_rows)
     store.mark_not_done(list(store.damaged_chunks(decode=False)))  # a deleted chunk file is redone
-    done = np.asarray(g["done"][...])
+    done = read_done(g)
     return Plan(chunk_rows=store.chunk_rows(), pending=[int(c) for c in np.flatnonzero(~done)], n_chunks=len(done),
                 fresh=fresh)
 
@@ -290,7 +290,7 @@ def plan_and_check(target: Store, blocks: list[dict], dtype: str, chunk_rows: in
     (`--overwrite`), a refusal is returned in the record (`_refused`) for the caller to start
     the aside again instead."""
     plan = prepare_arrays(target, blocks, dtype, chunk_rows, overwrite)
-    done = np.asarray(target.group["done"][...])
+    done = read_done(target.group)
     record = {} if plan.fresh else dict(target.group.attrs.get("extraction") or {})
     prints = chunk_fingerprints(root, paths, plan.chunk_rows)
     try:
@@ -363,9 +363,9 @@ def extraction_summary(store: Store) -> dict | None:
         return None
     overwriting = None
     if ASIDE in store.group and "done" in store.group[ASIDE]:
-        new_done = np.asarray(store.group[ASIDE]["done"][...])
+        new_done = read_done(store.group[ASIDE])
         overwriting = {"done": int(new_done.sum()), "total": int(new_done.size)}
-    done = np.asarray(store.group["done"][...])
+    done = read_done(store.group)
     settings = settings_of_done_chunks(record, done) if done.any() else []
     runs = record.get("runs") or []
     return {
@@ -390,7 +390,7 @@ def gather_chunk_log(store: Store, record: dict) -> dict:
     log, never the group's attributes. Chunks without a log (format 1) keep what the record said."""
     record = dict(record)
     runs = [dict(r) for r in record.get("runs") or []]
-    done = np.asarray(store.group["done"][...]) if "done" in store.group else np.zeros(0, bool)
+    done = read_done(store.group) if "done" in store.group else np.zeros(0, bool)
     owner = list(record.get("chunk_runs") or [-1] * len(done))
     owner += [-1] * (len(done) - len(owner))
     folded: dict[int, dict] = {}

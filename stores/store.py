@@ -216,6 +216,25 @@ def open_store(path: str | Path, mode: str = "r") -> Store:
     return Store(path, group)
 
 
+def read_done(group: zarr.Group) -> np.ndarray:
+    """The group's done flags. In format 2 each flag is an object of its own: one that does not
+    decode (a damaged file) reads as not done, so the next `extract` redoes that chunk instead of
+    every command failing on it."""
+    arr = group["done"]
+    try:
+        return np.asarray(arr[...])
+    except Exception:  # zarr and its codecs raise many types for a damaged file
+        if arr.chunks != (1,):
+            raise
+    flags = np.zeros(arr.shape, bool)
+    for c in range(arr.shape[0]):
+        try:
+            flags[c] = bool(arr[c])
+        except Exception:  # noqa: BLE001 - this flag's object is damaged: not done
+            pass
+    return flags
+
+
 class Store:
     """Read access to a store (and, opened with mode 'r+', the handle `extract` writes through)."""
 
@@ -424,7 +443,7 @@ class Store:
         """(chunks done, chunks in all): `done` is the only truth, a missing chunk reads as zeros."""
         if "done" not in self.group:
             return (0, 0) if not self.has_features() else (0, 1)
-        done = np.asarray(self.group["done"][...])
+        done = read_done(self.group)
         return int(done.sum()), int(done.size)
 
     def _files_always_written(self) -> bool:
@@ -446,7 +465,7 @@ class Store:
         # a stat per file: local stores only (a URL store is checked by decoding)
         check_files = self._files_always_written() and not is_url(self.path)
         damaged = {}
-        for c in np.flatnonzero(np.asarray(self.group["done"][...])).tolist():
+        for c in np.flatnonzero(read_done(self.group)).tolist():
             if check_files:
                 # each array's own chunk key encoding: `<name>/c/<i>/<j>` by default
                 files = [f"{name}/{arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))}"

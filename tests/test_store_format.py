@@ -144,6 +144,26 @@ def test_a_damaged_chunk_log_object_is_no_log_not_a_crash(tmp_path):
     assert gathered["runs"][0]["chunks"] == 2
 
 
+def test_a_damaged_done_object_reads_as_not_done(tmp_path):
+    """A done flag whose object does not decode is a chunk to redo, not a crash of `info` and of
+    every reader of the store."""
+    path = shared_store(tmp_path, 3, 2)
+    store = open_store(path, mode="r+")
+    for c in range(3):
+        store.write_chunk(c, *expected_chunk(c, 2))
+    (path / "done" / "c" / "1").write_bytes(b"not zstd at all")
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    store = open_store(path)
+    assert store.completeness() == (2, 3)
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    open_store(path, mode="r+").write_chunk(1, *expected_chunk(1, 2))  # what the next extract does
+    assert open_store(path).completeness() == (3, 3)
+
+
 def test_paths_are_chunked_and_read_by_range(tmp_path):
     from hashtagkit.stores.store import PATH_CHUNK_ROWS
 
