@@ -156,3 +156,16 @@ def test_info_of_a_store_without_features_or_rows(tmp_path):
     per_image = whole(bare.path, "labels").sum(axis=1)
     assert bare.info()["tags_per_image"]["max"] == int(per_image.max())
     assert np.array_equal(bare.valid([4, 2]), [True, True])  # no verdict yet: every row counts
+
+
+def test_bench_fingerprint_and_counts_stream_the_labels(small):
+    from hashtagkit import provenance
+    from hashtagkit.bench import labels_sha256, tag_counts
+
+    store, reads = counted(small)
+    labels = whole(small, "labels")
+    assert labels_sha256(store) == provenance.sha256_bytes(np.ascontiguousarray(labels).tobytes())
+    assert chunks_read(reads, "labels") == Counter(range(-(-N // LABEL_ROWS)))  # each chunk once
+    train = store.split_rows("train")
+    assert tag_counts(store, train) == labels[train].sum(axis=0).astype(int).tolist()
+    assert tag_counts(store, train) != labels.sum(axis=0).tolist()  # the rows matter
