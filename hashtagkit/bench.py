@@ -11,6 +11,7 @@ marked as reported rather than measured.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -61,6 +62,23 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def labels_sha256(store) -> str:
+    """sha256 of the labels array's bytes (row-major), fed one label chunk at a time: the same
+    digest as hashing the whole N x C array, without holding it."""
+    digest = hashlib.sha256()
+    for _, data in store.iter_rows(what=("labels",)):
+        digest.update(np.ascontiguousarray(data["labels"]).tobytes())
+    return digest.hexdigest()
+
+
+def tag_counts(store, rows: np.ndarray) -> list[int]:
+    """Images per hashtag among `rows`, summed one label chunk at a time."""
+    counts = np.zeros(store.n_classes, dtype=np.int64)
+    for _, data in store.iter_rows(rows, what=("labels",)):
+        counts += data["labels"].sum(axis=0, dtype=np.int64)
+    return counts.tolist()
+
+
 def store_fingerprint(store) -> dict:
     """What of the store makes a record, computed once per bench: the split, the labels and
     vocabulary (a re-prepared store with the same size and seed has the same split but not the
@@ -69,7 +87,7 @@ def store_fingerprint(store) -> dict:
     extraction = dict(store.group.attrs.get("extraction", {}))
     return {
         "split_sha256": store.split_info.get("sha256"),
-        "labels_sha256": provenance.sha256_bytes(np.ascontiguousarray(store.labels()).tobytes()),
+        "labels_sha256": labels_sha256(store),
         "vocab_sha256": provenance.sha256_bytes("\n".join(store.vocab).encode()),
         "created": (store.meta.get("provenance") or {}).get("created"),
         "features": store.block_signatures(),
@@ -105,7 +123,7 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
     records = kept
     done = {(r["head"], r["view"], r["seed"]) for r in records}
     todo = [c for c in combos if c not in done]
-    counts = store.labels(store.split_rows("train")).sum(axis=0).astype(int).tolist()
+    counts = tag_counts(store, store.split_rows("train"))
     log(f"{len(combos)} combinations, {len(combos) - len(todo)} already done"
         + (f"; {len(stale)} earlier record(s) made with other settings or another store recomputed" if stale else ""))
     for i, (head, view, seed) in enumerate(todo, 1):

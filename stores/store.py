@@ -54,6 +54,7 @@ CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk mus
 SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
 UPGRADING = "upgrading_to_format_2"  # group attr while `upgrade_store` rewrites a format-1 store
+ROW_ARRAYS = ("features", "labels", "valid")  # what iter_rows reads by default
 PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks for its rows
 
 
@@ -281,15 +282,48 @@ class Store:
         return np.asarray(self.group["split"][...])
 
     def split_rows(self, name: str) -> np.ndarray:
-        """Row indices of one split, ascending."""
+        """Row indices of one split, ascending.
+
+        Reads the whole `split` array: one byte a row (1 MB at a million rows), stored as one
+        chunk, so there is nothing smaller to read; the indices it returns are what costs."""
         if name not in SPLIT_CODES:
             raise InputError(f"unknown split {name!r}: choose one of {', '.join(SPLIT_CODES)}")
         return np.flatnonzero(self.split() == SPLIT_CODES[name])
 
-    def labels(self, rows: np.ndarray | None = None) -> np.ndarray:
-        arr = self.group["labels"]
-        data = np.asarray(arr[...])
-        return data if rows is None else data[rows]
+    def _row_indices(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """`rows` as int64 indices: a boolean mask becomes its indices, negative ones count
+        from the end, out of range is a clear error rather than numpy's IndexError."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (self.n_rows,):
+                raise InputError(f"{self.path}: a row mask of {rows.shape} for {self.n_rows} rows")
+            return np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False).ravel()
+        rows = np.where(rows < 0, rows + self.n_rows, rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise InputError(f"{self.path}: row {int(rows[(rows < 0) | (rows >= self.n_rows)][0])} is out of range "
+                             f"(the store has {self.n_rows} rows)")
+        return rows
+
+    def _read_rows(self, name: str, rows: np.ndarray | Sequence[int] | None) -> np.ndarray:
+        """Rows of a per-row array, in the order asked, decoding only the chunks that hold
+        them (an orthogonal selection of the distinct rows: Zarr fetches just the chunks it
+        touches), so a few rows of an N x C array never cost the whole array."""
+        arr = self.group[name]
+        if rows is None:
+            return np.asarray(arr[...])
+        rows = self._row_indices(rows)
+        if rows.size == 0:
+            return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+        wanted, back = np.unique(rows, return_inverse=True)
+        sel = (wanted,) + (slice(None),) * (arr.ndim - 1)
+        data = np.asarray(arr.get_orthogonal_selection(sel))
+        return data if len(wanted) == len(rows) and np.array_equal(wanted, rows) else data[back]
+
+    def labels(self, rows: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Multi-hot labels of `rows` (all by default), reading only the label chunks that
+        hold them. For every row of a large store, prefer `iter_rows(what=("labels",))`."""
+        return self._read_rows("labels", rows)
 
     def paths(self, rows: np.ndarray | Sequence[int] | None = None) -> list[str]:
         """Image paths of `rows` (all by default), reading only the path chunks that hold them."""
@@ -412,8 +446,9 @@ class Store:
 
     def valid(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Which rows have real features (an image that failed to decode has none)."""
-        data = np.asarray(self.group["valid"][...]) if "valid" in self.group else np.ones(self.n_rows, bool)
-        return data if rows is None else data[rows]
+        if "valid" not in self.group:
+            return np.ones(self.n_rows if rows is None else len(self._row_indices(rows)), bool)
+        return self._read_rows("valid", rows)
 
     def usable_rows(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
         """`rows` less those whose image failed to decode, with the count left out.
@@ -514,6 +549,19 @@ class Store:
         zero-pads the others, as the paper does for its single-feature models, so a head's
         input width never depends on the view. A chunk marked done whose file is missing or
         does not decode is an error naming it, never rows of zeros."""
+        self._check_features(view)
+        arr = self.group["features"]
+        try:
+            data = np.asarray(arr[...] if rows is None
+                              else arr.get_orthogonal_selection((np.asarray(rows), slice(None))))
+        except Exception:
+            self._refuse_damaged(self.damaged_chunks(decode=True))
+            raise  # not a damaged chunk: a bug, keep the traceback
+        return self._mask_view(data, view)
+
+    def _check_features(self, view: str) -> None:
+        """Refuse to read features that are not all there (none yet, a swap or an upgrade
+        interrupted, extraction incomplete, a done chunk's file missing) or a view not stored."""
         if not self.has_features():
             raise InputError(f"{self.path} has no features yet: run `hashtagkit extract {self.path}` first")
         if SWAPPING in self.group.attrs:
@@ -530,13 +578,9 @@ class Store:
         if view != "both" and view not in names:
             raise InputError(f"{self.path} has no {view!r} features (blocks: {', '.join(names)})")
         self._refuse_damaged(self.damaged_chunks(decode=False))
-        arr = self.group["features"]
-        try:
-            data = np.asarray(arr[...] if rows is None
-                              else arr.get_orthogonal_selection((np.asarray(rows), slice(None))))
-        except Exception:
-            self._refuse_damaged(self.damaged_chunks(decode=True))
-            raise  # not a damaged chunk: a bug, keep the traceback
+
+    def _mask_view(self, data: np.ndarray, view: str) -> np.ndarray:
+        """Zero the columns of every block but `view` (a copy; `both` keeps all)."""
         if view != "both":
             data = data.copy()
             for block in self.blocks:
@@ -545,12 +589,83 @@ class Store:
                     data[:, start:stop] = 0
         return data
 
+    # --- reading in bounded memory ----------------------------------------------------------
+    def step_rows(self, what: Sequence[str] = ROW_ARRAYS) -> int:
+        """The rows per step of `iter_rows`: a feature chunk when features are read (the
+        largest objects, so each is decoded once and whole), else a label chunk."""
+        name = "features" if "features" in what else "labels" if "labels" in what else what[0]
+        return int(self.group[name].chunks[0])
+
+    def chunk_order(self, rows: np.ndarray | Sequence[int], what: Sequence[str] = ROW_ARRAYS,
+                    batch_chunks: int = 1) -> np.ndarray:
+        """Positions in `rows` in the order `iter_rows(rows, what=..., batch_chunks=...)`
+        yields them (by step, the caller's order kept within one), e.g. to put per-row
+        results back in place."""
+        rows = self._row_indices(rows)
+        return np.argsort(rows // (self.step_rows(what) * batch_chunks), kind="stable")
+
+    def iter_rows(self, rows: np.ndarray | Sequence[int] | None = None, *, what: Sequence[str] = ROW_ARRAYS,
+                  view: str = "both", batch_chunks: int = 1) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Yield (row indices, {name: rows of that array}) step by step over the store, so a
+        pass over every row holds at most `batch_chunks` steps (see `step_rows`) in memory.
+
+        `what` names the per-row arrays to read (`features`, `labels`, `valid`, `split`);
+        `features` are masked by `view` exactly as `features(view, rows)` masks them. `rows`
+        (all by default) may be unsorted: they are grouped by step, steps ascending, the
+        caller's order kept within a step (`chunk_order` gives the permutation). Each chunk of
+        every array is decoded once: a step reads its rows as one contiguous slice, and a label
+        chunk that spans several steps is kept until the steps move past it."""
+        what = tuple(what)
+        unknown = [w for w in what if w not in ROW_ARRAYS + ("split",)]
+        if unknown or not what:
+            raise InputError(f"iter_rows reads {', '.join(ROW_ARRAYS + ('split',))}; not {unknown or 'nothing'}")
+        if batch_chunks < 1:
+            raise InputError(f"batch_chunks must be at least 1, not {batch_chunks}")
+        if "features" in what:
+            self._check_features(view)
+        step = self.step_rows(what) * batch_chunks
+        readers = {name: _SliceReader(self.group[name]) if name in self.group else None for name in what}
+        if rows is None:
+            starts = range(0, self.n_rows, step)
+            groups = ((np.arange(a, min(a + step, self.n_rows)), a, min(a + step, self.n_rows)) for a in starts)
+        else:
+            idx = self._row_indices(rows)
+            idx = idx[np.argsort(idx // step, kind="stable")]
+            bounds = np.flatnonzero(np.diff(idx // step)) + 1
+            groups = ((g, int(g.min()), int(g.max()) + 1) for g in np.split(idx, bounds) if len(g))
+        for picked, start, stop in groups:
+            out = {}
+            for name, reader in readers.items():
+                if reader is None:  # a store without `valid` yet: every row counts as valid
+                    out[name] = np.ones(len(picked), bool)
+                    continue
+                try:
+                    block = reader.read(start, stop)
+                except Exception:
+                    if name in CHUNKED:
+                        self._refuse_damaged(self.damaged_chunks(decode=True))
+                    raise
+                data = block if len(picked) == stop - start and picked[0] == start and (
+                    len(picked) == 1 or np.all(np.diff(picked) == 1)) else block[picked - start]
+                out[name] = self._mask_view(data, view) if name == "features" else data
+            yield picked, out
+
     # --- summary ----------------------------------------------------------------------------
+    def tags_per_image(self) -> dict:
+        """Hashtags per image (mean, min, max), one label chunk at a time: `info` on a store of
+        a million rows holds a chunk of labels, never the N x C array."""
+        total, low, high = 0, None, None
+        for _, data in self.iter_rows(what=("labels",)):
+            per_image = data["labels"].sum(axis=1, dtype=np.int64)
+            total += int(per_image.sum())
+            low = int(per_image.min()) if low is None else min(low, int(per_image.min()))
+            high = int(per_image.max()) if high is None else max(high, int(per_image.max()))
+        n = self.n_rows
+        return {"mean": total / n if n else 0.0, "min": low or 0, "max": high or 0}
+
     def info(self) -> dict:
         """Everything `hashtagkit info` shows: size, split counts, label statistics, blocks."""
-        split = self.split()
-        labels = self.labels()
-        per_image = labels.sum(axis=1)
+        split = self.split()  # one byte a row (see split_rows)
         counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
         meta = self.meta
         return {
@@ -564,11 +679,7 @@ class Store:
             "split": counts,
             "split_seed": self.split_info.get("seed"),
             "split_sha256": self.split_info.get("sha256"),
-            "tags_per_image": {
-                "mean": float(per_image.mean()) if len(per_image) else 0.0,
-                "min": int(per_image.min()) if len(per_image) else 0,
-                "max": int(per_image.max()) if len(per_image) else 0,
-            },
+            "tags_per_image": self.tags_per_image(),
             "image_root": meta.get("image_root"),
             "blocks": self.blocks,
             "completeness": list(self.completeness()) if self.has_features() else None,
@@ -579,6 +690,34 @@ class Store:
             "source": meta.get("source", {}),
             "provenance": meta.get("provenance", {}),
         }
+
+
+class _SliceReader:
+    """Contiguous row slices of one array for a pass in ascending order, each chunk decoded
+    once: the chunk that the last slice ended in is kept, so the next slice that starts in it
+    (label chunks are bigger than feature chunks) does not decode it again. At most one chunk
+    plus the slice asked for are held."""
+
+    def __init__(self, arr: zarr.Array):
+        self.arr = arr
+        self.rows = int(arr.chunks[0])
+        self.kept: tuple[int, np.ndarray] | None = None  # (chunk index, its rows)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        first, last = start // self.rows, (stop - 1) // self.rows
+        parts = []
+        for c in range(first, last + 1):
+            lo, hi = max(start, c * self.rows), min(stop, (c + 1) * self.rows)
+            whole = lo == c * self.rows and hi == min((c + 1) * self.rows, self.arr.shape[0])
+            if self.kept is not None and self.kept[0] == c:
+                parts.append(self.kept[1][lo - c * self.rows:hi - c * self.rows])
+            elif whole:
+                parts.append(np.asarray(self.arr[lo:hi]))
+            else:  # a part of a chunk: decode it all once and keep it for the next slice
+                chunk = np.asarray(self.arr[c * self.rows:min((c + 1) * self.rows, self.arr.shape[0])])
+                self.kept = (c, chunk)
+                parts.append(chunk[lo - c * self.rows:hi - c * self.rows])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def create_chunk_log(group: zarr.Group, n_chunks: int) -> zarr.Array:
