@@ -11,6 +11,9 @@ each averaged over the test images. Ranking is by score, highest first, and ties
 lower class id, so a result never depends on how a sort treats equal keys (a popularity head
 gives many ties). Everything here is plain numpy on a dense (n_images, n_classes) score matrix
 and a multi-hot label matrix of the same shape.
+
+`MetricAccumulator` gives the same numbers from batches of rows, so an evaluation never holds
+an N x C score matrix (see its docstring for the one metric that needs a second pass).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "mean_average_precision",
     "per_class_recall_at_k",
     "summary",
+    "MetricAccumulator",
 ]
 
 
@@ -177,3 +181,136 @@ def summary(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5,
     out["map"] = mean_average_precision(scores, labels, per="image")
     out["map_class"] = mean_average_precision(scores, labels, per="class")
     return out
+
+
+class MetricAccumulator:
+    """The numbers of `summary` (and optionally `per_class_recall_at_k`), accumulated batch by
+    batch so that no N x C score matrix ever exists.
+
+    Pass 1: `update(scores, labels)` per batch of rows, in order. Every per-image metric (P/R/A@K,
+    per-image AP) and per-class recall is a running sum, so its memory is O(C) whatever N is.
+
+    Per-class AP ranks all N images of each class, and a positive seen late must be ranked
+    against negatives seen early: no exact one-pass form exists in less than O(N) per class.
+    So pass 1 also keeps each ground-truth label's score and image index (16 bytes per
+    ground-truth label: O(N x labels per image), never O(N x C)), and pass 2
+    (`rank_update(scores, labels)`, the same batches in the same order) counts, for every
+    stored positive, the negatives ranked above it (higher score, or equal score and lower
+    image index, as in `mean_average_precision`). Scores are compared as float64, exactly as
+    the in-memory path does. Means are running sums divided at the end, so results equal
+    `summary` to within float rounding (about 1e-16), not bit for bit.
+    """
+
+    def __init__(self, n_classes: int, ks: tuple[int, ...] = (1, 5, 10), per_class_k: int | None = None):
+        if n_classes < 1:
+            raise ValueError("scores have no classes")
+        self.n_classes = int(n_classes)
+        self.ks = sorted({_check_k(k, self.n_classes) for k in ks})
+        self.per_class_k = _check_k(per_class_k, self.n_classes) if per_class_k else None
+        self._per_class_key = f"per_class_recall@{per_class_k}"  # keyed as asked, like evaluate_run
+        self.n = 0
+        self._sums = {k: np.zeros(3) for k in self.ks}  # sum of precision, recall, accuracy
+        self._ap_image_sum = 0.0
+        self._ap_image_n = 0
+        self._class_hits = np.zeros(self.n_classes, dtype=np.int64)  # positives in the top per_class_k
+        self._positives = np.zeros(self.n_classes, dtype=np.int64)
+        self._pos_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (class, image, score)
+        self._pos: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._neg_above: np.ndarray | None = None
+        self._seen2 = 0
+
+    def _batch(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, labels = _check(scores, labels)
+        if scores.shape[1] != self.n_classes:
+            raise ValueError(f"scores have {scores.shape[1]} classes, the accumulator {self.n_classes}")
+        return scores, labels
+
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Pass 1: add a batch of rows (images) with their ground truth."""
+        if self._pos is not None:
+            raise ValueError("update after rank_update: pass 1 is over")
+        scores, labels = self._batch(scores, labels)
+        n_true = labels.sum(axis=1)
+        if (n_true == 0).any():
+            raise ValueError(
+                f"{int((n_true == 0).sum())} image(s) have no ground-truth hashtag: recall is undefined"
+            )
+        for k in self.ks:
+            hits, _ = _hits(scores, labels, k)
+            self._sums[k] += ((hits / k).sum(), (hits / n_true).sum(), (hits > 0).sum())
+        ap = _average_precision_rows(scores, labels)
+        ap = ap[~np.isnan(ap)]
+        self._ap_image_sum += float(ap.sum())
+        self._ap_image_n += len(ap)
+        self._positives += labels.sum(axis=0)
+        if self.per_class_k:
+            in_top = np.zeros(scores.shape, dtype=bool)
+            np.put_along_axis(in_top, top_k(scores, self.per_class_k), True, axis=1)
+            self._class_hits += (in_top & labels).sum(axis=0)
+        r, c = np.nonzero(labels)
+        self._pos_parts.append((c, r + self.n, scores[r, c]))
+        self.n += scores.shape[0]
+
+    def _start_pass2(self) -> None:
+        parts = self._pos_parts or [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))]
+        cls, img, sc = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.lexsort((img, cls))  # grouped by class, images ascending
+        cls, img, sc = cls[order], img[order], sc[order]
+        starts = np.searchsorted(cls, np.arange(self.n_classes + 1))
+        self._pos = (cls, img, sc, starts)
+        self._neg_above = np.zeros(len(cls), dtype=np.int64)
+        self._pos_parts = []
+
+    def rank_update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Pass 2: the same batches as pass 1, in the same order; counts, for every positive,
+        the negatives of this batch ranked above it in its class."""
+        if self._pos is None:
+            self._start_pass2()
+        scores, labels = self._batch(scores, labels)
+        lo_row, hi_row = self._seen2, self._seen2 + scores.shape[0]
+        if hi_row > self.n:
+            raise ValueError("rank_update saw more rows than update")
+        _, img, sc, starts = self._pos
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            col, neg = scores[:, c], ~labels[:, c]
+            ns = np.sort(col[neg])
+            ps, pj = sc[a:b], img[a:b]
+            right = np.searchsorted(ns, ps, side="right")
+            above = len(ns) - right  # strictly higher scores rank above wherever they are
+            ties = right - np.searchsorted(ns, ps, side="left")
+            before = pj >= hi_row  # the whole batch precedes this positive: every tie ranks above
+            above += np.where(before, ties, 0)
+            inside = np.flatnonzero((pj >= lo_row) & (pj < hi_row))
+            if len(inside):
+                neg_rows = lo_row + np.flatnonzero(neg)
+                neg_scores = col[neg]
+                above[inside] += ((neg_scores[None, :] == ps[inside, None])
+                                  & (neg_rows[None, :] < pj[inside, None])).sum(axis=1)
+            self._neg_above[a:b] += above
+        self._seen2 = hi_row
+
+    def result(self) -> dict:
+        """The metrics, keyed as `summary` (plus `per_class_recall@K` as an array if asked)."""
+        if self.n == 0:
+            raise ValueError("no rows were accumulated")
+        if self._pos is None or self._seen2 != self.n:
+            raise ValueError(f"pass 2 (rank_update) saw {self._seen2} of {self.n} rows: map_class needs all")
+        out: dict = {"n_images": self.n}
+        for k in self.ks:
+            p, r, a = self._sums[k] / self.n
+            out[f"precision@{k}"], out[f"recall@{k}"], out[f"accuracy@{k}"] = float(p), float(r), float(a)
+        out["map"] = self._ap_image_sum / self._ap_image_n if self._ap_image_n else float("nan")
+        _, img, sc, starts = self._pos
+        aps = []
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            order = np.lexsort((img[a:b], -sc[a:b]))  # the class's ranking of its positives
+            pos_rank = np.arange(1, b - a + 1)
+            aps.append(float(np.mean(pos_rank / (pos_rank + self._neg_above[a:b][order]))))
+        out["map_class"] = float(np.mean(aps)) if aps else float("nan")
+        if self.per_class_k:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[self._per_class_key] = np.where(
+                    self._positives > 0, self._class_hits / self._positives, np.nan)
+        return out
