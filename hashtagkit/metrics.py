@@ -216,7 +216,7 @@ class MetricAccumulator:
         self._positives = np.zeros(self.n_classes, dtype=np.int64)
         self._pos_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (class, image, score)
         self._pos: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._neg_above: np.ndarray | None = None
+        self._hist = np.zeros(0, dtype=np.int64)
         self._seen2 = 0
 
     def _batch(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,42 +252,48 @@ class MetricAccumulator:
         self.n += scores.shape[0]
 
     def _start_pass2(self) -> None:
+        """Order each class's positives as the class ranks them (score descending, image index
+        ascending) and give each a key that is increasing along that order (tie-group start x n
+        + image index), so one searchsorted places any negative among them, ties included."""
         parts = self._pos_parts or [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))]
         cls, img, sc = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        order = np.lexsort((img, cls))  # grouped by class, images ascending
-        cls, img, sc = cls[order], img[order], sc[order]
+        order = np.lexsort((img, -sc, cls))  # by class, then the class's ranking
+        cls, img, neg_sc = cls[order], img[order], -sc[order]
         starts = np.searchsorted(cls, np.arange(self.n_classes + 1))
-        self._pos = (cls, img, sc, starts)
-        self._neg_above = np.zeros(len(cls), dtype=np.int64)
+        keys = np.empty(len(cls), dtype=np.int64)
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            group = np.searchsorted(neg_sc[a:b], neg_sc[a:b], side="left")  # start of each tie group
+            keys[a:b] = group * self.n + img[a:b]
+        self._pos = (neg_sc, keys, starts)
+        # _hist[starts[c] + c + t]: negatives of class c with exactly t of its positives above them
+        self._hist = np.zeros(len(cls) + self.n_classes, dtype=np.int64)
         self._pos_parts = []
 
     def rank_update(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Pass 2: the same batches as pass 1, in the same order; counts, for every positive,
-        the negatives of this batch ranked above it in its class."""
+        """Pass 2: the same rows as pass 1, in the same order (any batching); places each
+        negative of each class among that class's positives. O(B x C log P) per batch, so the
+        pass is linear in N."""
         if self._pos is None:
             self._start_pass2()
         scores, labels = self._batch(scores, labels)
         lo_row, hi_row = self._seen2, self._seen2 + scores.shape[0]
         if hi_row > self.n:
             raise ValueError("rank_update saw more rows than update")
-        _, img, sc, starts = self._pos
+        neg_sc, keys, starts = self._pos
+        slots = []
         for c in np.flatnonzero(self._positives):
             a, b = starts[c], starts[c + 1]
-            col, neg = scores[:, c], ~labels[:, c]
-            ns = np.sort(col[neg])
-            ps, pj = sc[a:b], img[a:b]
-            right = np.searchsorted(ns, ps, side="right")
-            above = len(ns) - right  # strictly higher scores rank above wherever they are
-            ties = right - np.searchsorted(ns, ps, side="left")
-            before = pj >= hi_row  # the whole batch precedes this positive: every tie ranks above
-            above += np.where(before, ties, 0)
-            inside = np.flatnonzero((pj >= lo_row) & (pj < hi_row))
-            if len(inside):
-                neg_rows = lo_row + np.flatnonzero(neg)
-                neg_scores = col[neg]
-                above[inside] += ((neg_scores[None, :] == ps[inside, None])
-                                  & (neg_rows[None, :] < pj[inside, None])).sum(axis=1)
-            self._neg_above[a:b] += above
+            neg = ~labels[:, c]
+            q = -scores[neg, c]
+            above = np.searchsorted(neg_sc[a:b], q, side="left")  # positives with a higher score
+            tied = np.searchsorted(neg_sc[a:b], q, side="right") > above
+            if tied.any():  # equal scores: the positives with a lower image index rank above too
+                rows = lo_row + np.flatnonzero(neg)[tied]
+                above[tied] = np.searchsorted(keys[a:b], above[tied] * self.n + rows, side="left")
+            slots.append(starts[c] + c + above)
+        if slots:
+            np.add.at(self._hist, np.concatenate(slots), 1)
         self._seen2 = hi_row
 
     def result(self) -> dict:
@@ -301,13 +307,13 @@ class MetricAccumulator:
             p, r, a = self._sums[k] / self.n
             out[f"precision@{k}"], out[f"recall@{k}"], out[f"accuracy@{k}"] = float(p), float(r), float(a)
         out["map"] = self._ap_image_sum / self._ap_image_n if self._ap_image_n else float("nan")
-        _, img, sc, starts = self._pos
+        _, _, starts = self._pos
         aps = []
         for c in np.flatnonzero(self._positives):
             a, b = starts[c], starts[c + 1]
-            order = np.lexsort((img[a:b], -sc[a:b]))  # the class's ranking of its positives
+            neg_above = np.cumsum(self._hist[a + c : b + c])  # negatives above the m-th positive
             pos_rank = np.arange(1, b - a + 1)
-            aps.append(float(np.mean(pos_rank / (pos_rank + self._neg_above[a:b][order]))))
+            aps.append(float(np.mean(pos_rank / (pos_rank + neg_above))))
         out["map_class"] = float(np.mean(aps)) if aps else float("nan")
         if self.per_class_k:
             with np.errstate(invalid="ignore", divide="ignore"):
