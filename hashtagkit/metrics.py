@@ -192,13 +192,14 @@ class MetricAccumulator:
 
     Per-class AP ranks all N images of each class, and a positive seen late must be ranked
     against negatives seen early: no exact one-pass form exists in less than O(N) per class.
-    So pass 1 also keeps each ground-truth label's score and image index (16 bytes per
-    ground-truth label: O(N x labels per image), never O(N x C)), and pass 2
-    (`rank_update(scores, labels)`, the same batches in the same order) counts, for every
-    stored positive, the negatives ranked above it (higher score, or equal score and lower
-    image index, as in `mean_average_precision`). Scores are compared as float64, exactly as
-    the in-memory path does. Means are running sums divided at the end, so results equal
-    `summary` to within float rounding (about 1e-16), not bit for bit.
+    So pass 1 also keeps each ground-truth label's score and image index, and pass 2
+    (`rank_update(scores, labels)`: the same rows in the same order, any batching) places every
+    negative of every class among that class's positives (higher score, or equal score and
+    lower image index, ranks above, as in `mean_average_precision`) and counts them in a
+    histogram. Memory: O(C + ground-truth labels), about 24 bytes per ground-truth label
+    (O(N x tags per image), never O(N x C)); time linear in N. Scores are compared as float64,
+    as the in-memory path does. Means are running sums divided at the end, so results equal
+    `summary` to float rounding (about 1e-16), not bit for bit.
     """
 
     def __init__(self, n_classes: int, ks: tuple[int, ...] = (1, 5, 10), per_class_k: int | None = None):
@@ -215,7 +216,7 @@ class MetricAccumulator:
         self._class_hits = np.zeros(self.n_classes, dtype=np.int64)  # positives in the top per_class_k
         self._positives = np.zeros(self.n_classes, dtype=np.int64)
         self._pos_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (class, image, score)
-        self._pos: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pos: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _start_pass2
         self._hist = np.zeros(0, dtype=np.int64)
         self._seen2 = 0
 

@@ -36,12 +36,13 @@ def problem(kind: str, n: int = 61, c: int = 11, seed: int = 0) -> tuple[np.ndar
     return scores, labels
 
 
-def streamed(scores, labels, batch, ks=KS, per_class_k=3):
+def streamed(scores, labels, batch, ks=KS, per_class_k=3, batch2=None):
     acc = metrics.MetricAccumulator(scores.shape[1], ks=ks, per_class_k=per_class_k)
     for start in range(0, len(scores), batch):
         acc.update(scores[start : start + batch], labels[start : start + batch])
-    for start in range(0, len(scores), batch):
-        acc.rank_update(scores[start : start + batch], labels[start : start + batch])
+    batch2 = batch2 or batch
+    for start in range(0, len(scores), batch2):
+        acc.rank_update(scores[start : start + batch2], labels[start : start + batch2])
     return acc.result()
 
 
@@ -58,6 +59,16 @@ def test_streamed_metrics_equal_in_memory(kind, batch):
         assert got[name] == pytest.approx(value, abs=1e-12, rel=0), name
     np.testing.assert_allclose(got[key], metrics.per_class_recall_at_k(scores, labels, 3), rtol=0, atol=1e-12)
     assert np.isnan(got[key][-1]) == (kind != "one-positive")
+
+
+@pytest.mark.parametrize("kind", ["random", "tied"])
+def test_the_second_pass_may_batch_differently(kind):
+    scores, labels = problem(kind, seed=3)
+    want = metrics.summary(scores, labels, ks=KS)
+    for batch, batch2 in ((7, 3), (1, 61), (61, 1), (16, 5)):
+        got = streamed(scores, labels, batch, batch2=batch2)
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, abs=1e-12, rel=0), (name, batch, batch2)
 
 
 def test_class_ap_ties_break_by_image_index_across_batches():
