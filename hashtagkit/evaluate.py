@@ -68,32 +68,64 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
     return ScoredSplit(record, head, store, split, rows, labels, scores, skipped, predict_seconds)
 
 
+EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
+
+
+def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, labels: np.ndarray,
+                    batch_size: int):
+    """(scores, labels) of consecutive row batches, in split order, with the seconds spent in
+    predict_proba: one batch of features and scores in memory at a time."""
+    for start in range(0, len(rows), batch_size):
+        X = design_matrix(store, head, view, rows[start : start + batch_size])
+        t0 = time.perf_counter()
+        scores = head.predict_proba(X)
+        yield scores, labels[start : start + batch_size], time.perf_counter() - t0
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
     ks: tuple[int, ...] = (1, 5, 10),
     store_path: str | Path | None = None,
     per_class_k: int | None = None,
+    batch_size: int = EVAL_BATCH,
 ) -> dict:
     """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
-    class (None where the split has no positive of it), for long-tail plots."""
-    s = score_split(run_dir, split, store_path)
+    class (None where the split has no positive of it), for long-tail plots.
+
+    Scored `batch_size` rows at a time into a `metrics.MetricAccumulator`, so no N x C score
+    matrix exists; per-class mAP needs the split scored twice (see the accumulator), and
+    `predict_seconds` is the time of the first pass alone, i.e. of scoring the split once."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
+    record, head, store = load_run(run_dir, store_path)
+    rows, labels, skipped = evaluation_rows(store, split)
+    if len(rows) == 0:
+        raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
+    view = record.get("features") or "both"
     asked = sorted(set(ks) | set(PAPER_KS))
-    result = metrics.summary(s.scores, s.labels, ks=tuple(asked))
-    n_classes = s.scores.shape[1]
+    n_classes = labels.shape[1]
+    acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
+    predict_seconds = 0.0
+    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, labels, batch_size):
+        acc.update(scores, batch_labels)
+        predict_seconds += seconds
+    for scores, batch_labels, _ in _scored_batches(store, head, view, rows, labels, batch_size):
+        acc.rank_update(scores, batch_labels)
+    result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size
         result["k_capped"] = {"asked": [k for k in asked if k > n_classes], "computed_at": n_classes}
     if per_class_k:
-        recall = metrics.per_class_recall_at_k(s.scores, s.labels, per_class_k)
-        result[f"per_class_recall@{per_class_k}"] = [None if np.isnan(v) else round(float(v), 6) for v in recall]
+        key = f"per_class_recall@{per_class_k}"
+        result[key] = [None if np.isnan(v) else round(float(v), 6) for v in result[key]]
     result.update(
         {
-            "head": s.record["head"],
-            "features": s.record.get("features"),
+            "head": record["head"],
+            "features": record.get("features"),
             "split": split,
-            "skipped": s.skipped,
-            "predict_seconds": round(s.predict_seconds, 3),
-            "store": str(s.store.path),
+            "skipped": skipped,
+            "predict_seconds": round(predict_seconds, 3),
+            "store": str(store.path),
         }
     )
     return result

@@ -11,6 +11,9 @@ each averaged over the test images. Ranking is by score, highest first, and ties
 lower class id, so a result never depends on how a sort treats equal keys (a popularity head
 gives many ties). Everything here is plain numpy on a dense (n_images, n_classes) score matrix
 and a multi-hot label matrix of the same shape.
+
+`MetricAccumulator` gives the same numbers from batches of rows, so an evaluation never holds
+an N x C score matrix (see its docstring for the one metric that needs a second pass).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "mean_average_precision",
     "per_class_recall_at_k",
     "summary",
+    "MetricAccumulator",
 ]
 
 
@@ -177,3 +181,143 @@ def summary(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5,
     out["map"] = mean_average_precision(scores, labels, per="image")
     out["map_class"] = mean_average_precision(scores, labels, per="class")
     return out
+
+
+class MetricAccumulator:
+    """The numbers of `summary` (and optionally `per_class_recall_at_k`), accumulated batch by
+    batch so that no N x C score matrix ever exists.
+
+    Pass 1: `update(scores, labels)` per batch of rows, in order. Every per-image metric (P/R/A@K,
+    per-image AP) and per-class recall is a running sum, so its memory is O(C) whatever N is.
+
+    Per-class AP ranks all N images of each class, and a positive seen late must be ranked
+    against negatives seen early: no exact one-pass form exists in less than O(N) per class.
+    So pass 1 also keeps each ground-truth label's score and image index, and pass 2
+    (`rank_update(scores, labels)`: the same rows in the same order, any batching) places every
+    negative of every class among that class's positives (higher score, or equal score and
+    lower image index, ranks above, as in `mean_average_precision`) and counts them in a
+    histogram. Memory: O(C + ground-truth labels), about 24 bytes per ground-truth label
+    (O(N x tags per image), never O(N x C)); time linear in N. Scores are compared as float64,
+    as the in-memory path does. Means are running sums divided at the end, so results equal
+    `summary` to float rounding (about 1e-16), not bit for bit.
+    """
+
+    def __init__(self, n_classes: int, ks: tuple[int, ...] = (1, 5, 10), per_class_k: int | None = None):
+        if n_classes < 1:
+            raise ValueError("scores have no classes")
+        self.n_classes = int(n_classes)
+        self.ks = sorted({_check_k(k, self.n_classes) for k in ks})
+        self.per_class_k = _check_k(per_class_k, self.n_classes) if per_class_k else None
+        self._per_class_key = f"per_class_recall@{per_class_k}"  # keyed as asked, like evaluate_run
+        self.n = 0
+        self._sums = {k: np.zeros(3) for k in self.ks}  # sum of precision, recall, accuracy
+        self._ap_image_sum = 0.0
+        self._ap_image_n = 0
+        self._class_hits = np.zeros(self.n_classes, dtype=np.int64)  # positives in the top per_class_k
+        self._positives = np.zeros(self.n_classes, dtype=np.int64)
+        self._pos_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (class, image, score)
+        self._pos: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _start_pass2
+        self._hist = np.zeros(0, dtype=np.int64)
+        self._seen2 = 0
+
+    def _batch(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, labels = _check(scores, labels)
+        if scores.shape[1] != self.n_classes:
+            raise ValueError(f"scores have {scores.shape[1]} classes, the accumulator {self.n_classes}")
+        return scores, labels
+
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Pass 1: add a batch of rows (images) with their ground truth."""
+        if self._pos is not None:
+            raise ValueError("update after rank_update: pass 1 is over")
+        scores, labels = self._batch(scores, labels)
+        n_true = labels.sum(axis=1)
+        if (n_true == 0).any():
+            raise ValueError(
+                f"{int((n_true == 0).sum())} image(s) have no ground-truth hashtag: recall is undefined"
+            )
+        for k in self.ks:
+            hits, _ = _hits(scores, labels, k)
+            self._sums[k] += ((hits / k).sum(), (hits / n_true).sum(), (hits > 0).sum())
+        ap = _average_precision_rows(scores, labels)
+        ap = ap[~np.isnan(ap)]
+        self._ap_image_sum += float(ap.sum())
+        self._ap_image_n += len(ap)
+        self._positives += labels.sum(axis=0)
+        if self.per_class_k:
+            in_top = np.zeros(scores.shape, dtype=bool)
+            np.put_along_axis(in_top, top_k(scores, self.per_class_k), True, axis=1)
+            self._class_hits += (in_top & labels).sum(axis=0)
+        r, c = np.nonzero(labels)
+        self._pos_parts.append((c, r + self.n, scores[r, c]))
+        self.n += scores.shape[0]
+
+    def _start_pass2(self) -> None:
+        """Order each class's positives as the class ranks them (score descending, image index
+        ascending) and give each a key that is increasing along that order (tie-group start x n
+        + image index), so one searchsorted places any negative among them, ties included."""
+        parts = self._pos_parts or [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))]
+        cls, img, sc = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.lexsort((img, -sc, cls))  # by class, then the class's ranking
+        cls, img, neg_sc = cls[order], img[order], -sc[order]
+        starts = np.searchsorted(cls, np.arange(self.n_classes + 1))
+        keys = np.empty(len(cls), dtype=np.int64)
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            group = np.searchsorted(neg_sc[a:b], neg_sc[a:b], side="left")  # start of each tie group
+            keys[a:b] = group * self.n + img[a:b]
+        self._pos = (neg_sc, keys, starts)
+        # _hist[starts[c] + c + t]: negatives of class c with exactly t of its positives above them
+        self._hist = np.zeros(len(cls) + self.n_classes, dtype=np.int64)
+        self._pos_parts = []
+
+    def rank_update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        """Pass 2: the same rows as pass 1, in the same order (any batching); places each
+        negative of each class among that class's positives. O(B x C log P) per batch, so the
+        pass is linear in N."""
+        if self._pos is None:
+            self._start_pass2()
+        scores, labels = self._batch(scores, labels)
+        lo_row, hi_row = self._seen2, self._seen2 + scores.shape[0]
+        if hi_row > self.n:
+            raise ValueError("rank_update saw more rows than update")
+        neg_sc, keys, starts = self._pos
+        slots = []
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            neg = ~labels[:, c]
+            q = -scores[neg, c]
+            above = np.searchsorted(neg_sc[a:b], q, side="left")  # positives with a higher score
+            tied = np.searchsorted(neg_sc[a:b], q, side="right") > above
+            if tied.any():  # equal scores: the positives with a lower image index rank above too
+                rows = lo_row + np.flatnonzero(neg)[tied]
+                above[tied] = np.searchsorted(keys[a:b], above[tied] * self.n + rows, side="left")
+            slots.append(starts[c] + c + above)
+        if slots:
+            np.add.at(self._hist, np.concatenate(slots), 1)
+        self._seen2 = hi_row
+
+    def result(self) -> dict:
+        """The metrics, keyed as `summary` (plus `per_class_recall@K` as an array if asked)."""
+        if self.n == 0:
+            raise ValueError("no rows were accumulated")
+        if self._pos is None or self._seen2 != self.n:
+            raise ValueError(f"pass 2 (rank_update) saw {self._seen2} of {self.n} rows: map_class needs all")
+        out: dict = {"n_images": self.n}
+        for k in self.ks:
+            p, r, a = self._sums[k] / self.n
+            out[f"precision@{k}"], out[f"recall@{k}"], out[f"accuracy@{k}"] = float(p), float(r), float(a)
+        out["map"] = self._ap_image_sum / self._ap_image_n if self._ap_image_n else float("nan")
+        _, _, starts = self._pos
+        aps = []
+        for c in np.flatnonzero(self._positives):
+            a, b = starts[c], starts[c + 1]
+            neg_above = np.cumsum(self._hist[a + c : b + c])  # negatives above the m-th positive
+            pos_rank = np.arange(1, b - a + 1)
+            aps.append(float(np.mean(pos_rank / (pos_rank + neg_above))))
+        out["map_class"] = float(np.mean(aps)) if aps else float("nan")
+        if self.per_class_k:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[self._per_class_key] = np.where(
+                    self._positives > 0, self._class_hits / self._positives, np.nan)
+        return out
