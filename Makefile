@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve
+        bench-extract-distributed bench-serve bench-eval-stream
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-startup: $(STAMP)
 DIST_N ?= 96
 bench-extract-distributed: $(STAMP)
 	$(BIN)/python benchmarks/extract_distributed.py --n $(DIST_N)
+
+# Evaluation in memory vs streamed (MetricAccumulator): peak memory and time at 20k-100k images x 1,000 classes.
+bench-eval-stream: $(STAMP)
+	$(BIN)/python benchmarks/eval_stream.py
 
 # Fault injection (SIGKILL extract, a decode worker, an attribute writer); < 10 minutes on 2 cores.
 FAULT_TRIALS ?= 20
