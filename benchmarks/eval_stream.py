@@ -93,7 +93,7 @@ def main() -> None:
         "",
         f"Machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}, numpy {np.__version__}. Shared machine: seconds are noisy.",
-        f"Command: `.venv/bin/python benchmarks/eval_stream.py`; C = {C} classes, ~5 tags per image, K = {KS}.",
+        f"Command: `.venv/bin/python benchmarks/eval_stream.py` (`make bench-eval-stream`); C = {C} classes, ~5 tags per image, K = {KS}.",
         "",
         *lines,
         "",
