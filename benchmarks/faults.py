@@ -191,6 +191,14 @@ class Tally:
         self.rows_lost += lost
         self.mismatches += differs
 
+    def within_budget(self, trials: int, deadline: float):
+        """Trial numbers 0..trials-1 while time is left; a stop is noted in the table."""
+        for i in range(trials):
+            if time.monotonic() > deadline:
+                self.notes.append(f"stopped after {i} of {trials} trials (time budget)")
+                return
+            yield i
+
 
 def kill_extract_trials(pristine: Path, work: Path, ref: dict, duration: float, trials: int, seed: int,
                         deadline: float) -> Tally:
@@ -198,10 +206,8 @@ def kill_extract_trials(pristine: Path, work: Path, ref: dict, duration: float, 
     rng = np.random.default_rng(seed)
     moments = rng.uniform(0.0, duration, trials)
     at_kill = []
-    for i, moment in enumerate(moments):
-        if time.monotonic() > deadline:
-            tally.notes.append(f"stopped after {i} of {trials} trials (time budget)")
-            break
+    for i in tally.within_budget(trials, deadline):
+        moment = moments[i]
         store, reaper = fresh_copy(pristine, work, "kill.zarr"), Reaper()
         try:
             proc = popen(extract_cmd(store), reaper)
@@ -232,10 +238,7 @@ def kill_worker_trials(pristine: Path, work: Path, ref: dict, duration: float, t
     tally = Tally("one decode worker SIGKILLed mid-run")
     rng = np.random.default_rng(seed + 1)
     exits = []
-    for i in range(trials):
-        if time.monotonic() > deadline:
-            tally.notes.append(f"stopped after {i} of {trials} trials (time budget)")
-            break
+    for i in tally.within_budget(trials, deadline):
         store, reaper = fresh_copy(pristine, work, "worker.zarr"), Reaper()
         try:
             proc = popen(extract_cmd(store), reaper)
@@ -300,10 +303,7 @@ def attr_writer_trials(pristine: Path, work: Path, trials: int, seed: int, deadl
     base = open_store(pristine)
     vocab, split_info, split = base.vocab, base.split_info, base.split()
     writes = []
-    for i in range(trials):
-        if time.monotonic() > deadline:
-            tally.notes.append(f"stopped after {i} of {trials} trials (time budget)")
-            break
+    for i in tally.within_budget(trials, deadline):
         store, reaper = fresh_copy(pristine, work, "attrs.zarr"), Reaper()
         try:
             proc = subprocess.Popen([sys.executable, "-c", ATTR_WRITER, str(store)], stdout=subprocess.PIPE,
