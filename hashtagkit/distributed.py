@@ -49,8 +49,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from hashtagkit.errors import InputError
 
 SCHEDULER = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -233,7 +231,7 @@ class ChunkPaths:
 
 def extract_chunk(job: Job, chunk: int) -> dict:
     """The task: decode, extract and write one chunk (done flag last); returns its log."""
-    from hashtagkit.extract import ChunkBatches, ImageReader, chunk_info, collate
+    from hashtagkit.extract import ChunkBatches, ChunkBuffer, ImageReader, chunk_info, collate
 
     t0 = time.perf_counter()
     engine = worker_extractor(job)
@@ -242,8 +240,7 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     paths = ChunkPaths(start, target.parent.paths_range(start, stop) if job.aside else target.paths_range(start, stop))
     reader = ImageReader(Path(job.image_root), paths, engine.transforms, job.allow_truncated)
     reader.parent = -1  # this process decodes as a decode worker does (the test hook of a dying decoder applies)
-    feats = np.zeros((stop - start, engine.dim), dtype=np.float32)
-    valid, reasons = np.ones(stop - start, bool), [""] * (stop - start)
+    buf = ChunkBuffer(start, stop, engine.dim)
     batches = ChunkBatches([chunk], job.chunk_rows, job.n_rows, job.batch_size).batches
     with ThreadPoolExecutor(max_workers=decode_threads(job), thread_name_prefix="decode") as pool:
         coming = [pool.submit(reader.__getitem__, r) for r in batches[0]]
@@ -252,20 +249,15 @@ def extract_chunk(job: Job, chunk: int) -> dict:
             if i + 1 < len(batches):  # the next batch decodes while the model runs this one
                 coming = [pool.submit(reader.__getitem__, r) for r in batches[i + 1]]
             rows, inputs, why = collate(items)
-            out = engine(inputs)  # invalid rows ride along as zeros: batches as in-process
-            for j, (r, reason) in enumerate(zip(rows.tolist(), why, strict=True)):
-                if reason:
-                    valid[r - start], reasons[r - start] = False, reason
-                else:
-                    feats[r - start] = out[j]
+            buf.put(rows.tolist(), engine(inputs), why)  # invalid rows ride along as zeros: batches as in-process
     pause = float(os.environ.get(TEST_CHUNK_SECONDS) or 0) - (time.perf_counter() - t0)
     if pause > 0:
         time.sleep(pause)
     info = chunk_info(job.run, engine.device, engine.precision, time.perf_counter() - t0, worker=worker_name())
-    log = info | {"chunk": chunk, "rows": stop - start, "invalid": dict(Counter(r for r in reasons if r))}
+    log = info | {"chunk": chunk, "rows": stop - start, "invalid": dict(Counter(r for r in buf.reasons if r))}
     if abandoned():
         return log | {"skipped": "its coordinator is gone"}
-    target.write_chunk(chunk, feats, valid, reasons, info=info)
+    target.write_chunk(chunk, buf.features, buf.valid, buf.reasons, info=info)
     return log
 
 

@@ -558,6 +558,32 @@ def extract(
     return summary
 
 
+class ChunkBuffer:
+    """One chunk's rows as they arrive from the model: features, valid flags, reasons, and which
+    rows are in. The in-process writer and a Dask task fill a chunk the same way."""
+
+    def __init__(self, start: int, stop: int, dim: int):
+        self.start = start
+        self.features = np.zeros((stop - start, dim), dtype=np.float32)
+        self.valid = np.ones(stop - start, bool)
+        self.reasons = [""] * (stop - start)
+        self.received = np.zeros(stop - start, bool)
+
+    def put(self, rows: Sequence[int], feats: np.ndarray, reasons: Sequence[str]) -> None:
+        """Rows of one batch: an invalid row keeps zero features and gets its reason."""
+        for j, (r, reason) in enumerate(zip(rows, reasons, strict=True)):
+            i = r - self.start
+            if reason:
+                self.valid[i] = False
+                self.reasons[i] = reason
+            else:
+                self.features[i] = feats[j]
+            self.received[i] = True  # last: an interruption above leaves the row to do again
+
+    def complete(self) -> bool:
+        return bool(self.received.all())
+
+
 class ChunkWriter:
     """Gathers decoded-and-extracted rows into the current chunk and writes each chunk when full."""
 
@@ -576,7 +602,7 @@ class ChunkWriter:
         rows = range(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n))
         if self.buf is None:
             return list(rows)
-        return [r for r in rows if not self.buf[3][r - rows.start]]
+        return [r for r in rows if not self.buf.received[r - rows.start]]
 
     def add(self, rows: torch.Tensor | np.ndarray, inputs: list[torch.Tensor], reasons: list[str]) -> None:
         rows = np.asarray(rows)
@@ -584,26 +610,18 @@ class ChunkWriter:
         c = self.pending[0]
         start, stop = c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
         if self.buf is None:
-            self.buf = (np.zeros((stop - start, self.engine.dim), dtype=np.float32), np.ones(stop - start, bool),
-                        [""] * (stop - start), np.zeros(stop - start, bool))
-        feat_buf, valid_buf, reason_buf, received = self.buf
-        for j, (r, reason) in enumerate(zip(rows.tolist(), reasons, strict=True)):
-            if reason:
-                valid_buf[r - start] = False
-                reason_buf[r - start] = reason
-                self.invalid[reason] += 1
-            else:
-                feat_buf[r - start] = feats[j]
-            received[r - start] = True  # last: an interruption above leaves the row to do again
+            self.buf = ChunkBuffer(start, stop, self.engine.dim)
+        self.buf.put(rows.tolist(), feats, reasons)
+        self.invalid.update(r for r in reasons if r)
         self.bar.update(len(rows))
         self.flush()
 
     def flush(self) -> None:
         """Write the current chunk if every row of it is in: features first, then the done flag."""
-        if self.buf is not None and self.buf[3].all():
+        if self.buf is not None and self.buf.complete():
             info = chunk_info(self.run_index, self.engine.device, self.engine.precision,
                               time.perf_counter() - self.started)
-            self.store.write_chunk(self.pending[0], *self.buf[:3], info=info)
+            self.store.write_chunk(self.pending[0], self.buf.features, self.buf.valid, self.buf.reasons, info=info)
             self.pending.pop(0)
             self.buf = None
             self.started = time.perf_counter()
