@@ -29,6 +29,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.images import DecodeError, decode_image
 from hashtagkit.runs import MODEL_DIR, read_run
+from hashtagkit.stores.store import mask_view
 
 if TYPE_CHECKING:
     import torch
@@ -174,11 +175,7 @@ class Recommender:
             import torch
 
             batch = [torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))]
-            feats = self.extractor(batch).astype(self.dtype)
-            if self.view != "both":  # the other block is zero, as in training
-                for b in self.blocks:
-                    if b["name"] != self.view:
-                        feats[:, b["columns"][0] : b["columns"][1]] = 0
+            feats = mask_view(self.extractor(batch).astype(self.dtype), self.blocks, self.view)  # as in training
         scores = self.head.predict_proba(feats)
         ranked = metrics.top_k(scores, min(top, len(self.vocab)))
         return [[(self.vocab[c], float(scores[j, c])) for c in ranked[j]] for j in range(len(prepared))]

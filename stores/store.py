@@ -217,6 +217,18 @@ def open_store(path: str | Path, mode: str = "r") -> Store:
     return Store(path, group)
 
 
+def mask_view(data: np.ndarray, blocks: Sequence[dict], view: str) -> np.ndarray:
+    """Zero the columns of every block but `view` (a copy; `both` keeps all): how a one-view
+    head sees features, in training (the store's blocks) and in recommend (the run's record)."""
+    if view != "both":
+        data = data.copy()
+        for block in blocks:
+            if block["name"] != view:
+                start, stop = block["columns"]
+                data[:, start:stop] = 0
+    return data
+
+
 def read_done(group: zarr.Group) -> np.ndarray:
     """The group's done flags. In format 2 each flag is an object of its own: one that does not
     decode (a damaged file) reads as not done, so the next `extract` redoes that chunk instead of
@@ -580,14 +592,7 @@ class Store:
         self._refuse_damaged(self.damaged_chunks(decode=False))
 
     def _mask_view(self, data: np.ndarray, view: str) -> np.ndarray:
-        """Zero the columns of every block but `view` (a copy; `both` keeps all)."""
-        if view != "both":
-            data = data.copy()
-            for block in self.blocks:
-                if block["name"] != view:
-                    start, stop = block["columns"]
-                    data[:, start:stop] = 0
-        return data
+        return mask_view(data, self.blocks, view)
 
     # --- reading in bounded memory ----------------------------------------------------------
     def step_rows(self, what: Sequence[str] = ROW_ARRAYS) -> int:
