@@ -229,23 +229,28 @@ def mask_view(data: np.ndarray, blocks: Sequence[dict], view: str) -> np.ndarray
     return data
 
 
-def read_done(group: zarr.Group) -> np.ndarray:
-    """The group's done flags. In format 2 each flag is an object of its own: one that does not
-    decode (a damaged file) reads as not done, so the next `extract` redoes that chunk instead of
-    every command failing on it."""
-    arr = group["done"]
+def read_per_chunk(arr: zarr.Array, damaged) -> list:
+    """The elements of a format-2 array of one object per element (`done`, `chunk_log`); an
+    element whose object does not decode (a damaged file) reads as `damaged` instead of failing
+    every reader of the store. Another chunking (format 1's one-chunk `done`) keeps the error."""
     try:
-        return np.asarray(arr[...])
+        return np.asarray(arr[...]).tolist()
     except Exception:  # zarr and its codecs raise many types for a damaged file
         if arr.chunks != (1,):
             raise
-    flags = np.zeros(arr.shape, bool)
+    out = []
     for c in range(arr.shape[0]):
         try:
-            flags[c] = bool(arr[c])
-        except Exception:  # noqa: BLE001 - this flag's object is damaged: not done
-            pass
-    return flags
+            out.append(np.asarray(arr[c]).item())
+        except Exception:  # noqa: BLE001 - this element's object is damaged
+            out.append(damaged)
+    return out
+
+
+def read_done(group: zarr.Group) -> np.ndarray:
+    """The group's done flags: a flag that does not decode reads as not done, so the next
+    `extract` redoes that chunk."""
+    return np.asarray(read_per_chunk(group["done"], False), dtype=bool)
 
 
 class Store:
@@ -435,18 +440,8 @@ class Store:
         (not computed yet, or computed before format 2)."""
         if "chunk_log" not in self.group:
             return [None] * self.completeness()[1]
-        arr = self.group["chunk_log"]
-        try:
-            texts = np.asarray(arr[...]).tolist()
-        except Exception:  # a damaged log object: the log is advisory, so that chunk has none
-            texts = []
-            for c in range(arr.shape[0]):
-                try:
-                    texts.append(str(arr[c]))
-                except Exception:  # zarr and its codecs raise many types for a damaged file
-                    texts.append("")
         out = []
-        for text in texts:
+        for text in read_per_chunk(self.group["chunk_log"], ""):  # the log is advisory: damaged is none
             try:
                 out.append(json.loads(text) if text else None)
             except ValueError:
