@@ -22,21 +22,17 @@ DECODE_WAIT_S = 1.0  # the most a gathering batch waits, beyond max_wait, for ph
 class BatchStats:
     """What the batcher has done: a test proves batching by `largest_batch > 1`."""
 
-    batches: int = 0
-    images: int = 0
-    largest_batch: int = 0
-    sizes: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)  # batch size -> batches run; the rest follows
     failed_batches: int = 0
 
     def add(self, size: int) -> None:
-        self.batches += 1
-        self.images += size
-        self.largest_batch = max(self.largest_batch, size)
         self.sizes[size] += 1
 
     def as_json(self) -> dict:
-        return {"batches": self.batches, "images": self.images, "largest_batch": self.largest_batch,
-                "mean_batch": round(self.images / self.batches, 3) if self.batches else 0.0,
+        batches = sum(self.sizes.values())
+        images = sum(size * n for size, n in self.sizes.items())
+        return {"batches": batches, "images": images, "largest_batch": max(self.sizes, default=0),
+                "mean_batch": round(images / batches, 3) if batches else 0.0,
                 "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
                 "failed_batches": self.failed_batches}
 
