@@ -23,6 +23,7 @@ from hashtagkit import provenance
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
 from hashtagkit.heads.base import nonfinite_rows
+from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.stores import Store, open_store
 
@@ -53,6 +54,16 @@ def design_matrix(store: Store, head: Head, view: str, rows: np.ndarray) -> np.n
         raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
                          "re-extract them (e.g. with --precision fp32) or drop them")
     return X
+
+
+def training_data(store: Store, head: Head, view: str, rows: np.ndarray) -> StoreData:
+    """The head's training input, read block by block from the store: the view's features (none
+    for a head that ignores the image) and the labels of `rows`."""
+    if view not in VIEWS:
+        raise InputError(f"unknown feature view {view!r}: choose one of {', '.join(VIEWS)}")
+    if head.needs_features:
+        store._check_features(view)
+    return StoreData(store, view if head.needs_features else None, rows)
 
 
 def training_rows(store: Store) -> tuple[np.ndarray, dict]:
@@ -86,11 +97,10 @@ def fit_run(
     if "random_state" in head.param_names() and (params or {}).get("random_state") is None:
         head.set_params(random_state=seed)
     rows, skipped = training_rows(store)
-    X = design_matrix(store, head, view, rows)
-    Y = store.labels(rows)
+    data = training_data(store, head, view, rows)
     seed_everything(seed)
     t0 = time.perf_counter()
-    head.fit(X, Y)
+    head.fit_data(data)
     fit_seconds = time.perf_counter() - t0
     with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
         head.save(tmp / MODEL_DIR)

@@ -216,8 +216,23 @@ class Head:
         _check_finite(X, "X")
         return X
 
+    def _set_shape_of(self, data) -> None:
+        """`_set_shape` from a TrainingData."""
+        self.n_features_in_ = int(data.n_features)
+        self.classes_ = np.arange(data.n_classes)
+
     # --- the protocol -----------------------------------------------------------------------
     def fit(self, X: np.ndarray, Y: np.ndarray) -> Head:
+        """Fit on in-memory arrays: checked whole here, then `fit_data` on them."""
+        from hashtagkit.heads.data import ArrayData
+
+        X, Y = self._check_xy(X, Y)
+        return self.fit_data(ArrayData(X, Y))
+
+    def fit_data(self, data) -> Head:
+        """Fit on a `hashtagkit.heads.data.TrainingData` (a store's rows, read block by block,
+        or arrays): the one fitting path of a head, so `fit` on arrays and `hashtagkit fit` on a
+        store train alike. The rows are checked for NaN/inf as they are read."""
         raise NotImplementedError
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

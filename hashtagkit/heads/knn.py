@@ -77,7 +77,10 @@ class KNNHead(Head):
             return index, f"IndexIVFFlat nlist={nlist} nprobe={index.nprobe} (approximate cosine)"
         raise ValueError(f"index must be auto, flat, hnsw or ivf, got {self.index!r}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNHead:
+    def fit_data(self, data) -> KNNHead:
+        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
+
+    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> KNNHead:
         X, Y = self._check_xy(X, Y)
         self._set_shape(X, Y)
         Z = _normalised(X)

@@ -174,7 +174,10 @@ class MLPHead(Head):
             cfg["iterations"] = None
         return cfg
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> MLPHead:
+    def fit_data(self, data) -> MLPHead:
+        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
+
+    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> MLPHead:
         from tqdm import tqdm
 
         X, Y = self._check_xy(X, Y)

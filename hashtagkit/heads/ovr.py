@@ -65,7 +65,10 @@ class OVRHead(Head):
                                  random_state=self.random_state)
         raise ValueError(f"estimator must be logistic, linearsvc or sgd, got {self.estimator!r}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> OVRHead:
+    def fit_data(self, data) -> OVRHead:
+        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
+
+    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> OVRHead:
         X, Y = self._check_xy(X, Y)
         estimator = self._make_estimator()
         self._set_shape(X, Y)

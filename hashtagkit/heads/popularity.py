@@ -20,10 +20,16 @@ class PopularityHead(Head):
     def __init__(self) -> None:
         pass
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> PopularityHead:
-        X, Y = self._check_xy(X, Y)
-        self.frequency_ = Y.astype(bool).mean(axis=0)
-        self._set_shape(X, Y)
+    def fit_data(self, data) -> PopularityHead:
+        """Class frequencies counted block by block over the labels alone."""
+        self._validate_params()
+        if data.n_rows == 0:
+            raise ValueError("fit needs at least one training row")
+        counts = np.zeros(data.n_classes, dtype=np.int64)
+        for Y in data.labels():
+            counts += (Y != 0).sum(axis=0)
+        self.frequency_ = counts / data.n_rows
+        self._set_shape_of(data)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
