@@ -112,6 +112,7 @@ def fit_run(
             "n_train": int(len(rows)),
             "train_skipped": skipped,
             "fit_seconds": round(fit_seconds, 3),
+            "fit_report": head.fit_report(),
             "store": {
                 "path": str(Path(store.path).resolve()),
                 "kind": store.meta.get("kind"),

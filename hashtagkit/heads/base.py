@@ -238,6 +238,11 @@ class Head:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def fit_report(self) -> dict[str, Any]:
+        """What fitting decided and measured that a reader of the run should see (run.json's
+        `fit_report`): e.g. the index kNN chose and its recall, whether the MLP streamed."""
+        return {}
+
     def save(self, directory: str | Path) -> None:
         self._check_fitted()
         directory = Path(directory)
