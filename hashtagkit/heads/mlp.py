@@ -22,8 +22,15 @@ planted HARRISON-size store.
   hours on a 2-core CPU (benchmarks/results/heads.md projects them from measured steps), so
   `fast` is the default.
 
-bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present; the features are
-cached in memory as float16 and converted per batch.
+bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present.
+
+The training rows come from a `TrainingData` (a store's rows, block by block). Up to
+`cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory as float16 and each epoch
+is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
+epoch, rows shuffled within a buffer of `buffer_blocks` blocks, read by `workers` prefetching
+processes, so memory stays that of the buffers however many rows there are. Both paths hold
+out the same validation rows (val_fraction, at most VAL_ROWS) and take the standardisation
+statistics and the prior from one pass over the blocks; `cache=memory|stream` forces a path.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from torch import nn
 from hashtagkit import metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head, Param
+from hashtagkit.heads.data import TrainingData
 
 PRESETS = {
     "paper": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100,
@@ -49,6 +57,13 @@ PRESETS = {
              "val_fraction": 0.1, "patience": 3, "min_epochs": 5},
 }
 MODEL_FILE, HISTORY_FILE = "model.pt", "history.json"
+# Training rows are held in memory (float16) up to this many GB, and streamed from the store
+# above it. 4 GB is HARRISON four times over (57,383 x 8,192 float16 = 0.9 GB) and leaves room
+# on a 16 GB laptop; the cached path only saves the block reads (benchmarks/results/mlp_stream.md).
+CACHE_LIMIT_GB = 4.0
+# Validation rows for early stopping: val_fraction of the training rows, at most this many, held
+# in memory as float16 (160 MB at 8,192 columns): Recall@5 on 10,000 rows varies by ~0.4 points.
+VAL_ROWS = 10_000
 
 
 class Standardize(nn.Module):
@@ -75,17 +90,93 @@ def build_mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequenti
     )
 
 
-def column_stats(X: np.ndarray, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std (float64 sums over row batches; a zero-variance column gets 1)."""
-    total = np.zeros(X.shape[1])
-    squares = np.zeros(X.shape[1])
-    for i in range(0, len(X), batch):
-        part = np.asarray(X[i : i + batch], dtype=np.float64)
+def training_stats(data: TrainingData, train_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column mean and std of the training rows' features and each class's frequency, in
+    one pass over the blocks with float64 sums (a zero-variance column gets std 1): the
+    statistics of the whole matrix without ever holding it."""
+    total, squares = np.zeros(data.n_features), np.zeros(data.n_features)
+    positives, n = np.zeros(data.n_classes), 0
+    for i, (X, Y) in enumerate(data.blocks()):
+        keep = train_mask[data.bounds[i]:data.bounds[i + 1]]
+        part = np.asarray(X[keep], dtype=np.float64)
         total += part.sum(axis=0)
         squares += (part * part).sum(axis=0)
-    mean = total / len(X)
-    std = np.sqrt(np.maximum(squares / len(X) - mean * mean, 0))
-    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        positives += (Y[keep] != 0).sum(axis=0)
+        n += int(keep.sum())
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean * mean, 0))
+    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32), positives / n
+
+
+def memory_epochs(data: TrainingData, train_mask: np.ndarray, batch: int, gen: torch.Generator):
+    """The cached path: every training row in memory as float16 (and labels as uint8), each
+    epoch a fresh permutation of them cut into batches. Endless: the caller stops."""
+    X, Y = data.to_arrays()
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float16))
+    Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.uint8))
+    order = torch.from_numpy(np.flatnonzero(train_mask))
+    while True:
+        perm = order[torch.randperm(len(order), generator=gen)]
+        yield ((Xt[idx], Yt[idx]) for idx in (perm[i : i + batch] for i in range(0, len(perm), batch)))
+
+
+class BlockStream(torch.utils.data.IterableDataset):
+    """The streamed path: batches of training rows read block by block from a TrainingData.
+
+    Per epoch the block order is a fresh seeded permutation; worker w of W takes every W-th
+    block of it (a disjoint share, so each block is read once an epoch), fills a buffer of
+    `buffer_blocks` blocks, shuffles the rows in it and yields batches of float16 features and
+    uint8 labels (converted to float32 on the device, per batch). Rows left over when a buffer
+    runs dry are carried into the next, so every training row is seen once an epoch. Memory:
+    the buffer, about buffer_blocks x 4 MB per worker, whatever the number of rows.
+
+    Rows of a block are shuffled only within their buffer: with a store's chunks in image order
+    (a user's albums), a larger buffer mixes more; the validation comparison in
+    benchmarks/results/mlp_stream.md measures the effect at the default."""
+
+    def __init__(self, data: TrainingData, train_mask: np.ndarray, batch: int, buffer_blocks: int, seed: int) -> None:
+        self.data, self.train_mask, self.batch = data, train_mask, batch
+        self.buffer_blocks, self.seed, self.epoch = buffer_blocks, seed, -1
+
+    def __iter__(self):
+        self.epoch += 1  # each pass is the next epoch, in this process and in each (persistent) worker alike
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.data.n_blocks)[worker::workers]
+        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        carry_x, carry_y = [], []
+        for start in range(0, len(order), self.buffer_blocks):
+            xs, ys = list(carry_x), list(carry_y)
+            for b in order[start : start + self.buffer_blocks]:
+                X, Y = self.data.block(int(b))
+                keep = self.train_mask[self.data.bounds[b]:self.data.bounds[b + 1]]
+                xs.append(np.asarray(X[keep], dtype=np.float16))
+                ys.append(np.asarray(Y[keep], dtype=np.uint8))
+            X, Y = np.concatenate(xs), np.concatenate(ys)
+            perm = rng.permutation(len(X))
+            full = len(X) - len(X) % self.batch
+            for i in range(0, full, self.batch):
+                idx = perm[i : i + self.batch]
+                yield torch.from_numpy(X[idx]), torch.from_numpy(Y[idx])
+            rest = perm[full:]
+            carry_x, carry_y = [X[rest]], [Y[rest]]
+        if carry_x and len(carry_x[0]):
+            yield torch.from_numpy(carry_x[0]), torch.from_numpy(carry_y[0])
+
+    def loader(self, workers: int, pin_memory: bool = False):
+        """Endless epochs, each a pass over the blocks (the caller stops). With `workers` > 0 the
+        blocks are read and shuffled by that many persistent processes that keep 4 batches each
+        ready ahead of the model. They are spawned, not forked: a fork would inherit the Zarr
+        store's I/O thread half-alive; a StoreData pickles as its path and rows and reopens."""
+        if not workers:
+            while True:
+                yield iter(self)
+        loader = torch.utils.data.DataLoader(self, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                             persistent_workers=True, multiprocessing_context="spawn",
+                                             pin_memory=pin_memory)
+        while True:
+            yield loader
 
 
 PRESET = "the preset's"
@@ -98,7 +189,7 @@ def caffe_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class Validation:
-    """What early stopping watches on the held-out rows.
+    """What early stopping watches on the held-out rows (Xv, Yv: at most VAL_ROWS of them).
 
     Recall@5 over the validation rows that have at least one hashtag: a row without one has
     no recall (0/0), so it is counted (`n_untagged`) and left out, as evaluation leaves it out.
@@ -106,18 +197,17 @@ class Validation:
     the validation loss is watched instead, under its own key `val_loss`, never under a
     recall's name. `score` returns (the value to record, a gain where higher is better)."""
 
-    def __init__(self, Y: np.ndarray, rows: np.ndarray) -> None:
-        tagged = Y[rows].any(axis=1) if len(rows) else np.zeros(0, bool)
-        self.rows, self.tagged = rows, rows[tagged]
-        self.n_untagged = int(len(rows) - len(self.tagged))
+    def __init__(self, Yv: np.ndarray) -> None:
+        self.tagged = np.flatnonzero(Yv.any(axis=1)) if len(Yv) else np.zeros(0, np.int64)
+        self.n_untagged = int(len(Yv) - len(self.tagged))
         self.key = "val_recall@5" if len(self.tagged) else "val_loss"
 
-    def score(self, head: MLPHead, X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    def score(self, head: MLPHead, Xv: np.ndarray, Yv: np.ndarray) -> tuple[float, float]:
         if len(self.tagged):
-            recall = metrics.recall_at_k(head.predict_proba(X[self.tagged]), Y[self.tagged], 5)
+            recall = metrics.recall_at_k(head.predict_proba(Xv[self.tagged]), Yv[self.tagged], 5)
             return recall, recall
-        logits = torch.from_numpy(head.decision_function(X[self.rows]))
-        loss = float(caffe_loss(logits, torch.from_numpy(Y[self.rows].astype(np.float32))))
+        logits = torch.from_numpy(head.decision_function(Xv))
+        loss = float(caffe_loss(logits, torch.from_numpy(Yv.astype(np.float32))))
         return loss, -loss
 
 
@@ -135,6 +225,10 @@ class MLPHead(Head):
         "momentum": Param(float, low=0, high=1, high_open=True, none=True, none_means=PRESET),
         "val_fraction": Param(float, low=0, high=1, high_open=True, none=True, none_means=PRESET),
         "patience": Param(int, low=0, none=True, none_means=PRESET + "; 0 never stops early"),
+        "cache": Param(str, choices=("auto", "memory", "stream")),
+        "cache_limit_gb": Param(float, low=0),
+        "buffer_blocks": Param(int, low=1),
+        "workers": Param(int, low=0, high=64),
         "device": Param(str, choices=DEVICES),
         "precision": Param(str, choices=PRECISIONS),
         "random_state": Param(int, low=0, high=2**32 - 1),
@@ -143,7 +237,8 @@ class MLPHead(Head):
     def __init__(self, preset: str = "fast", hidden: int = 4096, dropout: float | None = None, lr: float | None = None,
                  batch_size: int | None = None, iterations: int | None = None, epochs: int | None = None,
                  weight_decay: float | None = None, momentum: float | None = None, val_fraction: float | None = None,
-                 patience: int | None = None, device: str = "auto", precision: str = "auto", random_state: int = 0) -> None:
+                 patience: int | None = None, cache: str = "auto", cache_limit_gb: float = CACHE_LIMIT_GB,
+                 buffer_blocks: int = 16, workers: int = 1, device: str = "auto", precision: str = "auto", random_state: int = 0) -> None:
         self.preset = preset
         self.hidden = hidden
         self.dropout = dropout
@@ -155,6 +250,10 @@ class MLPHead(Head):
         self.momentum = momentum
         self.val_fraction = val_fraction
         self.patience = patience
+        self.cache = cache
+        self.cache_limit_gb = cache_limit_gb
+        self.buffer_blocks = buffer_blocks
+        self.workers = workers
         self.device = device
         self.precision = precision
         self.random_state = random_state
@@ -174,29 +273,33 @@ class MLPHead(Head):
             cfg["iterations"] = None
         return cfg
 
-    def fit_data(self, data) -> MLPHead:
-        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
-
-    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> MLPHead:
+    def fit_data(self, data: TrainingData) -> MLPHead:
+        """Train from blocks of `data`: held in memory when they fit under `cache_limit_gb`
+        (`cache="auto"`), else streamed block by block (see `BlockStream`). Both paths hold out
+        the same validation rows and compute the same statistics in one pass over the blocks."""
         from tqdm import tqdm
 
-        X, Y = self._check_xy(X, Y)
+        self._validate_params()
+        if data.n_rows == 0:
+            raise ValueError("fit needs at least one training row")
         cfg = self.config()
         device = pick_device(self.device)
         precision = pick_precision(self.precision, device, training=True)
-        self._set_shape(X, Y)
+        self._set_shape_of(data)
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
-        rows = torch.randperm(len(X), generator=gen).numpy()
-        n_val = int(len(X) * cfg["val_fraction"]) if cfg["val_fraction"] and len(X) >= 20 else 0
-        val_rows, train_rows = np.sort(rows[:n_val]), rows[n_val:]
-        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float16))
-        Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.uint8))
-        model = build_mlp(X.shape[1], self.hidden, Y.shape[1], cfg["dropout"])
-        mean, std = column_stats(X[train_rows])
+        n = data.n_rows
+        n_val = min(int(n * cfg["val_fraction"]), VAL_ROWS) if cfg["val_fraction"] and n >= 20 else 0
+        val_rows = np.sort(torch.randperm(n, generator=gen)[:n_val].numpy())
+        train_mask = np.ones(n, bool)
+        train_mask[val_rows] = False
+        n_train = n - n_val
+        stream = self.cache == "stream" or (self.cache == "auto" and data.nbytes > self.cache_limit_gb * 2**30)
+        mean, std, prior = training_stats(data, train_mask)
+        model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
         model[0].mean.copy_(torch.from_numpy(mean))
         model[0].std.copy_(torch.from_numpy(std))
-        prior = np.clip(Y[train_rows].mean(axis=0), 1e-4, 1 - 1e-4)
+        prior = np.clip(prior, 1e-4, 1 - 1e-4)
         with torch.no_grad():  # start from the prior, so the first updates go into the features
             model[-1].bias.copy_(torch.from_numpy(np.log(prior / (1 - prior)).astype(np.float32)))
         model = model.to(device)
@@ -205,28 +308,31 @@ class MLPHead(Head):
         else:
             # fused: one kernel for all 55M parameters (faster than foreach in a one-off timing here)
             opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
-        batch = int(min(cfg["batch_size"], len(train_rows)))
+        batch = int(min(cfg["batch_size"], n_train))
         if self.batch_size is None and self.preset == "fast":  # small data: still ~50 steps an epoch
-            batch = int(min(batch, max(32, len(train_rows) // 50)))
-        per_epoch = math.ceil(len(train_rows) / batch)
+            batch = int(min(batch, max(32, n_train // 50)))
+        per_epoch = math.ceil(n_train / batch)
         total = int(cfg["iterations"] or cfg["epochs"] * per_epoch)
         if cfg["schedule"] == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_every"], gamma=0.1)
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        watch = Validation(Y, val_rows)
+        Xv, Yv = data.take(val_rows)
+        watch = Validation(Yv)
+        if stream:
+            source = BlockStream(data, train_mask, batch, self.buffer_blocks, self.random_state)
+            epochs = source.loader(self.workers, pin_memory=device.type == "cuda")
+        else:
+            epochs = memory_epochs(data, train_mask, batch, gen)
         history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
-        order = torch.from_numpy(train_rows)
         step, bar = 0, tqdm(total=total, desc="mlp", unit="it", disable=None, leave=False)
-        while step < total:
+        for batches in epochs:
             model.train()
-            perm = order[torch.randperm(len(order), generator=gen)]
-            running = 0.0
-            for i in range(0, len(perm), batch):
-                idx = perm[i : i + batch]
-                xb = Xt[idx].to(device, non_blocking=True).float()
-                yb = Yt[idx].to(device, non_blocking=True).float()
+            running, seen = 0.0, 0
+            for xb, yb in batches:
+                xb = xb.to(device, non_blocking=True).float()
+                yb = yb.to(device, non_blocking=True).float()
                 with autocast(device, precision):
                     loss = caffe_loss(model(xb).float(), yb)
                 opt.zero_grad(set_to_none=True)
@@ -235,34 +341,43 @@ class MLPHead(Head):
                 scaler.update()
                 sched.step()
                 step += 1
+                seen += 1
                 running += float(loss.detach())
                 bar.update(1)
                 if step % 50 == 0:
-                    bar.set_postfix(loss=f"{running / (i // batch + 1):.4f}")
+                    bar.set_postfix(loss=f"{running / seen:.4f}")
                 if step >= total:
                     break
-            record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, math.ceil(len(perm) / batch))}
+            record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, seen)}
             if n_val:
                 self.model_, self.device_, self.precision_ = model, device, precision
-                record[watch.key], gain = watch.score(self, X, Y)
+                record[watch.key], gain = watch.score(self, Xv, Yv)
                 if gain > best:
                     best, stale, best_epoch = gain, 0, record["epoch"]
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 else:
                     stale += 1
             history.append(record)
-            if cfg["patience"] and n_val and stale >= cfg["patience"] and len(history) >= cfg["min_epochs"]:
+            if step >= total or (cfg["patience"] and n_val and stale >= cfg["patience"] and len(history) >= cfg["min_epochs"]):
                 break
         bar.close()
         if best_state is not None:
             model.load_state_dict(best_state)
         self.model_, self.device_, self.precision_ = model.eval(), device, precision
-        self.val_rows_ = val_rows  # the held-out rows (not saved): lets a caller re-score them
+        self.val_rows_ = val_rows  # the held-out positions (not saved): lets a caller re-score them
         self.history_ = {"config": cfg, "batch_size": batch, "device": str(device), "precision": precision, "epochs": history,
-                         "iterations": step, "n_val": n_val}
+                         "iterations": step, "n_val": n_val, "data": "stream" if stream else "memory",
+                         "data_gb": round(data.nbytes / 2**30, 3)}
+        if stream:
+            self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": self.workers, "blocks": data.n_blocks})
         if n_val:
             self.history_.update({"val_metric": watch.key, "n_val_untagged": watch.n_untagged, "best_epoch": best_epoch})
         return self
+
+    def fit_report(self) -> dict:
+        h = self.history_
+        return {key: h[key] for key in ("data", "data_gb", "batch_size", "iterations", "n_val", "best_epoch",
+                                        "device", "precision") if key in h}
 
     @torch.inference_mode()
     def decision_function(self, X: np.ndarray) -> np.ndarray:
