@@ -15,6 +15,7 @@ from sklearn.neighbors import NearestNeighbors
 from hashtagkit import metrics
 from hashtagkit.cli.main import cli
 from hashtagkit.heads import KNNHead, MLPHead, OVRHead
+from hashtagkit.heads.knn import EXACT_LIMIT
 from hashtagkit.heads.mlp import caffe_loss
 from hashtagkit.stores import open_store
 
@@ -77,8 +78,8 @@ def test_knn_switches_to_an_approximate_index_above_exact_limit():
     X, Y = blobs(2000, 32)
     exact = KNNHead(k=10, exact_limit=2000).fit(X, Y)  # n <= limit: exact
     approx = KNNHead(k=10, exact_limit=1999).fit(X, Y)
-    assert exact.index_desc_.startswith("IndexFlatIP") and approx.index_desc_.startswith("IndexHNSW")
-    assert KNNHead().exact_limit == 1_000_000
+    assert exact.index_desc_.startswith("IndexFlatIP") and approx.index_desc_.startswith("IndexIVFFlat")
+    assert KNNHead().exact_limit == EXACT_LIMIT
     Q = blobs(100, 32, seed=2)[0]
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.kneighbors(Q)[1], approx.kneighbors(Q)[1], strict=True)])
     assert overlap > 0.8
@@ -95,7 +96,7 @@ def test_knn_saved_before_exact_limit_existed_still_loads(tmp_path):
     del meta["params"]["exact_limit"]  # as an earlier hashtagkit wrote it
     meta_path.write_text(json.dumps(meta))
     again = Head.load(tmp_path / "m")
-    assert again.exact_limit == 1_000_000 and again.index_desc_ == head.index_desc_
+    assert again.exact_limit == EXACT_LIMIT and again.index_desc_ == head.index_desc_
     assert np.array_equal(again.predict_proba(X), head.predict_proba(X))
 
 

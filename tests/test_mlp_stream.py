@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
 
 from hashtagkit import metrics

@@ -1,27 +1,37 @@
 """kNN label transfer: an image gets the hashtags of its nearest training images.
 
 Features are L2-normalised so inner product is cosine similarity, then by default reduced by
-a PCA to `pca` = 256 dimensions and normalised again (`pca=null` keeps all dimensions). In one
-run on the planted HARRISON-size store while choosing this default, the PCA raised P@1 from
-15.6% to 20.8% (it drops noise dimensions) and cut prediction time about 10x; the saved index
-shrinks from 52,383 x 8,192 to 52,383 x 256 floats. Each of the k neighbours votes for its hashtags with
-weight exp(similarity / temperature); the votes are divided by their sum, so scores are in
-[0, 1] per image. The FAISS index is chosen from the data size, autofaiss-style, and recorded:
-exact `Flat` up to `exact_limit` rows (default a million; HARRISON has 52k), HNSW beyond; a GPU
-copy when faiss sees GPUs.
+a PCA to `pca` = 256 dimensions and normalised again (`pca=null` keeps all dimensions: the index
+then holds 8,192 floats a row, which does not scale). In one run on the planted HARRISON-size
+store while choosing this default, the PCA raised P@1 from 15.6% to 20.8% (it drops noise
+dimensions) and cut prediction time about 10x. Each of the k neighbours votes for its hashtags
+with weight exp(similarity / temperature); the votes are divided by their sum, so scores are in
+[0, 1] per image.
+
+At size (issue #13): the PCA is fitted on a seeded sample of FIT_ROWS rows and the vectors are
+added block by block, so no float32 copy of the training features ever exists; the labels are
+kept as per-row lists of hashtag ids (~20 bytes a row, not 997). The index is chosen from the
+data size and recorded with its measured recall (`fit_report`): exact `Flat` up to
+`exact_limit` rows (200,000; HARRISON has 52k), above it IVF with flat vectors while they fit
+in `index_mb`, else IVF-PQ (32 bytes a vector at 256 dimensions). `hnsw` stays an explicit
+choice (fast queries, but ~300 bytes a vector more). A GPU copy when faiss sees GPUs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from hashtagkit.heads.base import Head, Param
-from hashtagkit.heads.projection import fit_projection, project
+from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.projection import FIT_ROWS, fit_projection, project
 
-EXACT_LIMIT = 1_000_000
+EXACT_LIMIT = 200_000  # exact search up to here: 200k x 256 float32 = 205 MB; HARRISON has 52k
+INDEX_MB = 256  # above EXACT_LIMIT: IVF with flat vectors while they fit in this, else IVF-PQ
+RECALL_QUERIES = 1000  # training rows whose approximate neighbours are checked against exact ones
 INDEX_FILE, LABELS_FILE = "index.faiss", "labels.npz"
 
 
@@ -31,26 +41,44 @@ def _normalised(X: np.ndarray) -> np.ndarray:
     return X
 
 
+class _TopK:
+    """Exact top-k inner products of a few query vectors, kept up to date block by block."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.sims = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.zeros((len(queries), 0), np.int64)
+
+    def update(self, Z: np.ndarray, offset: int) -> None:
+        sims = np.concatenate([self.sims, self.queries @ Z.T], axis=1)
+        ids = np.concatenate([self.ids, np.broadcast_to(offset + np.arange(len(Z)), (len(self.queries), len(Z)))], axis=1)
+        keep = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]
+        self.sims, self.ids = np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
+
+
 class KNNHead(Head):
     name = "knn"
     param_spec = {
         "k": Param(int, low=1),
         "temperature": Param(float, low=0, low_open=True),
         "pca": Param(int, low=1, none=True, none_means="no PCA"),
-        "index": Param(str, choices=("auto", "flat", "hnsw", "ivf")),
+        "index": Param(str, choices=("auto", "flat", "hnsw", "ivf", "ivfpq")),
+        "index_mb": Param(float, low=0, low_open=True),
         "batch_size": Param(int, low=1),
         "exact_limit": Param(int, low=1),
         "random_state": Param(int, low=0, high=2**32 - 1),
     }
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
-                 batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, random_state: int = 0) -> None:
+                 batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, index_mb: float = INDEX_MB,
+                 random_state: int = 0) -> None:
         self.k = k
         self.temperature = temperature
         self.pca = pca
         self.index = index
         self.batch_size = batch_size
         self.exact_limit = exact_limit
+        self.index_mb = index_mb
         self.random_state = random_state
 
     # --- fitting ------------------------------------------------------------------------------
@@ -60,10 +88,18 @@ class KNNHead(Head):
             Z = _normalised(project(Z, self.projection_))
         return Z
 
-    def _build_index(self, d: int, n: int):
-        kind = self.index
-        if kind == "auto":
-            kind = "flat" if n <= self.exact_limit else "hnsw"
+    def _index_kind(self, d: int, n: int) -> str:
+        if self.index != "auto":
+            return self.index
+        if n <= self.exact_limit:
+            return "flat"
+        return "ivf" if n * d * 4 <= self.index_mb * 2**20 else "ivfpq"
+
+    def _build_index(self, kind: str, d: int, n: int, n_train: int):
+        """The FAISS index and its description. IVF lists: ~4 sqrt(n), at most one per 39
+        training vectors (FAISS's own minimum); nprobe 1/16 of them, at least 16. PQ: d/8
+        sub-quantizers of 8 bits (32 bytes a vector at d=256, against 1,024 flat)."""
+        nlist = int(max(1, min(4 * np.sqrt(n), n_train // 39)))
         if kind == "flat":
             return faiss.IndexFlatIP(d), "IndexFlatIP (exact cosine)"
         if kind == "hnsw":
@@ -71,29 +107,64 @@ class KNNHead(Head):
             index.hnsw.efSearch = max(64, 2 * self.k)
             return index, "IndexHNSWFlat M=32 (approximate cosine)"
         if kind == "ivf":
-            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = min(nlist, max(16, nlist // 16))
             return index, f"IndexIVFFlat nlist={nlist} nprobe={index.nprobe} (approximate cosine)"
-        raise ValueError(f"index must be auto, flat, hnsw or ivf, got {self.index!r}")
+        if kind == "ivfpq":
+            m = next(m for m in (d // 8, d // 4, d // 2, d, 1) if m >= 1 and d % m == 0)
+            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+            index.nprobe = min(nlist, max(16, nlist // 16))
+            return index, f"IndexIVFPQ nlist={nlist} nprobe={index.nprobe} m={m}x8bit (approximate cosine)"
+        raise ValueError(f"index must be auto, flat, hnsw, ivf or ivfpq, got {self.index!r}")
 
-    def fit_data(self, data) -> KNNHead:
-        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
-
-    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> KNNHead:
-        X, Y = self._check_xy(X, Y)
-        self._set_shape(X, Y)
-        Z = _normalised(X)
-        self.projection_ = fit_projection(Z, self.pca or 0, whiten=False, random_state=self.random_state)
+    def fit_data(self, data: TrainingData) -> KNNHead:
+        """Build the index block by block: the PCA is fitted on a seeded sample of at most
+        FIT_ROWS rows (the only rows held at once), then each block is normalised, projected
+        and added as float32. An approximate index is trained on that sample too, and its
+        recall@k against exact search is measured on RECALL_QUERIES training rows whose exact
+        neighbours are kept up to date block by block, so no second pass is needed."""
+        self._validate_params()
+        if data.n_rows == 0:
+            raise ValueError("fit needs at least one training row")
+        self._set_shape_of(data)
+        n = data.n_rows
+        rng = np.random.default_rng(self.random_state)
+        sample = np.sort(rng.choice(n, min(n, FIT_ROWS), replace=False))
+        Zs = _normalised(data.take(sample)[0])
+        self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:
-            Z = _normalised(project(Z, self.projection_))
-        index, self.index_desc_ = self._build_index(Z.shape[1], len(Z))
+            Zs = _normalised(project(Zs, self.projection_))
+        d = Zs.shape[1]
+        kind = self._index_kind(d, n)
+        index, self.index_desc_ = self._build_index(kind, d, n, len(Zs))
         if not index.is_trained:
-            index.train(Z)
-        index.add(Z)
+            index.train(Zs)
+        queries = Zs[np.sort(rng.choice(len(Zs), min(len(Zs), RECALL_QUERIES), replace=False))] if kind != "flat" else None
+        del Zs
+        exact = _TopK(queries, min(self.k, n)) if queries is not None else None
+        indptr, indices, offset = [np.zeros(1, np.int64)], [], 0
+        for X, Y in data.blocks():
+            Z = self._embed(X)
+            index.add(Z)
+            if exact is not None:
+                exact.update(Z, offset)
+            rows, cols = np.nonzero(Y)
+            indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(rows, minlength=len(Y))))
+            indices.append(cols.astype(np.int32))
+            offset += len(Y)
         self.index_ = index
-        self.labels_ = Y.astype(bool)
+        self.label_indptr_ = np.concatenate(indptr)
+        self.label_indices_ = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+        self.report_ = {"index": self.index_desc_, "n_indexed": int(index.ntotal), "dim": int(d),
+                        "pca_fit_rows": int(len(sample)) if self.projection_["components"].size else 0}
+        if exact is not None:
+            found = self._searcher().search(queries, exact.k)[1]
+            recall = np.mean([len(set(a) & set(b)) / exact.k for a, b in zip(found, exact.ids, strict=True)])
+            self.report_.update({f"recall@{exact.k}": round(float(recall), 4), "recall_queries": int(len(queries))})
         return self
+
+    def fit_report(self) -> dict:
+        return dict(getattr(self, "report_", {"index": self.index_desc_}))
 
     def _searcher(self):
         if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
@@ -114,27 +185,46 @@ class KNNHead(Head):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_x(X)
         out = np.zeros((len(X), self.n_classes_), dtype=np.float32)
-        labels = self.labels_.astype(np.float32)
         for start in range(0, len(X), self.batch_size):
             sims, ids = self._neighbours(X[start : start + self.batch_size])
             weights = np.exp((sims - sims[:, :1]) / self.temperature)  # shifted: no overflow, same ratios
             weights[ids < 0] = 0
-            votes = out[start : start + len(sims)]
-            for j in range(ids.shape[1]):
-                votes += weights[:, j : j + 1] * labels[np.maximum(ids[:, j], 0)]
-            votes /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+            out[start : start + len(sims)] = self._votes(ids, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
         return out
+
+    def _votes(self, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(b, C) summed weights of the neighbours' hashtags, from the compact label lists:
+        each (query, hashtag of a neighbour) pair adds that neighbour's weight."""
+        b, k = ids.shape
+        flat = np.maximum(ids, 0).ravel()
+        starts, stops = self.label_indptr_[flat], self.label_indptr_[flat + 1]
+        lengths = stops - starts
+        total = int(lengths.sum())
+        first = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        classes = self.label_indices_[first + np.arange(total)]
+        query = np.repeat(np.repeat(np.arange(b), k), lengths)
+        w = np.repeat(weights.ravel(), lengths)
+        return np.bincount(query * self.n_classes_ + classes, weights=w, minlength=b * self.n_classes_).reshape(b, -1)
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, directory: Path) -> None:
         faiss.write_index(self.index_, str(directory / INDEX_FILE))
-        np.savez_compressed(directory / LABELS_FILE, labels=np.packbits(self.labels_, axis=1),
+        np.savez_compressed(directory / LABELS_FILE, label_indptr=self.label_indptr_, label_indices=self.label_indices_,
                             n_classes=self.n_classes_, index_desc=self.index_desc_,
+                            report=json.dumps(self.fit_report()),
                             **{f"projection_{k}": v for k, v in self.projection_.items()})
 
     def _load_state(self, directory: Path) -> None:
         self.index_ = faiss.read_index(str(directory / INDEX_FILE))
         with np.load(directory / LABELS_FILE) as data:
-            self.labels_ = np.unpackbits(data["labels"], axis=1, count=int(data["n_classes"])).astype(bool)
+            if "labels" in data:  # saved before the compact lists: a packed N x C bit matrix
+                dense = np.unpackbits(data["labels"], axis=1, count=int(data["n_classes"]))
+                rows, cols = np.nonzero(dense)
+                self.label_indptr_ = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(dense)))].astype(np.int64)
+                self.label_indices_ = cols.astype(np.int32)
+            else:
+                self.label_indptr_, self.label_indices_ = data["label_indptr"], data["label_indices"]
+            if "report" in data:
+                self.report_ = json.loads(str(data["report"]))
             self.index_desc_ = str(data["index_desc"])
             self.projection_ = {k: data[f"projection_{k}"] for k in ("mean", "components", "scale")}

@@ -1,0 +1,82 @@
+"""kNN at size (issue #13, item 3): the index built block by block from a store equals the one
+built from arrays, an IVF-PQ index is chosen above the size and memory thresholds with a recall
+that matches brute force, the compact label lists vote exactly as the dense matrix, and a model
+saved with the old packed labels still loads."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from hashtagkit.heads import Head, KNNHead
+from hashtagkit.heads.data import ArrayData
+
+from .conftest import make_store
+from .test_heads import blobs
+from .test_mlp_stream import Watched
+
+
+def dense_votes(head: KNNHead, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """The votes from an N x C label matrix, by hand: the reference for the compact lists."""
+    sims, ids = head.kneighbors(X)
+    w = np.exp((sims - sims[:, :1]) / head.temperature)
+    w[ids < 0] = 0
+    votes = np.einsum("qk,qkc->qc", w, Y[np.maximum(ids, 0)].astype(np.float64))
+    return votes / w.sum(axis=1, keepdims=True)
+
+
+def test_store_blocks_build_the_same_index_as_arrays(tmp_path):
+    store = make_store(tmp_path / "s.zarr", n=300, chunk_rows=16)
+    rows = store.split_rows("train")
+    X, Y = store.features("both", rows), store.labels(rows)
+    Q = store.features("both", store.split_rows("test"))
+    for pca in (None, 4):
+        data = Watched(store, "both", rows)  # fails if read whole
+        streamed = KNNHead(k=5, pca=pca).fit_data(data)
+        whole = KNNHead(k=5, pca=pca).fit(X, Y)
+        np.testing.assert_array_equal(streamed.kneighbors(Q)[1], whole.kneighbors(Q)[1])
+        np.testing.assert_allclose(streamed.predict_proba(Q), whole.predict_proba(Q), atol=1e-6)
+        np.testing.assert_allclose(streamed.predict_proba(Q), dense_votes(streamed, Q, Y), atol=1e-6)
+        assert streamed.fit_report()["index"].startswith("IndexFlatIP")
+
+
+def test_ivfpq_above_the_limits_with_recall_checked_by_brute_force():
+    X, Y = blobs(6000, 64, c=12)
+    head = KNNHead(k=10, pca=32, exact_limit=1000, index_mb=0.5).fit_data(ArrayData(X, Y, block_rows=500))
+    report = head.fit_report()
+    assert report["index"].startswith("IndexIVFPQ") and report["n_indexed"] == 6000
+    assert not KNNHead(k=10, pca=32, exact_limit=1000, index_mb=50).fit(X, Y).fit_report()["index"].startswith("IndexIVFPQ")
+    # the recorded recall, recomputed independently on the same queries
+    Z = head._embed(X)
+    rng = np.random.default_rng(head.random_state)
+    sample = np.sort(rng.choice(len(X), len(X), replace=False))
+    queries = Z[sample][np.sort(rng.choice(len(sample), 1000, replace=False))]
+    exact = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(Z).kneighbors(queries)[1]
+    found = head.index_.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+    assert report["recall@10"] == round(float(recall), 4) and report["recall_queries"] == 1000
+    assert recall > 0.5  # PQ at 32 dims / 4 sub-quantizers on blobs: approximate, not noise
+    np.testing.assert_allclose(head.predict_proba(X[:50]), dense_votes(head, X[:50], Y), atol=1e-5)
+
+
+def test_saved_with_packed_labels_still_loads(tmp_path):
+    X, Y = blobs(200, 16)
+    head = KNNHead(k=5, pca=None).fit(X, Y)
+    head.save(tmp_path / "m")
+    path = tmp_path / "m" / "labels.npz"
+    with np.load(path) as data:
+        rest = {k: data[k] for k in data.files if not k.startswith("label_") and k != "report"}
+    np.savez_compressed(path, labels=np.packbits(Y.astype(bool), axis=1), **rest)  # as an earlier hashtagkit wrote it
+    again = Head.load(tmp_path / "m")
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+def test_fit_report_reaches_the_run(tmp_path):
+    import json
+
+    from .conftest import run_cli
+
+    store = make_store(tmp_path / "s.zarr", n=120).path
+    run_cli(["fit", store, "--head", "knn", "--set", "k=3", "-o", tmp_path / "run"])
+    report = json.loads((tmp_path / "run" / "run.json").read_text())["fit_report"]
+    assert report["index"].startswith("IndexFlatIP") and report["n_indexed"] > 0
