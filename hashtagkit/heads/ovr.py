@@ -8,6 +8,10 @@ store: logistic regression takes about 0.2 s per class there (benchmarks/heads.p
 totals). A class with no positive (or no negative) training example gets a constant score
 of 0 (or 1) instead of a model.
 
+At size (issue #13): the per-class models see at most `max_rows` rows (a seeded sample,
+projected block by block; recorded in the run's fit_report), so memory and fit time stop
+growing there; only the projection pass reads every row.
+
 Scores are sigmoid(decision function): probabilities for `logistic`, a monotone squashing of
 the margin for `linearsvc` and `sgd` (hinge); ranking is all the harness uses.
 """
@@ -17,7 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from hashtagkit.heads.base import Head, Param
-from hashtagkit.heads.projection import fit_projection, project
+from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.projection import FIT_ROWS, fit_projection, project
+
+# Rows the per-class models are fitted on, at most: 100,000 x 256 float32 is 100 MB, and a
+# logistic regression's cost grows with the rows. HARRISON (52k training rows) uses them all.
+MAX_ROWS = 100_000
 
 
 def _fit_one(estimator, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -35,6 +44,7 @@ class OVRHead(Head):
         "C": Param(float, low=0, low_open=True),
         "pca": Param(int, low=1, none=True, none_means="no PCA"),
         "max_iter": Param(int, low=1),
+        "max_rows": Param(int, low=1),
         "n_jobs": Param(int, low=-1, exclude=(0,), none=True, none_means="one job"),
         "random_state": Param(int, low=0, high=2**32 - 1),
     }
@@ -44,11 +54,12 @@ class OVRHead(Head):
         return {"mean": self.pca_mean_, "components": self.pca_components_, "scale": self.pca_scale_}
 
     def __init__(self, estimator: str = "logistic", C: float = 1.0, pca: int | None = 256, max_iter: int = 100,
-                 n_jobs: int | None = -1, random_state: int = 0) -> None:
+                 max_rows: int = MAX_ROWS, n_jobs: int | None = -1, random_state: int = 0) -> None:
         self.estimator = estimator
         self.C = C
         self.pca = pca
         self.max_iter = max_iter
+        self.max_rows = max_rows
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -65,17 +76,29 @@ class OVRHead(Head):
                                  random_state=self.random_state)
         raise ValueError(f"estimator must be logistic, linearsvc or sgd, got {self.estimator!r}")
 
-    def fit_data(self, data) -> OVRHead:
-        return self._fit_arrays(*data.to_arrays())  # reads every row into memory: to be replaced by streaming
-
-    def _fit_arrays(self, X: np.ndarray, Y: np.ndarray) -> OVRHead:
-        X, Y = self._check_xy(X, Y)
+    def fit_data(self, data: TrainingData) -> OVRHead:
+        """The projection from a seeded sample of FIT_ROWS rows; then the per-class models on
+        the projected features of at most `max_rows` rows (a seeded sample; all of them up to
+        that), projected block by block, so memory is that of max_rows x pca floats whatever
+        the number of rows. The rows used are recorded in `fit_report`."""
+        self._validate_params()
+        if data.n_rows == 0:
+            raise ValueError("fit needs at least one training row")
         estimator = self._make_estimator()
-        self._set_shape(X, Y)
-        p = fit_projection(X, self.pca or 0, whiten=True, random_state=self.random_state)
+        self._set_shape_of(data)
+        n = data.n_rows
+        rng = np.random.default_rng(self.random_state)
+        sample = np.sort(rng.choice(n, min(n, FIT_ROWS), replace=False))
+        p = fit_projection(data.take(sample)[0], self.pca or 0, whiten=True, random_state=self.random_state)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
-        Z = project(X, self._projection)
-        Y = Y.astype(bool)
+        keep = np.arange(n) if n <= self.max_rows else np.sort(rng.choice(n, self.max_rows, replace=False))
+        width = len(self.pca_components_) if self.pca_components_.size else data.n_features
+        Z = np.empty((len(keep), width), np.float32)
+        Y = np.empty((len(keep), data.n_classes), bool)
+        for i, (Xb, Yb) in enumerate(data.blocks()):
+            lo, hi = np.searchsorted(keep, data.bounds[i : i + 2])
+            local = keep[lo:hi] - data.bounds[i]
+            Z[lo:hi], Y[lo:hi] = project(Xb[local], self._projection), Yb[local] != 0
         positives = Y.sum(axis=0)
         trainable = np.flatnonzero((positives > 0) & (positives < len(Y)))
         self.constant_ = np.where(positives == 0, 0.0, 1.0).astype(np.float32)
@@ -87,7 +110,12 @@ class OVRHead(Head):
         self.intercept_ = np.zeros(self.n_classes_, np.float32)
         for j, (w, b) in zip(trainable, fits, strict=True):
             self.coef_[j], self.intercept_[j] = w, b
+        self.report_ = {"rows_fitted": int(len(keep)), "rows": int(n), "pca_fit_rows": int(len(sample)),
+                        "classes_fitted": int(len(trainable))}
         return self
+
+    def fit_report(self) -> dict:
+        return dict(getattr(self, "report_", {}))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_x(X)
