@@ -321,7 +321,7 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     """
     from tqdm import tqdm
 
-    from hashtagkit.data.planted import PlantedConfig, fill_planted, planted_labels
+    from hashtagkit.data.planted import PlantedConfig, PlantedPaths, fill_planted, planted_labels
     from hashtagkit.data.split import random_split
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.stores import create_store
@@ -335,7 +335,7 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     config = PlantedConfig(dim=dim, strength=strength, seed=seed)
     with tqdm(total=rows, unit="row", desc="generating", leave=False) as bar:
         store = create_store(
-            out, paths=[f"planted/{i:06d}" for i in range(rows)], labels=label_matrix, vocab=vocab, split=split,
+            out, paths=PlantedPaths(rows), labels=label_matrix, vocab=vocab, split=split,
             split_info=info, kind="planted", image_root=None, synthetic=True,
             source={**source, "generator": "hashtagkit.data.planted"}, overwrite=overwrite,
             fill=fill_planted(label_matrix, config, bar.update),

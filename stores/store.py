@@ -148,11 +148,14 @@ def create_store(
     `split_info` describes how the split was made (seed, method, sizes); its sha256 is
     computed here from the array itself, never trusted from the caller. `fill`, if given,
     writes more (e.g. generated features) into the store before it is renamed into place.
+    `labels` (anything with a shape, sliced by rows) and `paths` (a sequence) are written one
+    chunk at a time, so labels made on demand never exist whole.
     """
-    labels = np.asarray(labels)
+    if not hasattr(labels, "shape"):
+        labels = np.asarray(labels)
     split = np.asarray(split)
     n = len(paths)
-    if labels.shape != (n, len(vocab)):
+    if tuple(labels.shape) != (n, len(vocab)):
         raise ValueError(f"labels shape {labels.shape} != ({n}, {len(vocab)})")
     if split.shape != (n,):
         raise ValueError(f"split shape {split.shape} != ({n},)")
@@ -172,11 +175,13 @@ def create_store(
             "labels", shape=labels.shape, dtype="uint8",
             chunks=(min(max(n, 1), rows_per_chunk(c)), c), compressors=_compressors(),
         )
-        lab[...] = labels.astype(np.uint8)
+        for a in range(0, n, lab.chunks[0]):  # a chunk at a time: labels may be made on demand
+            lab[a : a + lab.chunks[0]] = np.asarray(labels[a : a + lab.chunks[0]], dtype=np.uint8)
         sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors())
         sp[...] = split.astype(np.uint8)
         pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),))
-        pa[...] = np.asarray(list(paths), dtype=str)
+        for a in range(0, n, PATH_CHUNK_ROWS):
+            pa[a : a + PATH_CHUNK_ROWS] = np.asarray(list(paths[a : a + PATH_CHUNK_ROWS]), dtype=str)
         group.attrs.update(
             {
                 "vocab": list(vocab),

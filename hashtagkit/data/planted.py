@@ -18,7 +18,7 @@ should beat either single view because each view holds only its own third of the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import numpy as np
 from hashtagkit.data.harrison import read_harrison
 from hashtagkit.data.vocabulary import multi_hot
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: Zipf labels drawn per block of 4,096 rows (float32 draws)
 HARRISON_ROWS, HARRISON_CLASSES, HARRISON_TAGS_PER_IMAGE = 57383, 997, 4.544
 
 
@@ -45,33 +45,86 @@ def group_of(n_classes: int) -> np.ndarray:
     return np.arange(n_classes) % 3
 
 
+class ZipfLabels:
+    """A long-tailed multi-hot matrix with HARRISON's mean tags per image, made on demand.
+
+    Rows are generated in fixed blocks of GEN_ROWS, each from its own seed, so `labels[a:b]`
+    is the same whatever slices it is read by, and a million-row store is written block by
+    block without the matrix (1 GB as uint8, 8 GB of draws) ever existing. Behaves as an
+    (n, C) uint8 array for slicing by rows."""
+
+    GEN_ROWS = 4096
+
+    def __init__(self, n: int, n_classes: int, seed: int, tags_per_image: float = HARRISON_TAGS_PER_IMAGE) -> None:
+        self.n, self.n_classes, self.seed = n, n_classes, seed
+        p = 1.0 / np.arange(1, n_classes + 1) ** 0.6  # 0.6: the top class in ~11% of images, as HARRISON's #love
+        self.p = np.minimum(p * tags_per_image / p.sum(), 0.5)
+        self.shape, self.dtype, self.ndim = (n, n_classes), np.dtype(np.uint8), 2
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _block(self, b: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, 1, b])
+        rows = min(self.GEN_ROWS, self.n - b * self.GEN_ROWS)
+        labels = (rng.random((rows, self.n_classes), dtype=np.float32) < self.p).astype(np.uint8)
+        empty = np.flatnonzero(labels.sum(1) == 0)  # every image has at least one hashtag
+        labels[empty, rng.choice(self.n_classes, size=len(empty), p=self.p / self.p.sum())] = 1
+        return labels
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("ZipfLabels are read by contiguous row slices")
+        start, stop, _ = rows.indices(self.n)
+        if stop <= start:
+            return np.zeros((0, self.n_classes), np.uint8)
+        first, last = start // self.GEN_ROWS, (stop - 1) // self.GEN_ROWS
+        block = np.concatenate([self._block(b) for b in range(first, last + 1)])
+        return block[start - first * self.GEN_ROWS : stop - first * self.GEN_ROWS]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
 def zipf_labels(n: int, n_classes: int, seed: int, tags_per_image: float = HARRISON_TAGS_PER_IMAGE) -> np.ndarray:
-    """A long-tailed multi-hot matrix with HARRISON's size and mean tags per image."""
-    rng = np.random.default_rng([seed, 1])
-    p = 1.0 / np.arange(1, n_classes + 1) ** 0.6  # 0.6: the top class in ~11% of images, as HARRISON's #love
-    p = np.minimum(p * tags_per_image / p.sum(), 0.5)
-    labels = (rng.random((n, n_classes)) < p).astype(np.uint8)
-    empty = np.flatnonzero(labels.sum(1) == 0)
-    labels[empty, rng.choice(n_classes, size=len(empty), p=p / p.sum())] = 1
-    return labels
+    """The whole Zipf-shaped matrix in memory (small n; `ZipfLabels` for large)."""
+    return ZipfLabels(n, n_classes, seed, tags_per_image)[:]
 
 
 def planted_labels(labels_root: str | Path | None, n: int | None, seed: int,
                    n_classes: int = HARRISON_CLASSES) -> tuple[np.ndarray, list[str], dict]:
-    """(labels, vocab, source): HARRISON's labels when given, else Zipf-shaped with n_classes;
-    n rows kept (a seeded random subset, so the label distribution stays HARRISON's)."""
+    """(labels, vocab, source): HARRISON's labels when given (n rows kept: a seeded random subset,
+    so the label distribution stays HARRISON's), else Zipf-shaped with n_classes, made on
+    demand by row slices (`ZipfLabels`)."""
     if labels_root:
         data = read_harrison(labels_root)
         labels, vocab = multi_hot(data.tags, data.vocab), data.vocab
         source = {"labels": "HARRISON", **data.source}
     else:
-        labels = zipf_labels(HARRISON_ROWS if n is None else max(n, 1), n_classes, seed)
+        labels = ZipfLabels(HARRISON_ROWS if n is None else max(n, 1), n_classes, seed)
         vocab = [f"tag{c:03d}" for c in range(n_classes)]
         source = {"labels": "zipf"}
-    if n is not None and n < len(labels):
+    if labels_root and n is not None and n < len(labels):
         keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(labels))[:n])
         labels = labels[keep]
     return labels, vocab, source
+
+
+class PlantedPaths(Sequence):
+    """`planted/000000`, ... for n rows, made when read (a million names need no list)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [f"planted/{j:06d}" for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return f"planted/{i % self.n:06d}"
 
 
 def prototypes(n_classes: int, config: PlantedConfig) -> np.ndarray:
@@ -88,7 +141,7 @@ def prototypes(n_classes: int, config: PlantedConfig) -> np.ndarray:
 def features_for(labels: np.ndarray, protos: np.ndarray, config: PlantedConfig, rng: np.random.Generator) -> np.ndarray:
     """Object and scene blocks for a batch of rows: ReLU(visible prototypes + noise)."""
     groups = group_of(labels.shape[1])
-    shown = labels.astype(np.float32) * (rng.random(labels.shape) < config.visible)
+    shown = labels.astype(np.float32) * (rng.random(labels.shape, dtype=np.float32) < config.visible)
     blocks = []
     for g in (1, 2):
         signal = shown[:, groups == g] @ protos[groups == g]
@@ -108,14 +161,14 @@ def planted_blocks(config: PlantedConfig) -> list[dict]:
     ]
 
 
-def fill_planted(labels: np.ndarray, config: PlantedConfig, progress: Callable[[int], None] = lambda k: None):
+def fill_planted(labels, config: PlantedConfig, progress: Callable[[int], None] = lambda k: None):
     """A `fill` callback for create_store: writes the features chunk by chunk, deterministically."""
 
     def fill(store) -> None:
         rows = store.init_features(2 * config.dim, "float16", planted_blocks(config))
         protos = prototypes(labels.shape[1], config)
         for chunk, start in enumerate(range(0, len(labels), rows)):
-            part = labels[start : start + rows]
+            part = np.asarray(labels[start : start + rows])
             rng = np.random.default_rng([config.seed, 4, chunk])
             store.write_chunk(chunk, features_for(part, protos, config, rng), np.ones(len(part), bool))
             progress(len(part))
