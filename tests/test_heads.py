@@ -211,7 +211,7 @@ def test_fit_help_lists_every_parameter_from_the_declarations():
     for klass in HEADS.values():
         for line in klass.describe_params():
             assert line in res.output
-    assert "exact_limit=1000000  an integer >= 1" in res.output
+    assert f"exact_limit={EXACT_LIMIT}  an integer >= 1" in res.output
 
 
 # --- all heads on a small planted store, through the CLI -------------------------------------------

@@ -49,8 +49,7 @@ def test_ivfpq_above_the_limits_with_recall_checked_by_brute_force():
     # the recorded recall, recomputed independently on the same queries
     Z = head._embed(X)
     rng = np.random.default_rng(head.random_state)
-    sample = np.sort(rng.choice(len(X), len(X), replace=False))
-    queries = Z[sample][np.sort(rng.choice(len(sample), 1000, replace=False))]
+    queries = Z[np.sort(rng.choice(len(X), 1000, replace=False))]  # the PCA sample is every row (n < FIT_ROWS)
     exact = NearestNeighbors(n_neighbors=10, metric="cosine", algorithm="brute").fit(Z).kneighbors(queries)[1]
     found = head.index_.search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])

@@ -79,6 +79,17 @@ class TrainingData:
             X[at], Y[at] = Xb[local], Yb[local]
         return X, Y
 
+    def sample_positions(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        """A seeded sample of k positions (all when k >= n_rows), ascending, drawn from whole
+        blocks picked at random: `take` then reads about k rows' worth of blocks, not nearly
+        every block as k scattered rows of a million would make it read."""
+        if k >= self.n_rows:
+            return np.arange(self.n_rows)
+        order = rng.permutation(self.n_blocks)
+        enough = int(np.searchsorted(np.cumsum(self.block_sizes()[order]), k)) + 1
+        pool = np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in order[:enough]])
+        return np.sort(rng.choice(pool, k, replace=False))
+
     def subset(self, blocks: Sequence[int]) -> TrainingData:
         """The rows of these blocks, as TrainingData of the same kind (a DDP rank's share, a
         validation part); blocks keep their boundaries."""

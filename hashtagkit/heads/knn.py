@@ -63,9 +63,9 @@ class KNNHead(Head):
         "temperature": Param(float, low=0, low_open=True),
         "pca": Param(int, low=1, none=True, none_means="no PCA"),
         "index": Param(str, choices=("auto", "flat", "hnsw", "ivf", "ivfpq")),
-        "index_mb": Param(float, low=0, low_open=True),
         "batch_size": Param(int, low=1),
         "exact_limit": Param(int, low=1),
+        "index_mb": Param(float, low=0, low_open=True),
         "random_state": Param(int, low=0, high=2**32 - 1),
     }
 
@@ -129,7 +129,7 @@ class KNNHead(Head):
         self._set_shape_of(data)
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
-        sample = np.sort(rng.choice(n, min(n, FIT_ROWS), replace=False))
+        sample = data.sample_positions(FIT_ROWS, rng)
         Zs = _normalised(data.take(sample)[0])
         self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:

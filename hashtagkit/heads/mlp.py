@@ -90,14 +90,18 @@ def build_mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequenti
     )
 
 
-def training_stats(data: TrainingData, train_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_stats(data: TrainingData, train_mask: np.ndarray):
     """Per-column mean and std of the training rows' features and each class's frequency, in
     one pass over the blocks with float64 sums (a zero-variance column gets std 1): the
-    statistics of the whole matrix without ever holding it."""
+    statistics of the whole matrix without ever holding it. The same pass collects the rows
+    held out of training (the validation rows: `train_mask` False), as (Xv, Yv)."""
     total, squares = np.zeros(data.n_features), np.zeros(data.n_features)
     positives, n = np.zeros(data.n_classes), 0
+    held_x, held_y = [np.zeros((0, data.n_features), data.dtype)], [np.zeros((0, data.n_classes), np.uint8)]
     for i, (X, Y) in enumerate(data.blocks()):
         keep = train_mask[data.bounds[i]:data.bounds[i + 1]]
+        held_x.append(X[~keep])
+        held_y.append(np.asarray(Y[~keep], dtype=np.uint8))
         part = np.asarray(X[keep], dtype=np.float64)
         total += part.sum(axis=0)
         squares += (part * part).sum(axis=0)
@@ -105,7 +109,8 @@ def training_stats(data: TrainingData, train_mask: np.ndarray) -> tuple[np.ndarr
         n += int(keep.sum())
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean * mean, 0))
-    return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32), positives / n
+    std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+    return mean.astype(np.float32), std, positives / n, (np.concatenate(held_x), np.concatenate(held_y))
 
 
 def memory_epochs(data: TrainingData, train_mask: np.ndarray, batch: int, gen: torch.Generator):
@@ -295,7 +300,7 @@ class MLPHead(Head):
         train_mask[val_rows] = False
         n_train = n - n_val
         stream = self.cache == "stream" or (self.cache == "auto" and data.nbytes > self.cache_limit_gb * 2**30)
-        mean, std, prior = training_stats(data, train_mask)
+        mean, std, prior, (Xv, Yv) = training_stats(data, train_mask)
         model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
         model[0].mean.copy_(torch.from_numpy(mean))
         model[0].std.copy_(torch.from_numpy(std))
@@ -318,7 +323,6 @@ class MLPHead(Head):
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        Xv, Yv = data.take(val_rows)
         watch = Validation(Yv)
         if stream:
             source = BlockStream(data, train_mask, batch, self.buffer_blocks, self.random_state)

@@ -88,7 +88,7 @@ class OVRHead(Head):
         self._set_shape_of(data)
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
-        sample = np.sort(rng.choice(n, min(n, FIT_ROWS), replace=False))
+        sample = data.sample_positions(FIT_ROWS, rng)
         p = fit_projection(data.take(sample)[0], self.pca or 0, whiten=True, random_state=self.random_state)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
         keep = np.arange(n) if n <= self.max_rows else np.sort(rng.choice(n, self.max_rows, replace=False))
