@@ -15,29 +15,34 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
+from hashtagkit.heads.base import nonfinite_rows
 from hashtagkit.runs import design_matrix, load_run
 from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 
 
-def evaluation_rows(store, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Rows to score and their labels: the split, less rows without ground truth (recall is
-    undefined there) and rows whose image failed to decode. The same rows for every head of a
-    store, popularity included, so a table compares like with like. Counts reported."""
+def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
+    """Rows to score: the split, less rows without ground truth (recall is undefined there) and
+    rows whose image failed to decode. The same rows for every head of a store, popularity
+    included, so a table compares like with like. Counts reported.
+
+    The labels are read one label chunk at a time (`iter_rows`), so finding the rows of the
+    train split of a million-row store holds a chunk of labels, never its N x C matrix; what
+    is kept is the row indices (8 bytes a row)."""
     rows = store.split_rows(split)
-    labels = store.labels(rows)
+    has_gt = np.zeros(len(rows), bool)
+    order, done = store.chunk_order(rows, what=("labels",)), 0  # ascending rows: the identity
+    for picked, data in store.iter_rows(rows, what=("labels",)):
+        has_gt[order[done : done + len(picked)]] = data["labels"].any(axis=1)
+        done += len(picked)
     skipped = {}
-    has_gt = labels.any(axis=1)
     if not has_gt.all():
         skipped["no_ground_truth"] = int((~has_gt).sum())
-        rows, labels = rows[has_gt], labels[has_gt]
-    usable, dropped = store.usable_rows(rows)
-    if dropped:
-        labels = labels[np.isin(rows, usable)]
-        rows = usable
-        skipped.update(dropped)
-    return rows, labels, skipped
+        rows = rows[has_gt]
+    rows, dropped = store.usable_rows(rows)
+    skipped.update(dropped)
+    return rows, skipped
 
 
 @dataclass
@@ -58,9 +63,10 @@ class ScoredSplit:
 def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
     """Load a run and score every evaluable row of a split: the one place a run meets its data."""
     record, head, store = load_run(run_dir, store_path)
-    rows, labels, skipped = evaluation_rows(store, split)
+    rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
+    labels = store.labels(rows)  # the whole split in memory, as its scores: for `show`
     X = design_matrix(store, head, record.get("features") or "both", rows)
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
@@ -69,17 +75,54 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
 
 
 EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
+SCORE_CACHE_BYTES = 256 << 20  # scores kept for the second pass up to this size, else recomputed
 
 
-def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, labels: np.ndarray,
-                    batch_size: int):
-    """(scores, labels) of consecutive row batches, in split order, with the seconds spent in
-    predict_proba: one batch of features and scores in memory at a time."""
-    for start in range(0, len(rows), batch_size):
-        X = design_matrix(store, head, view, rows[start : start + batch_size])
+def _batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
+    """(features, labels) of consecutive batches of `batch_size` rows (the last one shorter),
+    in the order of `rows` (ascending, as `evaluation_rows` gives them): read by `iter_rows`,
+    so every feature and label chunk is decoded once per pass and at most a batch plus one
+    store step is held. A head that ignores the image gets an empty (n, 0) matrix and no
+    feature is read."""
+    what = ("features", "labels") if head.needs_features else ("labels",)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, features, labels)
+    held = 0
+    for picked, data in store.iter_rows(rows, what=what, view=view):
+        parts.append((picked, data.get("features"), data["labels"]))
+        held += len(picked)
+        while held >= batch_size:
+            picked_all, X, Y = _joined(parts, head.needs_features)
+            yield _checked(store, picked_all[:batch_size], X[:batch_size]), Y[:batch_size]
+            parts, held = [(picked_all[batch_size:], X[batch_size:], Y[batch_size:])], held - batch_size
+    if held:
+        picked_all, X, Y = _joined(parts, head.needs_features)
+        yield _checked(store, picked_all, X), Y
+
+
+def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    picked = np.concatenate([p for p, _, _ in parts])
+    X = (np.concatenate([x for _, x, _ in parts]) if needs_features
+         else np.zeros((len(picked), 0), dtype=np.float32))
+    return picked, X, np.concatenate([y for _, _, y in parts])
+
+
+def _checked(store: Store, picked: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """X, refused with the rows named if any is not finite (as `runs.design_matrix` does)."""
+    bad = nonfinite_rows(X) if X.shape[1] else ()
+    if len(bad):
+        named = ", ".join(str(r) for r in picked[bad][:10].tolist())
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
+                         "re-extract them (e.g. with --precision fp32) or drop them")
+    return X
+
+
+def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
+    """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
+    for X, labels in _batches(store, head, view, rows, batch_size):
         t0 = time.perf_counter()
         scores = head.predict_proba(X)
-        yield scores, labels[start : start + batch_size], time.perf_counter() - t0
+        yield scores, labels, time.perf_counter() - t0
 
 
 def evaluate_run(
@@ -99,18 +142,24 @@ def evaluate_run(
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     record, head, store = load_run(run_dir, store_path)
-    rows, labels, skipped = evaluation_rows(store, split)
+    rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
     view = record.get("features") or "both"
     asked = sorted(set(ks) | set(PAPER_KS))
-    n_classes = labels.shape[1]
+    n_classes = store.n_classes
     acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
     predict_seconds = 0.0
-    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, labels, batch_size):
+    cache: list | None = [] if len(rows) * n_classes * 8 <= SCORE_CACHE_BYTES else None
+    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size):
         acc.update(scores, batch_labels)
         predict_seconds += seconds
-    for scores, batch_labels, _ in _scored_batches(store, head, view, rows, labels, batch_size):
+        if cache is not None:
+            cache.append((scores, batch_labels))
+    # pass 2 (per-class AP): the same scores again, kept when small (a test split), recomputed
+    # batch by batch when not (the train split of a large store): read the split twice
+    for scores, batch_labels in cache if cache is not None else (
+            (s, y) for s, y, _ in _scored_batches(store, head, view, rows, batch_size)):
         acc.rank_update(scores, batch_labels)
     result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size

@@ -137,21 +137,27 @@ def test_evaluate_json_equals_in_memory(runs, head):
     assert got["head"] == head and got["split"] == "test"
 
 
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("batch", [1, 4, 35, 500])
-def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, monkeypatch):
+def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, cache, monkeypatch):
     seen = []
-    real = evaluate.design_matrix
+    real = evaluate.load_run
 
-    def counting(store, head, view, rows):
-        seen.append(len(rows))
-        return real(store, head, view, rows)
+    def counting(*args, **kwargs):  # the rows each predict_proba call is given
+        record, head, store = real(*args, **kwargs)
+        predict = head.predict_proba
+        head.predict_proba = lambda X: (seen.append(len(X)), predict(X))[1]
+        return record, head, store
 
-    monkeypatch.setattr(evaluate, "design_matrix", counting)
+    monkeypatch.setattr(evaluate, "load_run", counting)
+    if not cache:  # the train split of a large store: scores recomputed for the second pass
+        monkeypatch.setattr(evaluate, "SCORE_CACHE_BYTES", 0)
     got = evaluate.evaluate_run(runs / "knn", ks=(1, 5), per_class_k=2, batch_size=batch)
     n = got["n_images"]
     assert max(seen) == min(batch, n)  # never more than one batch of features (and scores) at once
-    assert sum(seen) == 2 * n  # two passes: per-class AP ranks positives against every negative
-    monkeypatch.setattr(evaluate, "design_matrix", real)
+    # per-class AP ranks positives against every negative: two passes, the second from kept scores or recomputed
+    assert sum(seen) == (1 if cache else 2) * n
+    monkeypatch.setattr(evaluate, "load_run", real)
     want = in_memory(runs / "knn", ks=(1, 5), per_class_k=2)
     for name, value in want.items():
         if name.startswith("per_class"):
