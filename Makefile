@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,3 +85,11 @@ bench-planted: $(STAMP)
 	$(BIN)/hashtagkit bench $(PLANTED) --set mlp.epochs=8 -o $(PLANTED_BENCH)
 	mkdir -p benchmarks/results/planted
 	cp $(PLANTED_BENCH)/table.md $(PLANTED_BENCH)/results.csv $(PLANTED_BENCH)/curves.png $(PLANTED_BENCH)/per_class_recall.png benchmarks/results/planted/
+
+# Time and peak memory of prepare / fit / evaluate of every head against N (planted stores of 8,192
+# float16 columns): benchmarks/results/scale.{json,md,png}. At the default sizes (57,383, 250,000 and
+# 1,000,000 rows) it needs ~10 GB of disk under SCALE_DIR and an hour or more on 2 cores.
+SCALE_SIZES ?= 57383,250000,1000000
+SCALE_DIR   ?= /work/tmp-scale
+bench-scale: $(STAMP)
+	nice $(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES) --dir $(SCALE_DIR)
