@@ -436,11 +436,16 @@ def parse_ks(text: str) -> tuple[int, ...]:
                    "labelled so.")
 @click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool) -> None:
-    """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP."""
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1, max=1_000_000),
+              help="Rows scored at once: memory is about this many rows of features and scores, whatever the split's size.")
+def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, batch_size: int) -> None:
+    """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP.
+
+    The split is scored batch by batch (twice: per-class mAP needs a second pass), so a split
+    of any size is evaluated in the memory of --batch-size rows."""
     from hashtagkit.evaluate import evaluate_run, format_table
 
-    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store)
+    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 

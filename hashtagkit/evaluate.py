@@ -21,23 +21,25 @@ from hashtagkit.stores import Store
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 
 
-def evaluation_rows(store, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Rows to score and their labels: the split, less rows without ground truth (recall is
-    undefined there) and rows whose image failed to decode. The same rows for every head of a
-    store, popularity included, so a table compares like with like. Counts reported."""
+def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
+    """Rows to score: the split, less rows without ground truth (recall is undefined there) and
+    rows whose image failed to decode. The same rows for every head of a store, popularity
+    included, so a table compares like with like. Counts reported. The labels are read a step
+    at a time to find the rows without any (`iter_rows`), never as one N x C matrix."""
     rows = store.split_rows(split)
-    labels = store.labels(rows)
+    has_gt = np.zeros(len(rows), bool)
+    order = store.chunk_order(rows, what=("labels",))
+    at = 0
+    for picked, got in store.iter_rows(rows, what=("labels",)):
+        has_gt[order[at : at + len(picked)]] = got["labels"].any(axis=1)
+        at += len(picked)
     skipped = {}
-    has_gt = labels.any(axis=1)
     if not has_gt.all():
         skipped["no_ground_truth"] = int((~has_gt).sum())
-        rows, labels = rows[has_gt], labels[has_gt]
-    usable, dropped = store.usable_rows(rows)
-    if dropped:
-        labels = labels[np.isin(rows, usable)]
-        rows = usable
-        skipped.update(dropped)
-    return rows, labels, skipped
+        rows = rows[has_gt]
+    rows, dropped = store.usable_rows(rows)
+    skipped.update(dropped)
+    return rows, skipped
 
 
 @dataclass
@@ -58,9 +60,10 @@ class ScoredSplit:
 def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
     """Load a run and score every evaluable row of a split: the one place a run meets its data."""
     record, head, store = load_run(run_dir, store_path)
-    rows, labels, skipped = evaluation_rows(store, split)
+    rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
+    labels = store.labels(rows)
     X = design_matrix(store, head, record.get("features") or "both", rows)
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
@@ -71,15 +74,15 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
 EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
 
 
-def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, labels: np.ndarray,
-                    batch_size: int):
+def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
     """(scores, labels) of consecutive row batches, in split order, with the seconds spent in
-    predict_proba: one batch of features and scores in memory at a time."""
+    predict_proba: one batch of features, labels and scores in memory at a time."""
     for start in range(0, len(rows), batch_size):
-        X = design_matrix(store, head, view, rows[start : start + batch_size])
+        batch = rows[start : start + batch_size]
+        X = design_matrix(store, head, view, batch)
         t0 = time.perf_counter()
         scores = head.predict_proba(X)
-        yield scores, labels[start : start + batch_size], time.perf_counter() - t0
+        yield scores, store.labels(batch), time.perf_counter() - t0
 
 
 def evaluate_run(
@@ -99,18 +102,18 @@ def evaluate_run(
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     record, head, store = load_run(run_dir, store_path)
-    rows, labels, skipped = evaluation_rows(store, split)
+    rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
     view = record.get("features") or "both"
     asked = sorted(set(ks) | set(PAPER_KS))
-    n_classes = labels.shape[1]
+    n_classes = store.n_classes
     acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
     predict_seconds = 0.0
-    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, labels, batch_size):
+    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size):
         acc.update(scores, batch_labels)
         predict_seconds += seconds
-    for scores, batch_labels, _ in _scored_batches(store, head, view, rows, labels, batch_size):
+    for scores, batch_labels, _ in _scored_batches(store, head, view, rows, batch_size):
         acc.rank_update(scores, batch_labels)
     result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size

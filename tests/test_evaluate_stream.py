@@ -165,3 +165,29 @@ def test_a_bad_batch_size_is_an_input_error(runs):
 
     with pytest.raises(InputError, match="batch size"):
         evaluate.evaluate_run(runs / "knn", batch_size=0)
+
+
+def test_labels_are_read_a_batch_at_a_time(runs, monkeypatch):
+    from hashtagkit.stores.store import Store
+
+    sizes, real = [], Store.labels
+
+    def counting(self, rows=None):
+        sizes.append(self.n_rows if rows is None else len(rows))
+        return real(self, rows)
+
+    monkeypatch.setattr(Store, "labels", counting)
+    res = CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert sizes and max(sizes) == 8  # never the split's whole N x C labels
+    monkeypatch.undo()
+    whole = json.loads(CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json"]).output)
+    got = json.loads(res.output)
+    assert set(got) == set(whole)
+    for name, value in whole.items():
+        if isinstance(value, float) and name != "predict_seconds":
+            assert got[name] == pytest.approx(value, abs=1e-12), name  # (summed in another order)
+        elif name != "predict_seconds":
+            assert got[name] == value, name
+    bad = CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--batch-size", "0"])
+    assert bad.exit_code == 2 and "--batch-size" in bad.output
