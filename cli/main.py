@@ -408,12 +408,19 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
 
     --seed sets random_state for the heads that have one. Integer parameters take integers
     only (not true/false, not 3.0); a value out of range is an error naming what is allowed.
+
+    Several processes or GPUs train one MLP under torchrun (DDP; batch_size is the global batch):
+    torchrun --standalone --nproc_per_node=K -m hashtagkit.cli fit STORE --head mlp ...
     """
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.runs import fit_run, read_run
 
     refuse_existing(out, overwrite, kind="run", inputs=[store])
+    from hashtagkit import ddp
+
     fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
+    if not ddp.from_env().writer:
+        return  # under torchrun only rank 0 speaks (and writes)
     record = read_run(out)
     echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
 
