@@ -408,12 +408,19 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
 
     --seed sets random_state for the heads that have one. Integer parameters take integers
     only (not true/false, not 3.0); a value out of range is an error naming what is allowed.
+
+    Several processes or GPUs train one MLP under torchrun (DDP; batch_size is the global batch):
+    torchrun --standalone --nproc_per_node=K -m hashtagkit.cli fit STORE --head mlp ...
     """
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.runs import fit_run, read_run
 
     refuse_existing(out, overwrite, kind="run", inputs=[store])
+    from hashtagkit import ddp
+
     fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
+    if not ddp.from_env().writer:
+        return  # under torchrun only rank 0 speaks (and writes)
     record = read_run(out)
     echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
 
@@ -437,12 +444,13 @@ def parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1, max=1_000_000),
-              help="Rows scored at once: memory is a batch of features and scores, whatever the split's size.")
+              help="Rows scored at once: memory is about this many rows of features and scores, whatever the split's size.")
 def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, batch_size: int) -> None:
     """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP.
 
-    The split is read chunk by chunk and scored --batch-size rows at a time, so evaluating
-    even the train split of a million-row store holds one batch, not the split."""
+    The split is read chunk by chunk and scored --batch-size rows at a time (per-class mAP
+    needs a second pass: from kept scores when they are small, else scored again), so a split
+    of any size is evaluated in the memory of --batch-size rows."""
     from hashtagkit.evaluate import evaluate_run, format_table
 
     result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size)

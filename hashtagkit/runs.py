@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hashtagkit import provenance
+from hashtagkit import ddp, provenance
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
 from hashtagkit.heads.base import nonfinite_rows
@@ -96,12 +96,27 @@ def fit_run(
     head = make_head(head_name, **(params or {}))
     if "random_state" in head.param_names() and (params or {}).get("random_state") is None:
         head.set_params(random_state=seed)
+    world = ddp.from_env()
+    if world.distributed and head.name != "mlp":
+        raise InputError(f"only the mlp head trains on several processes; {head.name!r} was started by torchrun "
+                         f"with {world.size} (run it as one process)")
+    world = ddp.start(world, head.get_params().get("device", "auto"))
+    try:
+        return _fit(store, head, out, view, seed, overwrite, split_sha, world)
+    finally:
+        ddp.stop(world)  # the other ranks wait here until rank 0 has written the run
+
+
+def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: bool, split_sha: str,
+         world: ddp.World) -> Path:
     rows, skipped = training_rows(store)
     data = training_data(store, head, view, rows)
     seed_everything(seed)
     t0 = time.perf_counter()
     head.fit_data(data)
     fit_seconds = time.perf_counter() - t0
+    if not world.writer:
+        return Path(out)
     with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
         head.save(tmp / MODEL_DIR)
         record = {
@@ -113,6 +128,7 @@ def fit_run(
             "train_skipped": skipped,
             "fit_seconds": round(fit_seconds, 3),
             "fit_report": head.fit_report(),
+            "distributed": world.record() if world.distributed else None,
             "store": {
                 "path": str(Path(store.path).resolve()),
                 "kind": store.meta.get("kind"),

@@ -171,3 +171,39 @@ def test_a_bad_batch_size_is_an_input_error(runs):
 
     with pytest.raises(InputError, match="batch size"):
         evaluate.evaluate_run(runs / "knn", batch_size=0)
+
+
+def test_labels_are_read_a_batch_at_a_time(runs, monkeypatch):
+    from hashtagkit.stores import open_store
+    from hashtagkit.stores.store import Store
+
+    sizes, real, real_iter = [], Store.labels, Store.iter_rows
+
+    def counting(self, rows=None):
+        sizes.append(self.n_rows if rows is None else len(rows))
+        return real(self, rows)
+
+    def counting_steps(self, *args, **kwargs):  # the labels read with the features to score
+        for picked, data in real_iter(self, *args, **kwargs):
+            if "features" in data:
+                sizes.append(len(data["labels"]))
+            yield picked, data
+
+    monkeypatch.setattr(Store, "labels", counting)
+    monkeypatch.setattr(Store, "iter_rows", counting_steps)
+    res = CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    step = open_store(runs / "s.zarr").step_rows()
+    assert step < 37 - 2  # the split spans several steps
+    assert sizes and max(sizes) <= step  # a store step at a time, never the split's whole N x C labels
+    monkeypatch.undo()
+    whole = json.loads(CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json"]).output)
+    got = json.loads(res.output)
+    assert set(got) == set(whole)
+    for name, value in whole.items():
+        if isinstance(value, float) and name != "predict_seconds":
+            assert got[name] == pytest.approx(value, abs=1e-12), name  # (summed in another order)
+        elif name != "predict_seconds":
+            assert got[name] == value, name
+    bad = CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--batch-size", "0"])
+    assert bad.exit_code == 2 and "--batch-size" in bad.output

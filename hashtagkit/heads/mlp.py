@@ -35,6 +35,7 @@ statistics and the prior from one pass over the blocks; `cache=memory|stream` fo
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashtagkit import metrics
+from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.data import TrainingData
@@ -90,11 +91,12 @@ def build_mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequenti
     )
 
 
-def training_stats(data: TrainingData, train_mask: np.ndarray):
+def training_stats(data: TrainingData, train_mask: np.ndarray, world: ddp.World = ddp.SINGLE):
     """Per-column mean and std of the training rows' features and each class's frequency, in
     one pass over the blocks with float64 sums (a zero-variance column gets std 1): the
-    statistics of the whole matrix without ever holding it. The same pass collects the rows
-    held out of training (the validation rows: `train_mask` False), as (Xv, Yv)."""
+    statistics of the whole matrix without ever holding it (under DDP, of every rank's share:
+    the sums are all-reduced). The same pass collects the rows held out of training (the
+    validation rows: `train_mask` False) of these blocks, as (Xv, Yv)."""
     total, squares = np.zeros(data.n_features), np.zeros(data.n_features)
     positives, n = np.zeros(data.n_classes), 0
     held_x, held_y = [np.zeros((0, data.n_features), data.dtype)], [np.zeros((0, data.n_classes), np.uint8)]
@@ -107,6 +109,9 @@ def training_stats(data: TrainingData, train_mask: np.ndarray):
         squares += (part * part).sum(axis=0)
         positives += (Y[keep] != 0).sum(axis=0)
         n += int(keep.sum())
+    d, c = data.n_features, data.n_classes
+    sums = ddp.all_sum(np.concatenate([total, squares, positives, [n]]), world)  # over the ranks' shares
+    total, squares, positives, n = sums[:d], sums[d : 2 * d], sums[2 * d : 2 * d + c], sums[-1]
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean * mean, 0))
     std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
@@ -200,19 +205,30 @@ class Validation:
     no recall (0/0), so it is counted (`n_untagged`) and left out, as evaluation leaves it out.
     When no validation row has a hashtag (a store prepared with `--min-tags 0` can give that),
     the validation loss is watched instead, under its own key `val_loss`, never under a
-    recall's name. `score` returns (the value to record, a gain where higher is better)."""
+    recall's name. `score` returns (the value to record, a gain where higher is better).
+    Under DDP each rank holds the validation rows of its share: counts and sums are
+    all-reduced, so every rank sees the same value and stops at the same epoch."""
 
-    def __init__(self, Yv: np.ndarray) -> None:
+    def __init__(self, Yv: np.ndarray, world: ddp.World = ddp.SINGLE) -> None:
+        self.world = world
         self.tagged = np.flatnonzero(Yv.any(axis=1)) if len(Yv) else np.zeros(0, np.int64)
-        self.n_untagged = int(len(Yv) - len(self.tagged))
-        self.key = "val_recall@5" if len(self.tagged) else "val_loss"
+        n_tagged, n_rows = ddp.all_sum([len(self.tagged), len(Yv)], world)
+        self.n_untagged = int(n_rows - n_tagged)
+        self.key = "val_recall@5" if n_tagged else "val_loss"
 
     def score(self, head: MLPHead, Xv: np.ndarray, Yv: np.ndarray) -> tuple[float, float]:
-        if len(self.tagged):
-            recall = metrics.recall_at_k(head.predict_proba(Xv[self.tagged]), Yv[self.tagged], 5)
+        if self.key == "val_recall@5":
+            rows = self.tagged
+            local = metrics.recall_at_k(head.predict_proba(Xv[rows]), Yv[rows], 5) * len(rows) if len(rows) else 0.0
+            total, count = ddp.all_sum([local, len(rows)], self.world)
+            recall = float(total / count)
             return recall, recall
-        logits = torch.from_numpy(head.decision_function(Xv))
-        loss = float(caffe_loss(logits, torch.from_numpy(Yv.astype(np.float32))))
+        local = 0.0
+        if len(Yv):
+            logits = torch.from_numpy(head.decision_function(Xv))
+            local = float(caffe_loss(logits, torch.from_numpy(Yv.astype(np.float32)))) * len(Yv)
+        total, count = ddp.all_sum([local, len(Yv)], self.world)
+        loss = float(total / count)
         return loss, -loss
 
 
@@ -291,6 +307,7 @@ class MLPHead(Head):
         device = pick_device(self.device)
         precision = pick_precision(self.precision, device, training=True)
         self._set_shape_of(data)
+        world = ddp.current()
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
         n = data.n_rows
@@ -299,8 +316,12 @@ class MLPHead(Head):
         train_mask = np.ones(n, bool)
         train_mask[val_rows] = False
         n_train = n - n_val
+        if world.distributed:  # this rank's blocks only, from here on
+            mine = ddp.share(data.n_blocks, world)
+            positions = np.concatenate([np.arange(data.bounds[b], data.bounds[b + 1]) for b in mine] or [np.zeros(0, int)])
+            data, train_mask = data.subset(mine), train_mask[positions]
         stream = self.cache == "stream" or (self.cache == "auto" and data.nbytes > self.cache_limit_gb * 2**30)
-        mean, std, prior, (Xv, Yv) = training_stats(data, train_mask)
+        mean, std, prior, (Xv, Yv) = training_stats(data, train_mask, world)
         model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
         model[0].mean.copy_(torch.from_numpy(mean))
         model[0].std.copy_(torch.from_numpy(std))
@@ -317,28 +338,44 @@ class MLPHead(Head):
         if self.batch_size is None and self.preset == "fast":  # small data: still ~50 steps an epoch
             batch = int(min(batch, max(32, n_train // 50)))
         per_epoch = math.ceil(n_train / batch)
+        if world.distributed:  # batch is the global batch: each rank takes its part of it
+            if batch % world.size:
+                if self.batch_size is not None:
+                    raise ValueError(f"batch_size {batch} must be a multiple of the world size {world.size} "
+                                     "(it is the global batch, split evenly over the processes)")
+                batch -= batch % world.size
+            # every rank runs the same number of steps an epoch: the smallest share's full batches
+            per_epoch = max(1, ddp.all_min(int(train_mask.sum()) // (batch // world.size), world))
         total = int(cfg["iterations"] or cfg["epochs"] * per_epoch)
         if cfg["schedule"] == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_every"], gamma=0.1)
         else:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        watch = Validation(Yv)
+        watch = Validation(Yv, world)
+        step_rows = batch // world.size  # rows a process takes a step
+        train_model = model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
         if stream:
-            source = BlockStream(data, train_mask, batch, self.buffer_blocks, self.random_state)
+            source = BlockStream(data, train_mask, step_rows, self.buffer_blocks, self.random_state)
             epochs = source.loader(self.workers, pin_memory=device.type == "cuda")
         else:
-            epochs = memory_epochs(data, train_mask, batch, gen)
+            epochs = memory_epochs(data, train_mask, step_rows, gen)
         history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
-        step, bar = 0, tqdm(total=total, desc="mlp", unit="it", disable=None, leave=False)
+        step, bar = 0, tqdm(total=total, desc="mlp", unit="it", disable=None if world.writer else True, leave=False)
         for batches in epochs:
+            if world.distributed:  # the same number of steps on every rank, or DDP waits forever
+                batches = itertools.islice(batches, per_epoch)
             model.train()
             running, seen = 0.0, 0
             for xb, yb in batches:
                 xb = xb.to(device, non_blocking=True).float()
                 yb = yb.to(device, non_blocking=True).float()
                 with autocast(device, precision):
-                    loss = caffe_loss(model(xb).float(), yb)
+                    loss = caffe_loss(train_model(xb).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -371,7 +408,7 @@ class MLPHead(Head):
         self.val_rows_ = val_rows  # the held-out positions (not saved): lets a caller re-score them
         self.history_ = {"config": cfg, "batch_size": batch, "device": str(device), "precision": precision, "epochs": history,
                          "iterations": step, "n_val": n_val, "data": "stream" if stream else "memory",
-                         "data_gb": round(data.nbytes / 2**30, 3)}
+                         "data_gb": round(data.nbytes / 2**30, 3), "world_size": world.size}
         if stream:
             self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": self.workers, "blocks": data.n_blocks})
         if n_val:
@@ -381,7 +418,7 @@ class MLPHead(Head):
     def fit_report(self) -> dict:
         h = self.history_
         return {key: h[key] for key in ("data", "data_gb", "batch_size", "iterations", "n_val", "best_epoch",
-                                        "device", "precision") if key in h}
+                                        "device", "precision", "world_size") if key in h}
 
     @torch.inference_mode()
     def decision_function(self, X: np.ndarray) -> np.ndarray:
