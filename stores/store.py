@@ -610,7 +610,8 @@ class Store:
         return np.argsort(rows // (self.step_rows(what) * batch_chunks), kind="stable")
 
     def iter_rows(self, rows: np.ndarray | Sequence[int] | None = None, *, what: Sequence[str] = ROW_ARRAYS,
-                  view: str = "both", batch_chunks: int = 1) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+                  view: str = "both", batch_chunks: int = 1,
+                  checked: bool = False) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Yield (row indices, {name: rows of that array}) step by step over the store, so a
         pass over every row holds at most `batch_chunks` steps (see `step_rows`) in memory.
 
@@ -619,14 +620,18 @@ class Store:
         (all by default) may be unsorted: they are grouped by step, steps ascending, the
         caller's order kept within a step (`chunk_order` gives the permutation). Each chunk of
         every array is decoded once: a step reads its rows as one contiguous slice, and a label
-        chunk that spans several steps is kept until the steps move past it."""
+        chunk that spans several steps is kept until the steps move past it.
+
+        The features are checked to be all there before the first step (`checked=True`: the
+        caller already did, e.g. a StoreData reading one block at a time, where a check per
+        block would read every chunk's `done` flag per block: quadratic in the chunks)."""
         what = tuple(what)
         unknown = [w for w in what if w not in ROW_ARRAYS + ("split",)]
         if unknown or not what:
             raise InputError(f"iter_rows reads {', '.join(ROW_ARRAYS + ('split',))}; not {unknown or 'nothing'}")
         if batch_chunks < 1:
             raise InputError(f"batch_chunks must be at least 1, not {batch_chunks}")
-        if "features" in what:
+        if "features" in what and not checked:  # (reads every chunk's flag: once per pass, not per block)
             self._check_features(view)
         step = self.step_rows(what) * batch_chunks
         readers = {name: _SliceReader(self.group[name]) if name in self.group else None for name in what}

@@ -83,3 +83,17 @@ def test_nonfinite_row_is_named(tmp_path):
         list(data.blocks())
     with pytest.raises(InputError, match="rows 21 have"):
         data.block(1)
+
+
+def test_the_store_is_checked_once_not_per_block(store, monkeypatch):
+    """A check reads every chunk's `done` flag: once per block would make a pass over a
+    million-row store quadratic in its ~4,000 chunks."""
+    from hashtagkit.stores.store import Store
+
+    calls, real = [], Store._check_features
+    monkeypatch.setattr(Store, "_check_features", lambda self, view: (calls.append(view), real(self, view))[1])
+    data = StoreData(store, "both", np.arange(store.n_rows))
+    for i in np.random.default_rng(0).permutation(data.n_blocks):
+        data.block(int(i))
+    data.take([3, 50, 7])
+    assert data.n_blocks > 3 and calls == ["both"]

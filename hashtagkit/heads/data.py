@@ -148,6 +148,8 @@ class StoreData(TrainingData):
 
     def __init__(self, store, view: str | None, rows: np.ndarray | Sequence[int], block_chunks: int = 1) -> None:
         self.store, self.path, self.view, self.block_chunks = store, Path(store.path), view, int(block_chunks)
+        if view is not None:  # once here: block reads skip the check (see Store.iter_rows)
+            store._check_features(view)
         self.rows = np.unique(store._row_indices(rows))
         self.what = ("features", "labels") if view is not None else ("labels",)
         step = store.step_rows(self.what) * self.block_chunks
@@ -177,7 +179,8 @@ class StoreData(TrainingData):
 
     def _read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         store = self._store()
-        parts = list(store.iter_rows(rows, what=self.what, view=self.view or "both", batch_chunks=self.block_chunks))
+        parts = list(store.iter_rows(rows, what=self.what, view=self.view or "both", batch_chunks=self.block_chunks,
+                                     checked=True))
         got = {name: np.concatenate([p[1][name] for p in parts]) if len(parts) > 1 else parts[0][1][name]
                for name in self.what}
         Y = got["labels"]
