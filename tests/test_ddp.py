@@ -192,10 +192,10 @@ def test_other_heads_refuse_several_processes(store, tmp_path, monkeypatch, head
 
 
 def test_other_head_under_torchrun(store, tmp_path):
-    """The same through torchrun: each process exits 2 with the message (torchrun then reports
+    """The same through torchrun: a process exits 2 with the message (torchrun then stops the other, reports
     the failed processes and exits 1, as it does for any failure), no run is written."""
     res = torchrun(["fit", store.path, "--head", "knn", "-o", tmp_path / "r"])
     assert res.returncode != 0
-    assert res.stderr.count("Error: only the mlp head trains on several processes; 'knn'") == 2
+    assert "Error: only the mlp head trains on several processes; 'knn'" in res.stderr  # the other may be killed first
     assert "exitcode  : 2" in res.stderr
     assert not (tmp_path / "r").exists()
