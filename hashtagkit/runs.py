@@ -99,7 +99,7 @@ def fit_run(
     world = ddp.from_env()
     if world.distributed and head.name != "mlp":
         raise InputError(f"only the mlp head trains on several processes; {head.name!r} was started by torchrun "
-                         f"with {world.size} (run it as one process)")
+                         f"with {world.size} processes (run it as one process, without torchrun)")
     world = ddp.start(world, head.get_params().get("device", "auto"))
     try:
         return _fit(store, head, out, view, seed, overwrite, split_sha, world)
@@ -128,7 +128,7 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
             "train_skipped": skipped,
             "fit_seconds": round(fit_seconds, 3),
             "fit_report": head.fit_report(),
-            "distributed": world.record() if world.distributed else None,
+            "distributed": distributed_record(world, head),
             "store": {
                 "path": str(Path(store.path).resolve()),
                 "kind": store.meta.get("kind"),
@@ -145,6 +145,16 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
         }
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out)
+
+
+def distributed_record(world: ddp.World, head: Head) -> dict | None:
+    """How a torchrun-launched fit ran (None for one process): world size, backend and the
+    global batch (what `batch_size` means under DDP; each process took batch_per_process)."""
+    if not world.distributed:
+        return None
+    report = head.fit_report()
+    return {**world.record(), "global_batch": report.get("batch_size"),
+            "batch_per_process": report.get("batch_per_process"), "steps_per_epoch": report.get("steps_per_epoch")}
 
 
 def read_run(run_dir: str | Path) -> dict:

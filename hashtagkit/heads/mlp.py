@@ -46,7 +46,7 @@ from torch import nn
 
 from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
-from hashtagkit.heads.base import Head, Param
+from hashtagkit.heads.base import Head, InvalidParameterError, Param
 from hashtagkit.heads.data import TrainingData
 
 PRESETS = {
@@ -343,9 +343,9 @@ class MLPHead(Head):
         per_epoch = math.ceil(n_train / batch)
         if world.distributed:  # batch is the global batch: each rank takes its part of it
             if batch % world.size:
-                if self.batch_size is not None:
-                    raise ValueError(f"batch_size {batch} must be a multiple of the world size {world.size} "
-                                     "(it is the global batch, split evenly over the processes)")
+                if self.batch_size is not None:  # an InputError too: `fit` exits 2 with one line
+                    raise InvalidParameterError(f"batch_size {batch} must be a multiple of the world size {world.size} "
+                                                "(it is the global batch, split evenly over the processes)")
                 batch -= batch % world.size
             # every rank runs the same number of steps an epoch: the smallest share's full batches
             if ddp.all_min(int(train_mask.sum()), world) == 0:
@@ -414,6 +414,8 @@ class MLPHead(Head):
         self.history_ = {"config": cfg, "batch_size": batch, "device": str(device), "precision": precision, "epochs": history,
                          "iterations": step, "n_val": n_val, "data": "stream" if stream else "memory",
                          "data_gb": round(data.nbytes / 2**30, 3), "world_size": world.size}
+        if world.distributed:  # per process: its part of the global batch, the steps every rank ran an epoch
+            self.history_.update({"batch_per_process": step_rows, "steps_per_epoch": per_epoch})
         if stream:
             self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": self.workers, "blocks": data.n_blocks})
         if n_val:
@@ -423,7 +425,8 @@ class MLPHead(Head):
     def fit_report(self) -> dict:
         h = self.history_
         return {key: h[key] for key in ("data", "data_gb", "batch_size", "iterations", "n_val", "best_epoch",
-                                        "device", "precision", "world_size") if key in h}
+                                        "device", "precision", "world_size", "batch_per_process", "steps_per_epoch")
+                if key in h}
 
     @torch.inference_mode()
     def decision_function(self, X: np.ndarray) -> np.ndarray:
