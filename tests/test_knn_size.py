@@ -121,3 +121,29 @@ def test_an_index_faiss_cannot_copy_to_gpu_is_searched_on_cpu(monkeypatch):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu_hnsw, raising=False)
     np.testing.assert_array_equal(head.predict_proba(X[:30]), expected)
+
+
+def sorted_blocks(n_blocks: int = 10, rows: int = 100, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by content, one cluster (and one hashtag) per block, as HARRISON's data_list
+    groups images by hashtag folder: a sample of whole blocks sees only some clusters."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n_blocks * rows, d)).astype(np.float32)
+    Y = np.zeros((len(X), n_blocks), np.uint8)
+    for b in range(n_blocks):
+        X[b * rows : (b + 1) * rows, b] += 4
+        Y[b * rows : (b + 1) * rows, b] = 1
+    return X, Y
+
+
+def test_pca_sample_spans_every_block_of_a_store_ordered_by_content(monkeypatch):
+    """The PCA sample is uniform over the rows (here every block could hold it 8 times), not a
+    few whole blocks: its mean is the data's mean, as a whole-block sample's is not."""
+    from hashtagkit.heads import projection
+
+    monkeypatch.setattr(projection, "FIT_ROWS", 200)
+    monkeypatch.setattr("hashtagkit.heads.knn.FIT_ROWS", 200, raising=False)  # as imported before the fix
+    X, Y = sorted_blocks()
+    head = KNNHead(k=5, pca=4).fit_data(ArrayData(X, Y, block_rows=100))
+    Z = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert head.fit_report()["pca_fit_rows"] == 200
+    np.testing.assert_allclose(head.projection_["mean"], Z.mean(axis=0), atol=0.06)

@@ -27,7 +27,7 @@ import numpy as np
 
 from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.data import TrainingData
-from hashtagkit.heads.projection import FIT_ROWS, fit_projection, project
+from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 EXACT_LIMIT = 200_000  # exact search up to here: 200k x 256 float32 = 205 MB; HARRISON has 52k
 INDEX_MB = 256  # above EXACT_LIMIT: IVF with flat vectors while they fit in this, else IVF-PQ
@@ -136,7 +136,7 @@ class KNNHead(Head):
         self._gpu_index = None  # a GPU copy of a previous fit's index would answer the searches
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
-        sample = data.sample_positions(FIT_ROWS, rng)
+        sample = sample_positions(data, rng)
         Zs = _normalised(data.take(sample)[0])
         self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:
