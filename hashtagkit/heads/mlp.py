@@ -317,6 +317,9 @@ class MLPHead(Head):
         train_mask[val_rows] = False
         n_train = n - n_val
         if world.distributed:  # this rank's blocks only, from here on
+            if data.n_blocks < world.size:  # every rank decides alike, before any collective call
+                raise ValueError(f"the training rows lie in {data.n_blocks} block(s) (feature chunks) of the store: "
+                                 f"fewer than the {world.size} processes, which train on whole blocks; use fewer")
             mine = ddp.share(data.n_blocks, world)
             positions = np.concatenate([np.arange(data.bounds[b], data.bounds[b + 1]) for b in mine] or [np.zeros(0, int)])
             data, train_mask = data.subset(mine), train_mask[positions]
@@ -345,6 +348,8 @@ class MLPHead(Head):
                                      "(it is the global batch, split evenly over the processes)")
                 batch -= batch % world.size
             # every rank runs the same number of steps an epoch: the smallest share's full batches
+            if ddp.all_min(int(train_mask.sum()), world) == 0:
+                raise ValueError("a process's share of the blocks holds only validation rows; use fewer processes")
             per_epoch = max(1, ddp.all_min(int(train_mask.sum()) // (batch // world.size), world))
         total = int(cfg["iterations"] or cfg["epochs"] * per_epoch)
         if cfg["schedule"] == "step":
