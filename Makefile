@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream bench-scale
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,3 +89,9 @@ bench-planted: $(STAMP)
 # Time and peak memory against N (57,383 / 250,000 / 1,000,000 planted rows): about 1.5 hours, ~10 GB of disk.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
+
+# kNN's index choice (IVF-PQ / IVF / Flat: recall, P@1, time, memory) and ovr's max_rows on a larger
+# planted store (300,000 rows, ~5 GB, in ../tmp-knn), and both heads against the previous code at
+# HARRISON size: about an hour on 2 shared cores.
+bench-knn-ovr: $(STAMP)
+	nice $(BIN)/python benchmarks/knn_ovr_size.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)

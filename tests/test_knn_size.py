@@ -79,3 +79,71 @@ def test_fit_report_reaches_the_run(tmp_path):
     run_cli(["fit", store, "--head", "knn", "--set", "k=3", "-o", tmp_path / "run"])
     report = json.loads((tmp_path / "run" / "run.json").read_text())["fit_report"]
     assert report["index"].startswith("IndexFlatIP") and report["n_indexed"] > 0
+
+
+def test_ivfpq_on_too_few_rows_for_its_codebooks_keeps_flat_vectors():
+    """8-bit PQ trains 256 centroids per sub-vector: below that many training rows FAISS
+    refuses, so the head keeps IVF with whole vectors (and says so) instead of failing."""
+    X, Y = blobs(200, 16)
+    head = KNNHead(k=5, pca=None, index="ivfpq").fit(X, Y)
+    assert head.fit_report()["index"].startswith("IndexIVFFlat") and "not PQ" in head.fit_report()["index"]
+    exact = NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(X).kneighbors(X[:20])[1]
+    found = head.kneighbors(X[:20])[1]
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, exact, strict=True)]) > 0.9
+
+
+def test_refit_does_not_search_a_previous_fits_gpu_copy(monkeypatch):
+    """With GPUs the searches go to a cached GPU copy of the index; a refit must drop it.
+    The GPU copy is simulated by a CPU clone (this machine has no GPU)."""
+    import faiss
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", faiss.clone_index, raising=False)
+    X, Y = blobs(400, 16)
+    head = KNNHead(k=5, pca=None).fit(X[:200], Y[:200])
+    head.predict_proba(X[:10])  # makes the "GPU" copy
+    head.fit(X[200:], Y[200:])
+    fresh = KNNHead(k=5, pca=None).fit(X[200:], Y[200:])
+    np.testing.assert_array_equal(head.kneighbors(X[:50])[1], fresh.kneighbors(X[:50])[1])
+    np.testing.assert_allclose(head.predict_proba(X[:50]), fresh.predict_proba(X[:50]), atol=1e-6)
+
+
+def test_an_index_faiss_cannot_copy_to_gpu_is_searched_on_cpu(monkeypatch):
+    """FAISS's GPU code has no HNSW: with GPUs present, such an index is searched where it is."""
+    import faiss
+
+    def no_gpu_hnsw(index):
+        raise RuntimeError("Error: 'false' failed: This index type is not implemented on GPU.")
+
+    X, Y = blobs(300, 16)
+    head = KNNHead(k=5, pca=None, index="hnsw").fit(X, Y)
+    expected = head.predict_proba(X[:30])
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_gpu_hnsw, raising=False)
+    np.testing.assert_array_equal(head.predict_proba(X[:30]), expected)
+
+
+def sorted_blocks(n_blocks: int = 10, rows: int = 100, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by content, one cluster (and one hashtag) per block, as HARRISON's data_list
+    groups images by hashtag folder: a sample of whole blocks sees only some clusters."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n_blocks * rows, d)).astype(np.float32)
+    Y = np.zeros((len(X), n_blocks), np.uint8)
+    for b in range(n_blocks):
+        X[b * rows : (b + 1) * rows, b] += 4
+        Y[b * rows : (b + 1) * rows, b] = 1
+    return X, Y
+
+
+def test_pca_sample_spans_every_block_of_a_store_ordered_by_content(monkeypatch):
+    """The PCA sample is uniform over the rows (here every block could hold it 8 times), not a
+    few whole blocks: its mean is the data's mean, as a whole-block sample's is not."""
+    from hashtagkit.heads import projection
+
+    monkeypatch.setattr(projection, "FIT_ROWS", 200)
+    monkeypatch.setattr("hashtagkit.heads.knn.FIT_ROWS", 200, raising=False)  # as imported before the fix
+    X, Y = sorted_blocks()
+    head = KNNHead(k=5, pca=4).fit_data(ArrayData(X, Y, block_rows=100))
+    Z = X / np.linalg.norm(X, axis=1, keepdims=True)
+    assert head.fit_report()["pca_fit_rows"] == 200
+    np.testing.assert_allclose(head.projection_["mean"], Z.mean(axis=0), atol=0.06)

@@ -38,3 +38,18 @@ def test_max_rows_caps_the_rows_the_models_see():
     p_capped = metrics.precision_at_k(capped.predict_proba(X[2500:]), Y[2500:], 1)
     p_full = metrics.precision_at_k(full.predict_proba(X[2500:]), Y[2500:], 1)
     assert p_capped > floor + 0.1 and p_capped > p_full - 0.05  # ... that still learns the classes
+
+
+def test_pca_sample_spans_every_block_of_a_store_ordered_by_content(monkeypatch):
+    """As for kNN (tests/test_knn_size.py): the whitened PCA's mean is the data's, not that of a
+    few whole blocks of a store ordered by hashtag."""
+    from hashtagkit.heads import projection
+
+    from .test_knn_size import sorted_blocks
+
+    monkeypatch.setattr(projection, "FIT_ROWS", 200)
+    monkeypatch.setattr("hashtagkit.heads.ovr.FIT_ROWS", 200, raising=False)  # as imported before the fix
+    X, Y = sorted_blocks()
+    head = OVRHead(pca=4, n_jobs=1).fit_data(ArrayData(X, Y, block_rows=100))
+    assert head.fit_report()["pca_fit_rows"] == 200
+    np.testing.assert_allclose(head.pca_mean_, X.mean(axis=0), atol=0.25)

@@ -27,10 +27,11 @@ import numpy as np
 
 from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.data import TrainingData
-from hashtagkit.heads.projection import FIT_ROWS, fit_projection, project
+from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 EXACT_LIMIT = 200_000  # exact search up to here: 200k x 256 float32 = 205 MB; HARRISON has 52k
 INDEX_MB = 256  # above EXACT_LIMIT: IVF with flat vectors while they fit in this, else IVF-PQ
+PQ_MIN_TRAIN = 256  # an 8-bit product quantizer trains 256 centroids per sub-vector
 RECALL_QUERIES = 1000  # training rows whose approximate neighbours are checked against exact ones
 INDEX_FILE, LABELS_FILE = "index.faiss", "labels.npz"
 
@@ -110,6 +111,11 @@ class KNNHead(Head):
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.nprobe = min(nlist, max(16, nlist // 16))
             return index, f"IndexIVFFlat nlist={nlist} nprobe={index.nprobe} (approximate cosine)"
+        if kind == "ivfpq" and n_train < PQ_MIN_TRAIN:
+            # 8-bit PQ codebooks are k-means with 256 centroids: FAISS refuses fewer training
+            # vectors. So few rows are small anyway: keep their vectors whole.
+            index, desc = self._build_index("ivf", d, n, n_train)
+            return index, f"{desc}; not PQ: {n_train} training vectors < {PQ_MIN_TRAIN}"
         if kind == "ivfpq":
             m = next(m for m in (d // 8, d // 4, d // 2, d, 1) if m >= 1 and d % m == 0)
             index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
@@ -127,9 +133,10 @@ class KNNHead(Head):
         if data.n_rows == 0:
             raise ValueError("fit needs at least one training row")
         self._set_shape_of(data)
+        self._gpu_index = None  # a GPU copy of a previous fit's index would answer the searches
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
-        sample = data.sample_positions(FIT_ROWS, rng)
+        sample = sample_positions(data, rng)
         Zs = _normalised(data.take(sample)[0])
         self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:
@@ -167,9 +174,14 @@ class KNNHead(Head):
         return dict(getattr(self, "report_", {"index": self.index_desc_}))
 
     def _searcher(self):
+        """The index to search: a GPU copy when faiss sees GPUs and has one for this index type
+        (FAISS's GPU code has none for HNSW: those are searched on the CPU), made once."""
         if faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
             if getattr(self, "_gpu_index", None) is None:
-                self._gpu_index = faiss.index_cpu_to_all_gpus(self.index_)
+                try:
+                    self._gpu_index = faiss.index_cpu_to_all_gpus(self.index_)
+                except RuntimeError:  # not implemented for this index type
+                    self._gpu_index = self.index_
             return self._gpu_index
         return self.index_
 

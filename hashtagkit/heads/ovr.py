@@ -22,7 +22,7 @@ import numpy as np
 
 from hashtagkit.heads.base import Head, Param
 from hashtagkit.heads.data import TrainingData
-from hashtagkit.heads.projection import FIT_ROWS, fit_projection, project
+from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 # Rows the per-class models are fitted on, at most: 100,000 x 256 float32 is 100 MB, and a
 # logistic regression's cost grows with the rows. HARRISON (52k training rows) uses them all.
@@ -88,7 +88,7 @@ class OVRHead(Head):
         self._set_shape_of(data)
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
-        sample = data.sample_positions(FIT_ROWS, rng)
+        sample = sample_positions(data, rng)
         p = fit_projection(data.take(sample)[0], self.pca or 0, whiten=True, random_state=self.random_state)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
         keep = np.arange(n) if n <= self.max_rows else np.sort(rng.choice(n, self.max_rows, replace=False))

@@ -10,6 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 FIT_ROWS = 20_000
+# The sample is drawn from whole blocks holding SPREAD x FIT_ROWS rows (all of them up to that):
+# a store's order can follow its content (HARRISON's data_list groups the images by hashtag
+# folder, so a 256-row block is mostly a few hashtags), and a PCA fitted on only the ~FIT_ROWS
+# rows' worth of blocks then misses whole classes: on the planted HARRISON-size store, ovr's
+# P@1 fell from 37.0% to 35.1% with it (benchmarks/results/knn_ovr_size.md). Reading 8x the
+# sample's blocks bounds the extra read at 1 M rows to ~16% of the store.
+SPREAD = 8
+
+
+def sample_positions(data, rng: np.random.Generator) -> np.ndarray:
+    """At most FIT_ROWS positions of `data` (a TrainingData), ascending: uniform over the rows
+    of whole random blocks holding SPREAD x FIT_ROWS rows, i.e. uniform over all rows up to that."""
+    pool = data.sample_positions(SPREAD * FIT_ROWS, rng)
+    return pool if len(pool) <= FIT_ROWS else np.sort(rng.choice(pool, FIT_ROWS, replace=False))
 
 
 def fit_projection(X: np.ndarray, n_components: int, whiten: bool, random_state: int) -> dict[str, np.ndarray]:
