@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
         bench-extract-distributed bench-serve bench-eval-stream bench-scale
 
 $(STAMP): setup.py
@@ -89,3 +89,8 @@ bench-planted: $(STAMP)
 # Time and peak memory against N (57,383 / 250,000 / 1,000,000 planted rows): about 1.5 hours, ~10 GB of disk.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
+
+# MLP trained cached vs streamed on the planted HARRISON-size store (made in /work/tmp-mlp if missing): ~10 min on 2 cores.
+MLP_STREAM_STORE ?= /work/tmp-mlp/planted.zarr
+bench-mlp-stream: $(STAMP)
+	nice $(BIN)/python benchmarks/mlp_stream.py --store $(MLP_STREAM_STORE) --epochs 2 --hidden 512
