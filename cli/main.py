@@ -448,7 +448,8 @@ def parse_ks(text: str) -> tuple[int, ...]:
 def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, batch_size: int) -> None:
     """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP.
 
-    The split is scored batch by batch (twice: per-class mAP needs a second pass), so a split
+    The split is read chunk by chunk and scored --batch-size rows at a time (per-class mAP
+    needs a second pass: from kept scores when they are small, else scored again), so a split
     of any size is evaluated in the memory of --batch-size rows."""
     from hashtagkit.evaluate import evaluate_run, format_table
 

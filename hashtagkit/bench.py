@@ -92,8 +92,23 @@ def store_fingerprint(store) -> dict:
         "created": (store.meta.get("provenance") or {}).get("created"),
         "features": store.block_signatures(),
         "extraction": {k: extraction.get(k) for k in ("precision", "dtype", "allow_truncated")},
-        "valid_rows": provenance.sha256_bytes(np.packbits(store.valid()).tobytes()) if store.has_features() else None,
+        "valid_rows": valid_sha256(store) if store.has_features() else None,
     }
+
+
+def valid_sha256(store) -> str:
+    """sha256 of the packed valid flags (np.packbits of all N rows), fed one `valid` chunk at a
+    time: the digest of packing the whole array, without holding it. A chunk's flags beyond
+    the last whole byte are carried into the next chunk, so any chunk size packs the same."""
+    digest = hashlib.sha256()
+    carry = np.zeros(0, bool)
+    for _, data in store.iter_rows(what=("valid",)):
+        flags = np.concatenate([carry, data["valid"]])
+        whole = len(flags) - len(flags) % 8
+        digest.update(np.packbits(flags[:whole]).tobytes())
+        carry = flags[whole:]
+    digest.update(np.packbits(carry).tobytes())
+    return digest.hexdigest()
 
 
 def record_key(fingerprint: dict, head: str, view: str, seed: int, sets: dict[str, dict] | None) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
+from hashtagkit.heads.base import nonfinite_rows
 from hashtagkit.runs import design_matrix, load_run
 from hashtagkit.stores import Store
 
@@ -24,15 +25,17 @@ PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
 def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
     """Rows to score: the split, less rows without ground truth (recall is undefined there) and
     rows whose image failed to decode. The same rows for every head of a store, popularity
-    included, so a table compares like with like. Counts reported. The labels are read a step
-    at a time to find the rows without any (`iter_rows`), never as one N x C matrix."""
+    included, so a table compares like with like. Counts reported.
+
+    The labels are read one label chunk at a time (`iter_rows`), so finding the rows of the
+    train split of a million-row store holds a chunk of labels, never its N x C matrix; what
+    is kept is the row indices (8 bytes a row)."""
     rows = store.split_rows(split)
     has_gt = np.zeros(len(rows), bool)
-    order = store.chunk_order(rows, what=("labels",))
-    at = 0
-    for picked, got in store.iter_rows(rows, what=("labels",)):
-        has_gt[order[at : at + len(picked)]] = got["labels"].any(axis=1)
-        at += len(picked)
+    order, done = store.chunk_order(rows, what=("labels",)), 0  # ascending rows: the identity
+    for picked, data in store.iter_rows(rows, what=("labels",)):
+        has_gt[order[done : done + len(picked)]] = data["labels"].any(axis=1)
+        done += len(picked)
     skipped = {}
     if not has_gt.all():
         skipped["no_ground_truth"] = int((~has_gt).sum())
@@ -63,7 +66,7 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
     rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
-    labels = store.labels(rows)
+    labels = store.labels(rows)  # the whole split in memory, as its scores: for `show`
     X = design_matrix(store, head, record.get("features") or "both", rows)
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
@@ -72,17 +75,54 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
 
 
 EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
+SCORE_CACHE_BYTES = 256 << 20  # scores kept for the second pass up to this size, else recomputed
+
+
+def _batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
+    """(features, labels) of consecutive batches of `batch_size` rows (the last one shorter),
+    in the order of `rows` (ascending, as `evaluation_rows` gives them): read by `iter_rows`,
+    so every feature and label chunk is decoded once per pass and at most a batch plus one
+    store step is held. A head that ignores the image gets an empty (n, 0) matrix and no
+    feature is read."""
+    what = ("features", "labels") if head.needs_features else ("labels",)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, features, labels)
+    held = 0
+    for picked, data in store.iter_rows(rows, what=what, view=view):
+        parts.append((picked, data.get("features"), data["labels"]))
+        held += len(picked)
+        while held >= batch_size:
+            picked_all, X, Y = _joined(parts, head.needs_features)
+            yield _checked(store, picked_all[:batch_size], X[:batch_size]), Y[:batch_size]
+            parts, held = [(picked_all[batch_size:], X[batch_size:], Y[batch_size:])], held - batch_size
+    if held:
+        picked_all, X, Y = _joined(parts, head.needs_features)
+        yield _checked(store, picked_all, X), Y
+
+
+def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    picked = np.concatenate([p for p, _, _ in parts])
+    X = (np.concatenate([x for _, x, _ in parts]) if needs_features
+         else np.zeros((len(picked), 0), dtype=np.float32))
+    return picked, X, np.concatenate([y for _, _, y in parts])
+
+
+def _checked(store: Store, picked: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """X, refused with the rows named if any is not finite (as `runs.design_matrix` does)."""
+    bad = nonfinite_rows(X) if X.shape[1] else ()
+    if len(bad):
+        named = ", ".join(str(r) for r in picked[bad][:10].tolist())
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
+                         "re-extract them (e.g. with --precision fp32) or drop them")
+    return X
 
 
 def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
-    """(scores, labels) of consecutive row batches, in split order, with the seconds spent in
-    predict_proba: one batch of features, labels and scores in memory at a time."""
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        X = design_matrix(store, head, view, batch)
+    """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
+    for X, labels in _batches(store, head, view, rows, batch_size):
         t0 = time.perf_counter()
         scores = head.predict_proba(X)
-        yield scores, store.labels(batch), time.perf_counter() - t0
+        yield scores, labels, time.perf_counter() - t0
 
 
 def evaluate_run(
@@ -110,10 +150,16 @@ def evaluate_run(
     n_classes = store.n_classes
     acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
     predict_seconds = 0.0
+    cache: list | None = [] if len(rows) * n_classes * 8 <= SCORE_CACHE_BYTES else None
     for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size):
         acc.update(scores, batch_labels)
         predict_seconds += seconds
-    for scores, batch_labels, _ in _scored_batches(store, head, view, rows, batch_size):
+        if cache is not None:
+            cache.append((scores, batch_labels))
+    # pass 2 (per-class AP): the same scores again, kept when small (a test split), recomputed
+    # batch by batch when not (the train split of a large store): read the split twice
+    for scores, batch_labels in cache if cache is not None else (
+            (s, y) for s, y, _ in _scored_batches(store, head, view, rows, batch_size)):
         acc.rank_update(scores, batch_labels)
     result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size

@@ -137,21 +137,27 @@ def test_evaluate_json_equals_in_memory(runs, head):
     assert got["head"] == head and got["split"] == "test"
 
 
+@pytest.mark.parametrize("cache", [True, False])
 @pytest.mark.parametrize("batch", [1, 4, 35, 500])
-def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, monkeypatch):
+def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, cache, monkeypatch):
     seen = []
-    real = evaluate.design_matrix
+    real = evaluate.load_run
 
-    def counting(store, head, view, rows):
-        seen.append(len(rows))
-        return real(store, head, view, rows)
+    def counting(*args, **kwargs):  # the rows each predict_proba call is given
+        record, head, store = real(*args, **kwargs)
+        predict = head.predict_proba
+        head.predict_proba = lambda X: (seen.append(len(X)), predict(X))[1]
+        return record, head, store
 
-    monkeypatch.setattr(evaluate, "design_matrix", counting)
+    monkeypatch.setattr(evaluate, "load_run", counting)
+    if not cache:  # the train split of a large store: scores recomputed for the second pass
+        monkeypatch.setattr(evaluate, "SCORE_CACHE_BYTES", 0)
     got = evaluate.evaluate_run(runs / "knn", ks=(1, 5), per_class_k=2, batch_size=batch)
     n = got["n_images"]
     assert max(seen) == min(batch, n)  # never more than one batch of features (and scores) at once
-    assert sum(seen) == 2 * n  # two passes: per-class AP ranks positives against every negative
-    monkeypatch.setattr(evaluate, "design_matrix", real)
+    # per-class AP ranks positives against every negative: two passes, the second from kept scores or recomputed
+    assert sum(seen) == (1 if cache else 2) * n
+    monkeypatch.setattr(evaluate, "load_run", real)
     want = in_memory(runs / "knn", ks=(1, 5), per_class_k=2)
     for name, value in want.items():
         if name.startswith("per_class"):
@@ -168,18 +174,28 @@ def test_a_bad_batch_size_is_an_input_error(runs):
 
 
 def test_labels_are_read_a_batch_at_a_time(runs, monkeypatch):
+    from hashtagkit.stores import open_store
     from hashtagkit.stores.store import Store
 
-    sizes, real = [], Store.labels
+    sizes, real, real_iter = [], Store.labels, Store.iter_rows
 
     def counting(self, rows=None):
         sizes.append(self.n_rows if rows is None else len(rows))
         return real(self, rows)
 
+    def counting_steps(self, *args, **kwargs):  # the labels read with the features to score
+        for picked, data in real_iter(self, *args, **kwargs):
+            if "features" in data:
+                sizes.append(len(data["labels"]))
+            yield picked, data
+
     monkeypatch.setattr(Store, "labels", counting)
+    monkeypatch.setattr(Store, "iter_rows", counting_steps)
     res = CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json", "--batch-size", "8"])
     assert res.exit_code == 0, res.output
-    assert sizes and max(sizes) == 8  # never the split's whole N x C labels
+    step = open_store(runs / "s.zarr").step_rows()
+    assert step < 37 - 2  # the split spans several steps
+    assert sizes and max(sizes) <= step  # a store step at a time, never the split's whole N x C labels
     monkeypatch.undo()
     whole = json.loads(CliRunner().invoke(cli, ["evaluate", str(runs / "knn"), "--json"]).output)
     got = json.loads(res.output)
