@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-demo bench-faults bench-startup \
+.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
         bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr
 
 $(STAMP): setup.py
@@ -95,3 +95,8 @@ bench-scale: $(STAMP)
 # HARRISON size: about an hour on 2 shared cores.
 bench-knn-ovr: $(STAMP)
 	nice $(BIN)/python benchmarks/knn_ovr_size.py $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)
+
+# MLP trained cached vs streamed on the planted HARRISON-size store (bench-planted's, made if missing): ~10 min on 2 cores.
+MLP_STREAM_STORE ?= $(PLANTED)
+bench-mlp-stream: $(STAMP)
+	nice $(BIN)/python benchmarks/mlp_stream.py --store $(MLP_STREAM_STORE) --epochs 2 --hidden 512

@@ -17,7 +17,7 @@ benchmarks/scale.py (wall time; ru_maxrss of the largest process; sampled peak R
 process tree, ovr's joblib workers included). Results accumulate in WORKDIR/knn_ovr_size.json (a
 rerun skips what is there); the table goes to benchmarks/results/knn_ovr_size.md.
 
-    nice .venv/bin/python benchmarks/knn_ovr_size.py --workdir /work/tmp-knn --labels ../shared/harrison
+    nice .venv/bin/python benchmarks/knn_ovr_size.py --workdir ../tmp-knn --labels ../shared/harrison
     .venv/bin/python benchmarks/knn_ovr_size.py --small 2000 --n 3000 --workdir /tmp/kos-quick --out /tmp/kos.md  # a quick look
 """
 
