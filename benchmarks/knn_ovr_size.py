@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import BIN, REPO, RESULTS, du, run, versions  # noqa: E402  (the same measuring harness)
+from scale import BIN, REPO, RESULTS, commit, du, machine, results, run, versions  # noqa: E402  (the same measuring harness)
 
 HARRISON_N = 57_383
 PREVIOUS = "b215489"  # main before kNN / ovr fitted from blocks (both read every row into RAM)
@@ -124,8 +123,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "knn_ovr_size.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    state = args.workdir / "knn_ovr_size.json"
-    done = json.loads(state.read_text()) if state.is_file() else {}
+    done, save = results(args.workdir / "knn_ovr_size.json")
     stores = {"harrison": (args.workdir / f"planted-{args.small}.zarr", args.small, args.labels),
               "large": (args.workdir / f"planted-{args.n}.zarr", args.n, None)}
     previous = None
@@ -148,17 +146,13 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             done[key(step)] = {**measure(step, path, args.workdir, previous), "store_rows": n,
                                "store_gib": round(du(path) / 2**30, 2)}
-            state.write_text(json.dumps(done, indent=1))
+            save()
             r = done[key(step)]
             print(f"{key(step):<40} fit {r['fit']['seconds']:7.1f}s {r['fit']['maxrss_mib']:7.0f} MiB "
                   f"(tree {r['fit']['tree_mib']:.0f}) P@1 {r['metrics']['precision@1']:.4f}  {note(r)}", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(path)
-    meta = {"machine": f"{platform.platform()}, {os.cpu_count()} CPUs, "
-                       f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-            "versions": versions(),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip(),
+    meta = {"machine": machine(), "versions": versions(), "commit": commit(),
             "load": "1-min load average " + (", ".join(f"{x:.1f}" for x in loads) or "?") + " at the start of each step",
             "command": "python benchmarks/knn_ovr_size.py " + " ".join(sys.argv[1:]),
             "stores": "; ".join(sorted({f"{r['store_rows']:,} rows, {r['store_gib']} GiB" for r in done.values()}))

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,21 @@ def measure(n: int, workdir: Path, steps: int, keep: bool, done: dict, save) -> 
         shutil.rmtree(store)
 
 
+def results(path: Path) -> tuple[dict, Callable[[], None]]:
+    """The results gathered so far in a JSON file (a rerun skips what is there) and a saver."""
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    return done, lambda: path.write_text(json.dumps(done, indent=1))
+
+
+def machine() -> str:
+    return (f"{platform.platform()}, {os.cpu_count()} CPUs, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+
 def versions() -> str:
     import faiss
     import sklearn
@@ -211,21 +227,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.md")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    state = args.workdir / "scale.json"
-    done = json.loads(state.read_text()) if state.is_file() else {}
-
-    def save() -> None:
-        state.write_text(json.dumps(done, indent=1))
-
+    done, save = results(args.workdir / "scale.json")
     loads = []
     for n in (int(s) for s in args.sizes.split(",")):
         loads.append(os.getloadavg()[0])
         measure(n, args.workdir, args.mlp_steps, args.keep, done, save)
-    meta = {"machine": f"{platform.platform()}, {os.cpu_count()} CPUs, "
-                       f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-            "versions": versions(),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO).stdout.strip(),
+    meta = {"machine": machine(), "versions": versions(), "commit": commit(),
             "load": "1-min load average " + ", ".join(f"{x:.1f}" for x in loads) + " at the start of each size",
             "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     args.out.write_text(table(done, args.mlp_steps, meta))
