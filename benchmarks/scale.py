@@ -148,7 +148,7 @@ def versions() -> str:
 
 
 def table(done: dict, steps: int, meta: dict) -> str:
-    sizes = sorted(int(k) for k in done if all(h in done[k] for h in HEADS))
+    sizes = sorted(int(k) for k in done if "read" in done[k])  # a size still running shows what it has
     lines = [
         "# Scale: time and memory against the number of rows",
         "",
@@ -167,7 +167,7 @@ def table(done: dict, steps: int, meta: dict) -> str:
                      f"{r['prepare']['maxrss_mib']:.0f} | {r['prepare']['tree_mib']:.0f} | | store {r['store_bytes'] / 2**30:.2f} GiB |")
         lines.append(f"| {n:,} | read + decode features | {r['read']['seconds']:.0f} | {1000 * r['read']['seconds'] / n:.2f} | "
                      f"{r['read']['maxrss_mib']:.0f} | {r['read']['tree_mib']:.0f} | | one pass, nothing else |")
-        for head in HEADS:
+        for head in (h for h in HEADS if h in r):
             h = r[head]
             rep = h.get("fit_report") or {}
             note = {"knn": rep.get("index", "").split(" (")[0] + (f", recall@{50} {rep['recall@50']}" if "recall@50" in rep else ""),
@@ -184,7 +184,11 @@ def table(done: dict, steps: int, meta: dict) -> str:
         steps_of = [("prepare", lambda r: r["prepare"]), ("read + decode", lambda r: r["read"])] + \
             [(f"{h} fit", lambda r, h=h: r[h]["fit"]) for h in HEADS]
         for name, get in steps_of:
-            a, b = get(done[lo]), get(done[hi])
+            try:
+                a, b = get(done[lo]), get(done[hi])
+            except KeyError:
+                lines.append(f"| {name} | not measured at {sizes[-1]:,} | | |")
+                continue
             per_row = (b["seconds"] / sizes[-1]) / (a["seconds"] / sizes[0])
             lines.append(f"| {name} | {b['maxrss_mib'] / a['maxrss_mib']:.2f} | {b['tree_mib'] / a['tree_mib']:.2f} | {per_row:.2f} |")
     return "\n".join(lines) + "\n"
@@ -193,18 +197,19 @@ def table(done: dict, steps: int, meta: dict) -> str:
 def plot(done: dict, out: Path) -> None:
     from matplotlib.figure import Figure
 
-    sizes = sorted(int(k) for k in done if all(h in done[k] for h in HEADS))
+    sizes = sorted(int(k) for k in done if "read" in done[k])
     fig = Figure(figsize=(10, 4.2))
     ax_t, ax_m = fig.subplots(1, 2)
     colors = {"popularity": "#7f7f7f", "knn": "#1f77b4", "ovr": "#2ca02c", "mlp": "#d62728",
               "prepare": "#9467bd", "read": "#8c564b"}
     for name in ("prepare", "read", *HEADS):
         get = (lambda r, name=name: r[name]) if name in ("prepare", "read") else (lambda r, name=name: r[name]["fit"])
-        t = [get(done[str(n)])["seconds"] for n in sizes]
-        m = [get(done[str(n)])["tree_mib"] for n in sizes]
+        have = [n for n in sizes if name in done[str(n)]]
+        t = [get(done[str(n)])["seconds"] for n in have]
+        m = [get(done[str(n)])["tree_mib"] for n in have]
         label = {"read": "read + decode"}.get(name, name if name in ("prepare",) else f"{name} fit")
-        ax_t.plot(sizes, t, "o-", color=colors[name], label=label)
-        ax_m.plot(sizes, m, "o-", color=colors[name], label=label)
+        ax_t.plot(have, t, "o-", color=colors[name], label=label)
+        ax_m.plot(have, m, "o-", color=colors[name], label=label)
     ax_t.plot(sizes, [done[str(sizes[0])]["read"]["seconds"] * n / sizes[0] for n in sizes], "k:", label="linear")
     for ax, title, unit in ((ax_t, "wall time", "seconds"), (ax_m, "peak memory (process tree)", "MiB")):
         ax.set_xscale("log")
@@ -225,7 +230,19 @@ def main() -> None:
     parser.add_argument("--mlp-steps", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.md")
+    parser.add_argument("--render", nargs="*", type=Path, metavar="JSON",
+                        help="only write the table and plot from these results files (merged), measuring nothing")
     args = parser.parse_args()
+    if args.render is not None:
+        done = {}
+        for path in args.render:
+            done.update(json.loads(path.read_text()))
+        meta = {"machine": machine(), "versions": versions(), "commit": commit(), "load": "see the note below",
+                "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
+        args.out.write_text(table(done, args.mlp_steps, meta))
+        plot(done, args.out.with_suffix(".png"))
+        print(args.out.read_text())
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
     done, save = results(args.workdir / "scale.json")
     loads = []
