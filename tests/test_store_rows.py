@@ -169,3 +169,13 @@ def test_bench_fingerprint_and_counts_stream_the_labels(small):
     train = store.split_rows("train")
     assert tag_counts(store, train) == labels[train].sum(axis=0).astype(int).tolist()
     assert tag_counts(store, train) != labels.sum(axis=0).tolist()  # the rows matter
+
+
+def test_rows_read_do_not_pin_their_whole_chunk(tmp_path):
+    """A few scattered rows kept by the caller (evaluation holds a batch of them) must not keep
+    each one's whole decoded chunk alive through a numpy view."""
+    store = make_store(tmp_path / "s.zarr", n=N, chunk_rows=FEATURE_ROWS)
+    for _, got in store.iter_rows([3, 20, 41, 90], what=("features", "labels")):
+        for name, arr in got.items():
+            base = arr.base if arr.base is not None else arr
+            assert base.nbytes <= arr.nbytes * 2, (name, arr.shape, base.nbytes)
