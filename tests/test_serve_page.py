@@ -21,7 +21,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from .conftest import REPO, REQUIRE_SHARED, SHARED, need_data, run_cli
 from .test_extract import tiny_scene_backbone
@@ -311,6 +310,8 @@ def test_drop_zone_and_keyboard(browser, server, run):
             if page.evaluate("document.activeElement.id") == "choose":
                 break
         assert page.evaluate("document.activeElement.id") == "choose"
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
         for attempt in range(3):  # a loaded CI machine now and then drops the key's user activation
             try:
                 with page.expect_file_chooser(timeout=WAIT_MS // 3) as chooser:
