@@ -176,9 +176,14 @@ class Head:
         return [f"{key}={_shown(defaults[key])}  {cls.param_spec[key].describe()}" for key in cls.param_names()]
 
     # --- fitted shape (scikit-learn's names; the old ones stay readable) -----------------------
-    def _set_shape(self, X: np.ndarray, Y: np.ndarray) -> None:
-        self.n_features_in_ = int(X.shape[1])
-        self.classes_ = np.arange(Y.shape[1])
+    def _begin_fit(self, data) -> None:
+        """What every `fit_data` does first: check the parameters and that there is a row to
+        fit, and take the fitted shape from the TrainingData."""
+        self._validate_params()
+        if data.n_rows == 0:
+            raise ValueError("fit needs at least one training row")
+        self.n_features_in_ = int(data.n_features)
+        self.classes_ = np.arange(data.n_classes)
 
     @property
     def n_classes_(self) -> int:
@@ -216,11 +221,6 @@ class Head:
         _check_finite(X, "X")
         return X
 
-    def _set_shape_of(self, data) -> None:
-        """`_set_shape` from a TrainingData."""
-        self.n_features_in_ = int(data.n_features)
-        self.classes_ = np.arange(data.n_classes)
-
     # --- the protocol -----------------------------------------------------------------------
     def fit(self, X: np.ndarray, Y: np.ndarray) -> Head:
         """Fit on in-memory arrays: checked whole here, then `fit_data` on them."""
@@ -240,8 +240,9 @@ class Head:
 
     def fit_report(self) -> dict[str, Any]:
         """What fitting decided and measured that a reader of the run should see (run.json's
-        `fit_report`): e.g. the index kNN chose and its recall, whether the MLP streamed."""
-        return {}
+        `fit_report`): e.g. the index kNN chose and its recall, whether the MLP streamed. A head
+        that measures something keeps it in `report_`."""
+        return dict(getattr(self, "report_", {}))
 
     def save(self, directory: str | Path) -> None:
         self._check_fitted()

@@ -300,13 +300,10 @@ class MLPHead(Head):
         the same validation rows and compute the same statistics in one pass over the blocks."""
         from tqdm import tqdm
 
-        self._validate_params()
-        if data.n_rows == 0:
-            raise ValueError("fit needs at least one training row")
+        self._begin_fit(data)
         cfg = self.config()
         device = pick_device(self.device)
         precision = pick_precision(self.precision, device, training=True)
-        self._set_shape_of(data)
         world = ddp.current()
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)

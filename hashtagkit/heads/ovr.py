@@ -81,11 +81,8 @@ class OVRHead(Head):
         the projected features of at most `max_rows` rows (a seeded sample; all of them up to
         that), projected block by block, so memory is that of max_rows x pca floats whatever
         the number of rows. The rows used are recorded in `fit_report`."""
-        self._validate_params()
-        if data.n_rows == 0:
-            raise ValueError("fit needs at least one training row")
+        self._begin_fit(data)
         estimator = self._make_estimator()
-        self._set_shape_of(data)
         n = data.n_rows
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
@@ -113,9 +110,6 @@ class OVRHead(Head):
         self.report_ = {"rows_fitted": int(len(keep)), "rows": int(n), "pca_fit_rows": int(len(sample)),
                         "classes_fitted": int(len(trainable))}
         return self
-
-    def fit_report(self) -> dict:
-        return dict(getattr(self, "report_", {}))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_x(X)

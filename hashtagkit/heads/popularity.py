@@ -22,14 +22,11 @@ class PopularityHead(Head):
 
     def fit_data(self, data) -> PopularityHead:
         """Class frequencies counted block by block over the labels alone."""
-        self._validate_params()
-        if data.n_rows == 0:
-            raise ValueError("fit needs at least one training row")
+        self._begin_fit(data)
         counts = np.zeros(data.n_classes, dtype=np.int64)
         for Y in data.labels():
             counts += (Y != 0).sum(axis=0)
         self.frequency_ = counts / data.n_rows
-        self._set_shape_of(data)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
