@@ -15,7 +15,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
-from hashtagkit.heads.base import nonfinite_rows
+from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.runs import design_matrix, load_run
 from hashtagkit.stores import Store
 
@@ -92,11 +92,11 @@ def _batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: 
         held += len(picked)
         while held >= batch_size:
             picked_all, X, Y = _joined(parts, head.needs_features)
-            yield _checked(store, picked_all[:batch_size], X[:batch_size]), Y[:batch_size]
+            yield refuse_nonfinite_features(store.path, picked_all[:batch_size], X[:batch_size]), Y[:batch_size]
             parts, held = [(picked_all[batch_size:], X[batch_size:], Y[batch_size:])], held - batch_size
     if held:
         picked_all, X, Y = _joined(parts, head.needs_features)
-        yield _checked(store, picked_all, X), Y
+        yield refuse_nonfinite_features(store.path, picked_all, X), Y
 
 
 def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,17 +104,6 @@ def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, 
     X = (np.concatenate([x for _, x, _ in parts]) if needs_features
          else np.zeros((len(picked), 0), dtype=np.float32))
     return picked, X, np.concatenate([y for _, _, y in parts])
-
-
-def _checked(store: Store, picked: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """X, refused with the rows named if any is not finite (as `runs.design_matrix` does)."""
-    bad = nonfinite_rows(X) if X.shape[1] else ()
-    if len(bad):
-        named = ", ".join(str(r) for r in picked[bad][:10].tolist())
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
-                         "re-extract them (e.g. with --precision fp32) or drop them")
-    return X
 
 
 def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):

@@ -22,7 +22,7 @@ import numpy as np
 from hashtagkit import ddp, provenance
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
-from hashtagkit.heads.base import nonfinite_rows
+from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.stores import Store, open_store
@@ -46,14 +46,7 @@ def design_matrix(store: Store, head: Head, view: str, rows: np.ndarray) -> np.n
         raise InputError(f"unknown feature view {view!r}: choose one of {', '.join(VIEWS)}")
     if not head.needs_features:
         return np.zeros((len(rows), 0), dtype=np.float32)
-    X = store.features(view, rows)
-    bad = nonfinite_rows(X)  # in row batches: no N x D boolean copy
-    if len(bad):
-        named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise InputError(f"store {store.path}: rows {named}{more} have non-finite features (NaN/inf); "
-                         "re-extract them (e.g. with --precision fp32) or drop them")
-    return X
+    return refuse_nonfinite_features(store.path, rows, store.features(view, rows))
 
 
 def training_data(store: Store, head: Head, view: str, rows: np.ndarray) -> StoreData:
@@ -61,8 +54,6 @@ def training_data(store: Store, head: Head, view: str, rows: np.ndarray) -> Stor
     for a head that ignores the image) and the labels of `rows`."""
     if view not in VIEWS:
         raise InputError(f"unknown feature view {view!r}: choose one of {', '.join(VIEWS)}")
-    if head.needs_features:
-        store._check_features(view)
     return StoreData(store, view if head.needs_features else None, rows)
 
 

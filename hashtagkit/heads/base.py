@@ -113,6 +113,18 @@ def nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
+def refuse_nonfinite_features(store_path, rows: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """X, or the one-line error naming the store rows (`rows[i]` is X[i]'s row) whose features
+    hold NaN or inf: what training, evaluation and a TrainingData's block reads all say."""
+    bad = nonfinite_rows(X)  # in row batches: no N x D boolean copy
+    if len(bad):
+        named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise InputError(f"store {store_path}: rows {named}{more} have non-finite features (NaN/inf); "
+                         "re-extract them (e.g. with --precision fp32) or drop them")
+    return X
+
+
 def _check_finite(A: np.ndarray, what: str) -> None:
     rows = nonfinite_rows(A)
     if len(rows):

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit.errors import InputError
-from hashtagkit.heads.base import nonfinite_rows
+from hashtagkit.heads.base import refuse_nonfinite_features
 
 BLOCK_ROWS = 4096  # rows per block of an ArrayData: ~64 MB of float32 at 4,096 x 8,192 ... less as float16
 
@@ -186,14 +185,7 @@ class StoreData(TrainingData):
         Y = got["labels"]
         if self.view is None:
             return np.zeros((len(rows), 0), np.float32), Y
-        X = got["features"]
-        bad = nonfinite_rows(X)
-        if len(bad):
-            named = ", ".join(str(r) for r in rows[bad][:10].tolist())
-            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-            raise InputError(f"store {self.path}: rows {named}{more} have non-finite features (NaN/inf); "
-                             "re-extract them (e.g. with --precision fp32) or drop them")
-        return X, Y
+        return refuse_nonfinite_features(self.path, rows, got["features"]), Y
 
     def block(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return self._read(self.rows[self.bounds[i]:self.bounds[i + 1]])
@@ -205,14 +197,11 @@ class StoreData(TrainingData):
         # ascending: one pass of iter_rows, which decodes each label chunk once for all its blocks
         store = self._store()
         for picked, got in store.iter_rows(self.rows, what=self.what, view=self.view or "both",
-                                           batch_chunks=self.block_chunks):
+                                           batch_chunks=self.block_chunks, checked=True):
             if self.view is None:
                 yield np.zeros((len(picked), 0), np.float32), got["labels"]
             else:
-                X = got["features"]
-                if len(nonfinite_rows(X)):
-                    yield self._read(picked)  # raises, naming the rows
-                yield X, got["labels"]
+                yield refuse_nonfinite_features(self.path, picked, got["features"]), got["labels"]
 
     def labels(self) -> Iterator[np.ndarray]:
         for _, got in self._store().iter_rows(self.rows, what=("labels",)):
