@@ -86,11 +86,6 @@ class ZipfLabels:
         return self[:] if dtype is None else self[:].astype(dtype)
 
 
-def zipf_labels(n: int, n_classes: int, seed: int, tags_per_image: float = HARRISON_TAGS_PER_IMAGE) -> np.ndarray:
-    """The whole Zipf-shaped matrix in memory (small n; `ZipfLabels` for large)."""
-    return ZipfLabels(n, n_classes, seed, tags_per_image)[:]
-
-
 def planted_labels(labels_root: str | Path | None, n: int | None, seed: int,
                    n_classes: int = HARRISON_CLASSES) -> tuple[np.ndarray, list[str], dict]:
     """(labels, vocab, source): HARRISON's labels when given (n rows kept: a seeded random subset,

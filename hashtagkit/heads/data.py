@@ -48,6 +48,10 @@ class TrainingData:
     def block_sizes(self) -> np.ndarray:
         return np.diff(self.bounds)
 
+    def positions(self, blocks: Sequence[int]) -> np.ndarray:
+        """The positions these blocks hold, in the order of `blocks`."""
+        return np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in blocks] or [np.zeros(0, np.int64)])
+
     def block(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(X, Y) of block i."""
         raise NotImplementedError
@@ -86,7 +90,7 @@ class TrainingData:
             return np.arange(self.n_rows)
         order = rng.permutation(self.n_blocks)
         enough = int(np.searchsorted(np.cumsum(self.block_sizes()[order]), k)) + 1
-        pool = np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in order[:enough]])
+        pool = self.positions(order[:enough])
         return np.sort(rng.choice(pool, k, replace=False))
 
     def subset(self, blocks: Sequence[int]) -> TrainingData:
@@ -134,7 +138,7 @@ class ArrayData(TrainingData):
         return self.X, np.asarray(self.Y, dtype=np.uint8)
 
     def subset(self, blocks: Sequence[int]) -> ArrayData:
-        idx = np.concatenate([np.arange(self.bounds[b], self.bounds[b + 1]) for b in blocks] or [np.zeros(0, np.int64)])
+        idx = self.positions(blocks)
         out = ArrayData(self.X[idx], self.Y[idx])
         sizes = [self.bounds[b + 1] - self.bounds[b] for b in blocks]
         out.bounds = np.r_[0, np.cumsum(sizes)].astype(np.int64)
@@ -208,5 +212,4 @@ class StoreData(TrainingData):
             yield got["labels"]
 
     def subset(self, blocks: Sequence[int]) -> StoreData:
-        rows = np.concatenate([self.rows[self.bounds[b]:self.bounds[b + 1]] for b in blocks] or [np.zeros(0, np.int64)])
-        return StoreData(self._store(), self.view, rows, self.block_chunks)
+        return StoreData(self._store(), self.view, self.rows[self.positions(blocks)], self.block_chunks)

@@ -318,8 +318,7 @@ class MLPHead(Head):
                 raise ValueError(f"the training rows lie in {data.n_blocks} block(s) (feature chunks) of the store: "
                                  f"fewer than the {world.size} processes, which train on whole blocks; use fewer")
             mine = ddp.share(data.n_blocks, world)
-            positions = np.concatenate([np.arange(data.bounds[b], data.bounds[b + 1]) for b in mine] or [np.zeros(0, int)])
-            data, train_mask = data.subset(mine), train_mask[positions]
+            data, train_mask = data.subset(mine), train_mask[data.positions(mine)]
         stream = self.cache == "stream" or (self.cache == "auto" and data.nbytes > self.cache_limit_gb * 2**30)
         mean, std, prior, (Xv, Yv) = training_stats(data, train_mask, world)
         model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
