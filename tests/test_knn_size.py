@@ -182,3 +182,20 @@ def test_pca_sample_spans_every_block_of_a_store_ordered_by_content(monkeypatch)
     Z = X / np.linalg.norm(X, axis=1, keepdims=True)
     assert head.fit_report()["pca_fit_rows"] == 200
     np.testing.assert_allclose(head.projection_["mean"], Z.mean(axis=0), atol=0.06)
+
+
+def test_fit_report_says_where_the_time_went():
+    """knn and ovr time their phases: each non-negative, together within the fit's wall time."""
+    import time
+
+    from hashtagkit.heads import OVRHead
+
+    X, Y = blobs(3000, 32, c=6)
+    for head, phases in ((KNNHead(k=5, pca=8, exact_limit=1000), ["sample_and_pca", "train_index", "read_embed_add", "tune_breadth"]),
+                         (KNNHead(k=5, pca=8), ["sample_and_pca", "train_index", "read_embed_add"]),
+                         (OVRHead(pca=8), ["sample_and_pca", "read_project", "class_models"])):
+        t0 = time.perf_counter()
+        seconds = head.fit_data(ArrayData(X, Y, block_rows=500)).fit_report()["seconds"]
+        wall = time.perf_counter() - t0
+        assert list(seconds) == phases and all(v >= 0 for v in seconds.values())
+        assert sum(seconds.values()) <= wall + 0.0005 * len(seconds)  # each lap rounded to 1 ms

@@ -35,7 +35,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashtagkit.heads.base import Head, Param
+from hashtagkit.heads.base import Head, Laps, Param
 from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
@@ -192,7 +192,7 @@ class KNNHead(Head):
         breadth is then tuned on them (`_tune_breadth`)."""
         self._begin_fit(data)
         self._gpu_index = None  # a GPU copy of a previous fit's index would answer the searches
-        n = data.n_rows
+        laps, n = Laps(), data.n_rows
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
         Zs = _normalised(data.take(sample)[0])
@@ -202,8 +202,10 @@ class KNNHead(Head):
         d = Zs.shape[1]
         kind = self._index_kind(d, n)
         index, self.index_desc_ = self._build_index(kind, d, n, len(Zs))
+        laps.lap("sample_and_pca")
         if not index.is_trained:
             index.train(Zs)
+        laps.lap("train_index")
         queries = Zs[np.sort(rng.choice(len(Zs), min(len(Zs), RECALL_QUERIES), replace=False))] if kind != "flat" else None
         del Zs
         exact = _TopK(queries, min(self.k, n)) if queries is not None else None
@@ -220,6 +222,7 @@ class KNNHead(Head):
         self.index_ = index
         self.label_indptr_ = np.concatenate(indptr)
         self.label_indices_ = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+        laps.lap("read_embed_add")
         self.report_ = {"index": self.index_desc_, "n_indexed": int(index.ntotal), "dim": int(d),
                         "pca_fit_rows": int(len(sample)) if self.projection_["components"].size else 0}
         if exact is not None:
@@ -227,6 +230,8 @@ class KNNHead(Head):
             name = self.report_["recall_curve"]["breadth"]
             self.index_desc_ = self.index_desc_.replace(" (approximate", f" {name}={self.report_[name]} (approximate")
             self.report_["index"] = self.index_desc_
+            laps.lap("tune_breadth")
+        self.report_["seconds"] = laps.seconds
         return self
 
     def _searcher(self):

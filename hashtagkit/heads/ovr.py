@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashtagkit.heads.base import Head, Param
+from hashtagkit.heads.base import Head, Laps, Param
 from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
@@ -83,11 +83,12 @@ class OVRHead(Head):
         the number of rows. The rows used are recorded in `fit_report`."""
         self._begin_fit(data)
         estimator = self._make_estimator()
-        n = data.n_rows
+        laps, n = Laps(), data.n_rows
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
         p = fit_projection(data.take(sample)[0], self.pca or 0, whiten=True, random_state=self.random_state)
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
+        laps.lap("sample_and_pca")
         keep = np.arange(n) if n <= self.max_rows else np.sort(rng.choice(n, self.max_rows, replace=False))
         width = len(self.pca_components_) if self.pca_components_.size else data.n_features
         Z = np.empty((len(keep), width), np.float32)
@@ -96,6 +97,7 @@ class OVRHead(Head):
             lo, hi = np.searchsorted(keep, data.bounds[i : i + 2])
             local = keep[lo:hi] - data.bounds[i]
             Z[lo:hi], Y[lo:hi] = project(Xb[local], self._projection), Yb[local] != 0
+        laps.lap("read_project")
         positives = Y.sum(axis=0)
         trainable = np.flatnonzero((positives > 0) & (positives < len(Y)))
         self.constant_ = np.where(positives == 0, 0.0, 1.0).astype(np.float32)
@@ -109,6 +111,8 @@ class OVRHead(Head):
             self.coef_[j], self.intercept_[j] = w, b
         self.report_ = {"rows_fitted": int(len(keep)), "rows": int(n), "pca_fit_rows": int(len(sample)),
                         "classes_fitted": int(len(trainable))}
+        laps.lap("class_models")
+        self.report_["seconds"] = laps.seconds
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
