@@ -42,7 +42,7 @@ def run(cmd: list[str], log: Path) -> dict:
     """Run a command; its wall seconds, ru_maxrss (MiB), sampled peak tree RSS (MiB), stdout."""
     import psutil
 
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     with open(log, "ab") as err:
         err.write(f"\n$ {' '.join(cmd)}\n".encode())
         err.flush()
@@ -70,7 +70,8 @@ def run(cmd: list[str], log: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {code}: see {log}")
     return {"seconds": round(seconds, 2), "maxrss_mib": round(usage.ru_maxrss / 1024, 1),
-            "tree_mib": round(peak[0] / 2**20, 1), "stdout": out.decode()}
+            "tree_mib": round(peak[0] / 2**20, 1), "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+            "stdout": out.decode()}
 
 
 READ_PASS = """
@@ -147,6 +148,16 @@ def versions() -> str:
             f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}, zarr {zarr.__version__}")
 
 
+def load_range(done: dict) -> str:
+    """The 1-min load averages recorded before and after every step, as a range."""
+    loads = [x for r in done.values() for part in _parts(r) for x in part.get("load", [])]
+    return f"1-min load average {min(loads):.1f}-{max(loads):.1f} over the steps" if loads else "not recorded"
+
+
+def _parts(r: dict) -> list[dict]:
+    return [r[k] for k in ("prepare", "read") if k in r] + [r[h][p] for h in HEADS if h in r for p in ("fit", "evaluate")]
+
+
 def table(done: dict, steps: int, meta: dict) -> str:
     sizes = sorted(int(k) for k in done if "read" in done[k])  # a size still running shows what it has
     lines = [
@@ -173,6 +184,8 @@ def table(done: dict, steps: int, meta: dict) -> str:
             note = {"knn": rep.get("index", "").split(" (")[0] + (f", recall@{50} {rep['recall@50']}" if "recall@50" in rep else ""),
                     "ovr": f"{rep.get('rows_fitted', 0):,} rows fitted" if rep else "",
                     "mlp": f"{rep.get('data', '')} path, {rep.get('iterations', '')} steps" if rep else ""}.get(head, "")
+            if rep.get("seconds"):  # the head's own phases (knn, ovr): where its time went
+                note += "; s: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in rep["seconds"].items())
             lines.append(f"| {n:,} | {head} fit | {h['fit']['seconds']:.0f} | {1000 * h['fit']['seconds'] / n:.2f} | "
                          f"{h['fit']['maxrss_mib']:.0f} | {h['fit']['tree_mib']:.0f} | {100 * h['metrics']['precision@1']:.2f} | {note} |")
             lines.append(f"| {n:,} | {head} evaluate | {h['evaluate']['seconds']:.0f} | | {h['evaluate']['maxrss_mib']:.0f} | "
@@ -232,12 +245,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.md")
     parser.add_argument("--render", nargs="*", type=Path, metavar="JSON",
                         help="only write the table and plot from these results files (merged), measuring nothing")
+    parser.add_argument("--load-note", help="with --render: what the load was, for results that did not record it")
     args = parser.parse_args()
     if args.render is not None:
         done = {}
         for path in args.render:
             done.update(json.loads(path.read_text()))
-        meta = {"machine": machine(), "versions": versions(), "commit": commit(), "load": "see the note below",
+        meta = {"machine": machine(), "versions": versions(), "commit": commit(),
+                "load": args.load_note or load_range(done),
                 "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
         args.out.write_text(table(done, args.mlp_steps, meta))
         plot(done, args.out.with_suffix(".png"))
@@ -245,12 +260,9 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     done, save = results(args.workdir / "scale.json")
-    loads = []
     for n in (int(s) for s in args.sizes.split(",")):
-        loads.append(os.getloadavg()[0])
         measure(n, args.workdir, args.mlp_steps, args.keep, done, save)
-    meta = {"machine": machine(), "versions": versions(), "commit": commit(),
-            "load": "1-min load average " + ", ".join(f"{x:.1f}" for x in loads) + " at the start of each size",
+    meta = {"machine": machine(), "versions": versions(), "commit": commit(), "load": load_range(done),
             "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     args.out.write_text(table(done, args.mlp_steps, meta))
     plot(done, args.out.with_suffix(".png"))
