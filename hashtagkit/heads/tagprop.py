@@ -114,7 +114,7 @@ class TagPropHead(KNNHead):
         report = {"weighting": self.weighting, "sigmoid": self.sigmoid, "loo_rows": 0}
         needs_loo = self.weighting == "learned" or self.sigmoid == "fit"
         if needs_loo and data.n_rows > 1:
-            sims, ids, Y = self._loo_neighbours(data)
+            sims, ids, _, Y = self._loo_neighbours(data)
             report.update({"loo_rows": int(len(Y)), "loo_neighbours": int(ids.shape[1])})
             if self.weighting == "learned":
                 self.temperature_, loglik = self._learn_temperature(sims, ids, Y)
@@ -128,8 +128,8 @@ class TagPropHead(KNNHead):
         self.report_.update(report)
         return self
 
-    def _loo_neighbours(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(similarities, ids, labels) of the leave-one-out sample: at most `loo_rows` positions
+    def _loo_neighbours(self, data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(similarities, ids, positions, labels) of the leave-one-out sample: at most `loo_rows` positions
         drawn uniformly from whole random blocks holding SPREAD x loo_rows rows, embedded a block
         at a time (only the sample's vectors are kept), each with its k nearest other rows."""
         rng = np.random.default_rng([self.random_state, 1])  # not the PCA sample's stream
@@ -145,7 +145,7 @@ class TagPropHead(KNNHead):
             sims.append(s)
             ids.append(i)
             labels.append(np.asarray(Y != 0, np.uint8))
-        return np.concatenate(sims), np.concatenate(ids), np.concatenate(labels)
+        return np.concatenate(sims), np.concatenate(ids), rows, np.concatenate(labels)
 
     def _scores(self, sims: np.ndarray, ids: np.ndarray, temperature: float) -> np.ndarray:
         """The weighted votes (n, C) of these neighbours: knn's arithmetic, batch by batch."""
