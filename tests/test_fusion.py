@@ -169,3 +169,46 @@ def test_fit_evaluate_and_help_through_the_cli(tmp_path):
         assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("Error: "), res.output
         assert message is None or message in res.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_recommend_and_bench_with_the_new_heads(tmp_path):
+    """`recommend` re-extracts a store photo and ranks it as the saved head ranks the stored
+    features (tagprop, and fusion of knn + tagprop); `bench` runs both and tables them."""
+    from hashtagkit.bench import run_bench
+    from hashtagkit.stores import open_store
+
+    from .conftest import run_cli
+    from .test_extract import tiny_scene_backbone
+
+    tiny_scene_backbone()
+    store = tmp_path / "demo.zarr"
+    run_cli(["prepare", "demo", "-o", store, "--n", "40"],
+            ["extract", store, "--backbone", "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32"])
+    s = open_store(store)
+    rows = s.split_rows("test")[:2]
+    photos = [str(tmp_path / "demo_images" / p) for p in s.paths(rows)]
+    for head, sets in (("tagprop", ["k=5"]), ("fusion", ["components=knn,tagprop", "knn.k=5", "tagprop.k=5"])):
+        run_cli(["fit", store, "--head", head, *[x for kv in sets for x in ("--set", kv)], "-o", tmp_path / head])
+        res = run("recommend", tmp_path / head, *photos, "--json", "--top", "3", "--device", "cpu")
+        assert res.exit_code == 0, res.output
+        stored = Head.load(tmp_path / head / "model").predict_proba(s.features("both", rows))
+        for got, scores in zip(json.loads(res.stdout)["results"], stored, strict=True):
+            assert [t["tag"] for t in got["hashtags"]] == [s.vocab[c] for c in ranking(scores[None])[0][:3]]
+    table = run_bench(store, tmp_path / "bench", ["knn", "tagprop", "fusion"], ["both"], [0, 1],
+                      {"knn": {"k": 5}, "tagprop": {"k": 5}, "fusion": {"components": "knn,tagprop"}}, log=lambda _: None)
+    fusion = [r for r in table if r["head"] == "fusion"]
+    assert len(fusion) == 2 and fusion[0]["params"]["component_params"] == {"knn": {"k": 5}, "tagprop": {"k": 5}}
+    text = (tmp_path / "bench" / "table.md").read_text()
+    assert "| tagprop | both |" in text and "| fusion | both |" in text and "±" in text
+
+
+def test_bench_gives_fusion_the_components_settings():
+    from hashtagkit.bench import with_component_sets
+
+    sets = {"mlp": {"epochs": 2, "hidden": 64}, "knn": {"k": 9}, "fusion": {"mlp.hidden": 32}}
+    got = with_component_sets(sets, ["mlp", "knn", "fusion"])
+    assert got["fusion"] == {"mlp.epochs": 2, "knn.k": 9, "mlp.hidden": 32}  # fusion's own setting wins
+    assert make_head("fusion", **got["fusion"]).component_params == {"mlp": {"epochs": 2, "hidden": 32}, "knn": {"k": 9}}
+    assert with_component_sets(sets, ["mlp", "knn"]) == sets  # no fusion row: untouched
+    only_knn = with_component_sets({**sets, "fusion": {"components": "knn,ovr"}}, ["fusion"])
+    assert only_knn["fusion"] == {"knn.k": 9, "components": "knn,ovr"}  # the mlp's settings are not its business
