@@ -116,7 +116,10 @@ def record_key(fingerprint: dict, head: str, view: str, seed: int, sets: dict[st
     (a preset's values included, so a changed default is a changed key) and the store's
     fingerprint. Resume reuses a record only under the same key."""
     made = make_head(head, **(sets or {}).get(head, {}))
-    params = made.config() if hasattr(made, "config") else made.get_params()
+    # the preset's values resolved (a changed default is a changed key) over every parameter: a
+    # preset's config alone leaves out the others (mlp's hidden), and a resume reused a record
+    # fitted at another hidden size
+    params = {**made.get_params(), **(made.config() if hasattr(made, "config") else {})}
     return json.dumps({"head": head, "view": view, "seed": seed, "params": params, "store": fingerprint},
                       sort_keys=True, default=str)
 
