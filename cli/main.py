@@ -394,9 +394,10 @@ class FitCommand(click.Command):
 
 @cli.command(cls=FitCommand)
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity"]),
+@click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity", "tagprop", "fusion"]),
               help="mlp: the paper's two-layer MLP; knn: FAISS label transfer; ovr: one-vs-rest linear (scikit-learn); "
-                   "popularity: the floor.")
+                   "popularity: the floor; tagprop: kNN with learned weights and per-tag sigmoids (TagProp); "
+                   "fusion: a weighted blend of other heads (default mlp + knn).")
 @click.option("--features", "view", default="both", show_default=True, type=click.Choice(["object", "scene", "both"]),
               help="Feature view; a single view zero-pads the other block, as the paper does.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")

@@ -116,13 +116,37 @@ def record_key(fingerprint: dict, head: str, view: str, seed: int, sets: dict[st
     (a preset's values included, so a changed default is a changed key) and the store's
     fingerprint. Resume reuses a record only under the same key."""
     made = make_head(head, **(sets or {}).get(head, {}))
-    params = made.config() if hasattr(made, "config") else made.get_params()
+    # the preset's values resolved (a changed default is a changed key) over every parameter: a
+    # preset's config alone leaves out the others (mlp's hidden), and a resume reused a record
+    # fitted at another hidden size
+    params = {**made.get_params(), **(made.config() if hasattr(made, "config") else {})}
     return json.dumps({"head": head, "view": view, "seed": seed, "params": params, "store": fingerprint},
                       sort_keys=True, default=str)
 
 
+def with_component_sets(sets: dict[str, dict] | None, heads: list[str]) -> dict[str, dict]:
+    """`sets` with fusion's components given the settings of the heads they are (`--set
+    mlp.epochs=2` also sets fusion's mlp component), so a fusion row blends the very models of the
+    rows beside it; a fusion setting of its own (`--set fusion.mlp.epochs=3`) wins. Written out as
+    fusion's `HEAD.KEY` parameters, so the table's footer and each run.json show them."""
+    from hashtagkit.heads.fusion import FusionHead, parse_components
+
+    sets = {head: dict(kv) for head, kv in (sets or {}).items()}
+    if FusionHead.name not in heads:
+        return sets
+    own = sets.get(FusionHead.name, {})
+    names = parse_components(own.get("components", FusionHead().components)) or []
+    given = own.get("component_params") if isinstance(own.get("component_params"), dict) else {}
+    inherited = {f"{c}.{k}": v for c in names for k, v in sets.get(c, {}).items()
+                 if f"{c}.{k}" not in own and k not in given.get(c, {})}
+    if inherited:
+        sets[FusionHead.name] = {**inherited, **own}
+    return sets
+
+
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
               sets: dict[str, dict] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    sets = with_component_sets(sets, heads)
     store = open_store(store_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

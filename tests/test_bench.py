@@ -225,3 +225,14 @@ def test_bench_on_a_vocabulary_smaller_than_five(tmp_path):
     assert f"| knn | both | {100 * knn['precision@1']:.2f} | {100 * knn['recall@3']:.2f} | " \
            f"{100 * knn['accuracy@3']:.2f} |" in table
     assert "vocabulary has 3 classes" in table
+
+
+def test_a_record_key_holds_every_parameter_not_only_a_presets():
+    """mlp's key once held only its preset's resolved values: a resume with --set mlp.hidden=1024
+    reused a record fitted at 4,096 hidden units."""
+    from hashtagkit.bench import record_key
+
+    keys = {record_key({}, "mlp", "both", 0, {"mlp": {"hidden": h}}) for h in (32, 64)}
+    assert len(keys) == 2
+    assert record_key({}, "mlp", "both", 0, {"mlp": {"lr": 1e-3}}) == record_key({}, "mlp", "both", 0, {})  # the preset's own lr
+    assert len({record_key({}, "fusion", "both", 0, {"fusion": {"mlp.hidden": h}}) for h in (32, 64)}) == 2

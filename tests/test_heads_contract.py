@@ -13,7 +13,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.heads import HEADS, Head, NotFittedError, Param, make_head
 
 # the MLP's paper-size default (4,096 hidden units) is slow for nothing on 80 rows
-SMALL = {"mlp": {"hidden": 32, "epochs": 4}}
+SMALL = {"mlp": {"hidden": 32, "epochs": 4}, "fusion": {"mlp.hidden": 32, "mlp.epochs": 4}}
 
 
 def small(name: str) -> Head:
@@ -130,6 +130,13 @@ def test_bad_values_are_refused_by_make_head_and_by_fit(head_name):
     ("mlp", {"device": "gpu"}), ("mlp", {"precision": "fp8"}), ("mlp", {"random_state": -1}),
     ("ovr", {"estimator": "tree"}), ("ovr", {"C": 0}), ("ovr", {"max_iter": 0}), ("ovr", {"n_jobs": 0}),
     ("ovr", {"pca": 1.5}),
+    ("tagprop", {"weighting": "rank"}), ("tagprop", {"sigmoid": "logistic"}), ("tagprop", {"loo_rows": 0}),
+    ("tagprop", {"k": 0}),
+    ("fusion", {"components": "mlp,mlp"}), ("fusion", {"components": "fusion"}), ("fusion", {"components": ""}),
+    ("fusion", {"weights": "1,-1"}), ("fusion", {"weights": "0,0"}), ("fusion", {"weights": "1,nan"}),
+    ("fusion", {"weights": "1,2,3"}), ("fusion", {"grid_step": 0}), ("fusion", {"val_fraction": 1.0}),
+    ("fusion", {"normalise": "zscore"}), ("fusion", {"component_params": {"mlp": 3}}),
+    ("fusion", {"component_params": {"ovr": {"C": 1}}}), ("fusion", {"component_params": {"mlp": {"hidden": 0}}}),
 ])
 def test_the_issues_bad_values(name, params):
     key, value = next(iter(params.items()))
@@ -141,6 +148,9 @@ def test_the_issues_bad_values(name, params):
     ("knn", {"k": 1, "pca": None, "temperature": 1e-6, "exact_limit": 1}),
     ("mlp", {"dropout": 0, "val_fraction": 0.0, "patience": 0, "momentum": 0, "lr": 1, "weight_decay": 0}),
     ("ovr", {"n_jobs": -1, "C": 10, "pca": None}), ("ovr", {"n_jobs": None}),
+    ("tagprop", {"weighting": "fixed", "sigmoid": "identity", "loo_rows": 1}),
+    ("fusion", {"components": "popularity", "weights": "1", "grid_step": 1, "final_fit": "part"}),
+    ("fusion", {"components": "knn,tagprop,ovr", "weights": "0,2,1.5", "component_params": {"knn": {"k": 3}}}),
 ])
 def test_edge_values_are_admitted(name, params):
     assert make_head(name, **params).get_params().items() >= params.items()
@@ -192,8 +202,9 @@ def test_float16_input(head_name):
 
 
 # heads that give a class with no training positive an exact constant score of 0 (no neighbour
-# carries it; ovr's constant; a frequency of 0); the MLP learns a score strictly below the others
-SCORES_ZERO = {"knn", "ovr", "popularity"}
+# carries it; ovr's constant; a frequency of 0; tagprop's sigmoid is not applied to it); the MLP
+# learns a score strictly below the others, and fusion blends that with knn's 0
+SCORES_ZERO = {"knn", "ovr", "popularity", "tagprop"}
 
 
 def test_class_without_positives_ranks_last(head_name):
@@ -202,7 +213,7 @@ def test_class_without_positives_ranks_last(head_name):
     if head_name in SCORES_ZERO:
         assert (scores[:, -1] == 0).all()
     else:
-        assert head_name == "mlp", "a new head: say here what it scores a class without positives"
+        assert head_name in ("mlp", "fusion"), "a new head: say here what it scores a class without positives"
         assert (scores[:, -1] < np.median(scores[:, :-1], axis=1)).all()
         assert (scores[:, -1] < scores.max(axis=1)).all()
 

@@ -11,12 +11,15 @@ from typing import Any
 
 from hashtagkit.errors import InputError
 from hashtagkit.heads.base import Head, InvalidParameterError, NotFittedError, Param
+from hashtagkit.heads.fusion import FusionHead
 from hashtagkit.heads.knn import KNNHead
 from hashtagkit.heads.mlp import MLPHead
 from hashtagkit.heads.ovr import OVRHead
 from hashtagkit.heads.popularity import PopularityHead
+from hashtagkit.heads.tagprop import TagPropHead
 
-HEADS: dict[str, type[Head]] = {cls.name: cls for cls in (MLPHead, KNNHead, OVRHead, PopularityHead)}
+HEADS: dict[str, type[Head]] = {cls.name: cls for cls in (MLPHead, KNNHead, OVRHead, PopularityHead, TagPropHead,
+                                                                      FusionHead)}
 
 
 def make_head(name: str, **params: Any) -> Head:
@@ -39,5 +42,5 @@ def params_help() -> list[str]:
     return lines
 
 
-__all__ = ["HEADS", "Head", "InvalidParameterError", "KNNHead", "MLPHead", "NotFittedError", "OVRHead", "Param",
-           "PopularityHead", "make_head", "params_help"]
+__all__ = ["FusionHead", "HEADS", "Head", "InvalidParameterError", "KNNHead", "MLPHead", "NotFittedError", "OVRHead", "Param",
+           "PopularityHead", "TagPropHead", "make_head", "params_help"]
