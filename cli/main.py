@@ -654,7 +654,11 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding processes of an in-process run [default: half the cores, 1..4].")
+              help="Decoding processes of an in-process run [default: on the CPU one per 8 cores, on CUDA all "
+                   "cores but one, up to 8].")
+@click.option("--lanes", type=click.IntRange(min=1),
+              help="Batches in the model at once, each on cores/LANES torch threads [default: on the CPU one per "
+                   "core, up to 4; on CUDA 1].")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
@@ -680,7 +684,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
                    "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
-            workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
+            workers: int | None, lanes: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
             allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
     """Compute image features for every row of STORE, resumably.
@@ -712,7 +716,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
         asked[name] = value
     loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
-                workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                workers=workers, lanes=lanes, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
                 allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
                 allow_other_images=allow_other_images, progress=not no_progress, log=echo_err,
                 cluster=cluster, scheduler=scheduler)

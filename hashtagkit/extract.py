@@ -1,10 +1,13 @@
 """The extraction engine: reader -> model -> writer, resumable, batched, device and precision aware.
 
 - reader: worker processes decode each image once with Pillow (EXIF orientation applied, any
-  mode to RGB) and apply every backbone's preprocessing; an image that is missing, unreadable,
-  truncated or a decompression bomb becomes an invalid row with its reason, and the run goes on.
-- model: all backbones in one pass over the decoded batch, in inference mode, channels_last,
-  under autocast (bf16 on a CPU that has it, fp16 on CUDA) unless fp32 is asked for.
+  mode to RGB) and resize and crop it for every backbone's preprocessing, handing uint8 pixels
+  over in shared memory; an image that is missing, unreadable, truncated or a decompression
+  bomb becomes an invalid row with its reason, and the run goes on.
+- model: all backbones in one pass over the decoded batch (normalised there), in inference
+  mode, channels_last, on weights cast to bf16 (a CPU that has it) or fp16 (CUDA) unless fp32
+  is asked for. On the CPU several batches run at once, one per lane of cores
+  (`devices.extraction_budget`), so a decoder taking a core slows one lane, not every thread.
 - writer: the store's `features` array is written one whole chunk at a time (`Store.write_chunk`,
   the same call a distributed worker makes); `chunk_log[c]` (who computed chunk c: host,
   worker, pid, device, precision, seconds) and then `done[c]` are set only after chunk c's
@@ -36,6 +39,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +49,7 @@ from torch import nn
 
 from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
-from hashtagkit.devices import autocast, pick_device, pick_precision
+from hashtagkit.devices import Budget, compute_dtype, extraction_budget, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
 from hashtagkit.stores import Store, open_store
@@ -55,7 +59,8 @@ from hashtagkit.stores.upgrade import upgrade_store
 
 # --- reader ------------------------------------------------------------------------------------
 class ImageReader(torch.utils.data.Dataset):
-    """Row -> (row, one tensor per distinct preprocessing, reason or '')."""
+    """Row -> (row, one uint8 pixel tensor per distinct preprocessing, reason or ''); the model's
+    side normalises them (`Extractor`)."""
 
     def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
@@ -69,9 +74,9 @@ class ImageReader(torch.utils.data.Dataset):
             if os.getpid() != self.parent:
                 kill_for_test(self.paths[row])
             image = decode(self.root / self.paths[row], self.allow_truncated)
-            return row, [t(image) for t in self.transforms], ""
+            return row, [t.pixels(image) for t in self.transforms], ""
         except DecodeError as e:
-            return row, [torch.zeros(3, t.crop, t.crop) for t in self.transforms], str(e)
+            return row, [torch.zeros(3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms], str(e)
 
 
 def kill_for_test(rel: str) -> None:
@@ -112,12 +117,25 @@ class FeatureModel(nn.Module):
 
 
 class Extractor:
-    """The model half of the engine, shared by `extract` and `recommend`."""
+    """The model half of the engine, shared by `extract` and `recommend`.
+
+    bf16 and fp16 run on weights cast to that type, not under autocast: autocast casts every
+    weight again at every call (VGG-16's fc6 alone is 103M values), about 15% of a batch of 32
+    on the CPU; the features stay within bf16 tolerance of the fp32 forward (cosine >= 0.9999,
+    tests/test_extract.py, benchmarks/roofline_extract.py). The backbones' modules are the
+    extractor's from then on (moved, cast and set to channels_last in place). Calls may come from
+    several threads at once (the engine's lanes): nothing here changes state after __init__."""
 
     def __init__(self, backbones: Sequence[LoadedBackbone], device: torch.device, precision: str):
         self.backbones = list(backbones)
         self.device, self.precision = device, precision
+        self.dtype = compute_dtype(precision)
         self.model = FeatureModel(self.backbones).to(device).to(memory_format=torch.channels_last).eval()
+        if self.dtype is not None:
+            self.model.to(self.dtype)
+        elif any(p.dtype != torch.float32 for p in self.model.parameters()):
+            raise ValueError("fp32 asked for backbones whose weights an earlier Extractor cast to bf16/fp16: "
+                             "load them again")
         self.dim = sum(b.spec.dim for b in self.backbones)
 
     @property
@@ -126,10 +144,20 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, inputs: list[torch.Tensor]) -> np.ndarray:
-        inputs = [x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last) for x in inputs]
-        with autocast(self.device, self.precision):
-            out = self.model(inputs)
-        return out.float().cpu().numpy()
+        """One tensor per preprocessing (`transforms`): uint8 pixels (a decode worker's) or
+        already normalised float32 -> (N, dim) float32 features."""
+        inputs = [self.prepare(x, t) for x, t in zip(inputs, self.transforms, strict=True)]
+        return self.model(inputs).float().cpu().numpy()
+
+    def prepare(self, x: torch.Tensor, transform: Preprocessing) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = transform.normalize(x)
+        return x.to(self.dtype or torch.float32).contiguous(memory_format=torch.channels_last)
+
+    def describe(self) -> str:
+        """How the model computes, for the run's record."""
+        return f"{self.precision} weights, channels_last" if self.dtype else "fp32, channels_last"
 
     def columns(self) -> list[tuple[int, int]]:
         out, start = [], 0
@@ -454,6 +482,7 @@ def extract(
     precision: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
+    lanes: int | None = None,
     dtype: str = "float16",
     chunk_rows: int | None = None,
     overwrite: bool = False,
@@ -492,7 +521,8 @@ def extract(
     log(f"device {dev} ({'chosen automatically' if device == 'auto' else 'as asked'}), precision {prec}")
     engine = Extractor(backbones, dev, prec)
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
-    workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
+    budget = extraction_budget(dev, lanes=lanes, workers=workers)
+    workers = budget.workers
     with store.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
@@ -527,6 +557,7 @@ def extract(
         n = store.n_rows
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
                "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve()),
+               "compute": engine.describe(), "budget": budget.describe() | {"cores": os.cpu_count()},
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
                "decode": {"jpeg_draft_min_side": DRAFT_SIDE, "max_pixels": MAX_PIXELS}}
         if cluster or scheduler:
@@ -539,7 +570,7 @@ def extract(
         else:
             todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
                                                                                  allow_truncated),
-                                                batch_size, workers, dev, progress, run_index=len(record["runs"]) - 1)
+                                                batch_size, budget, dev, progress, run_index=len(record["runs"]) - 1)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
                    images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
@@ -605,8 +636,12 @@ class ChunkWriter:
         return [r for r in rows if not self.buf.received[r - rows.start]]
 
     def add(self, rows: torch.Tensor | np.ndarray, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        self.put(rows, self.engine(inputs), reasons)
+
+    def put(self, rows: torch.Tensor | np.ndarray, feats: np.ndarray, reasons: list[str]) -> None:
+        """A batch's features (of the current chunk: batches arrive in order), written when the
+        chunk is complete."""
         rows = np.asarray(rows)
-        feats = self.engine(inputs)
         c = self.pending[0]
         start, stop = c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
         if self.buf is None:
@@ -672,28 +707,87 @@ def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
     writer.flush()
 
 
-def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
+class Lanes:
+    """Up to `n` batches in the model at once, each on its own thread, results taken in order.
+
+    The writer sees batches in exactly the order the loader gave them (a chunk is complete only
+    when its last batch is in), so resume and done-flag semantics are those of one lane."""
+
+    def __init__(self, engine: Extractor, writer: ChunkWriter, n: int):
+        import concurrent.futures as cf
+        from collections import deque
+
+        self.engine, self.writer, self.n = engine, writer, n
+        self.pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="lane") if n > 1 else None
+        self.queue: deque = deque()
+
+    def submit(self, rows, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        if self.pool is None:
+            self.writer.add(rows, inputs, reasons)
+            return
+        self.queue.append((rows, self.pool.submit(self.engine, inputs), reasons))
+        while len(self.queue) >= self.n:
+            self.take()
+
+    def take(self) -> None:
+        rows, future, reasons = self.queue.popleft()
+        self.writer.put(rows, future.result(), reasons)
+
+    def drain(self) -> None:
+        """Every batch in flight into the writer (before isolating a dead decoder's rows)."""
+        while self.queue:
+            self.take()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for _, future, _ in self.queue:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Torch's intra-op threads for the extraction, restored after it (recommend and serve
+    share the process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, budget: Budget,
                dev: torch.device, progress: bool, run_index: int = -1) -> tuple[int, Counter, float]:
     """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds).
 
-    A decode worker that dies (killed, out of memory) loses the batches it held: the rest of
-    the current chunk is then decoded one image at a time in fresh workers (`isolate`), the
-    culprit alone is marked invalid, and the run goes on with a new pool."""
+    `budget.workers` processes decode (into shared memory, as uint8 pixels) while
+    `budget.lanes` batches run in the model. A decode worker that dies (killed, out of memory)
+    loses the batches it held: the rest of the current chunk is then decoded one image at a
+    time in fresh workers (`isolate`), the culprit alone is marked invalid, and the run goes on
+    with a new pool."""
     from tqdm import tqdm
 
     todo = sum(min((c + 1) * plan.chunk_rows, store.n_rows) - c * plan.chunk_rows for c in plan.pending)
     started = time.perf_counter()
     bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
     writer = ChunkWriter(store, engine, plan, bar, run_index)
-    while writer.pending:
-        batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
-        try:
-            for rows, inputs, reasons in loader_for(reader, batches, workers, dev):
-                writer.add(rows, inputs, reasons)
-        except RuntimeError as e:
-            if workers == 0 or not is_worker_death(e):
-                raise
-            if writer.pending:
-                isolate(writer, reader)
+    lanes = Lanes(engine, writer, budget.lanes)
+    try:
+        with torch_threads(budget.threads):
+            while writer.pending:
+                batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
+                try:
+                    for rows, inputs, reasons in loader_for(reader, batches, budget.workers, dev):
+                        lanes.submit(rows, inputs, reasons)
+                    lanes.drain()
+                except RuntimeError as e:
+                    if budget.workers == 0 or not is_worker_death(e):
+                        raise
+                    lanes.drain()
+                    if writer.pending:
+                        isolate(writer, reader)
+    finally:
+        lanes.close()
     bar.close()
     return todo, writer.invalid, time.perf_counter() - started

@@ -30,14 +30,23 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """A decoded RGB PIL image -> a float32 (3, crop, crop) tensor."""
-        image = self.resize_and_crop(image)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+        return self.normalize(self.pixels(image).unsqueeze(0))[0]
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The resized and cropped RGB pixels as a uint8 (3, crop, crop) tensor: what a decode
+        worker hands over (a quarter of the float32 bytes through shared memory), normalised by
+        `normalize` where the model runs, with exactly the same arithmetic as `__call__`."""
+        return torch.from_numpy(np.array(self.resize_and_crop(image), dtype=np.uint8)).permute(2, 0, 1)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB pixels (N, 3, H, W), on any device -> the float32 input the weights expect."""
+        x = x.float()
         if self.colour_order == "BGR":
-            x = x.flip(0)
+            x = x.flip(1)
         if self.value_range != 255.0:
             x = x * (self.value_range / 255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
