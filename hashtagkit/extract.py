@@ -51,7 +51,17 @@ from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
 from hashtagkit.devices import Budget, compute_dtype, extraction_budget, pick_device, pick_precision
 from hashtagkit.errors import InputError
-from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
+from hashtagkit.images import (
+    DECODE_MODES,
+    DRAFT_SIDE,
+    FAST_DRAFT_SIDE,
+    MAX_PIXELS,
+    DecodeError,
+    decode,
+    decode_jpegs_on,
+    jpeg_for_device,
+    orient,
+)
 from hashtagkit.stores import Store, open_store
 from hashtagkit.stores.store import SWAPPING, is_url, read_done
 from hashtagkit.stores.upgrade import upgrade_store
@@ -60,23 +70,65 @@ from hashtagkit.stores.upgrade import upgrade_store
 # --- reader ------------------------------------------------------------------------------------
 class ImageReader(torch.utils.data.Dataset):
     """Row -> (row, one uint8 pixel tensor per distinct preprocessing, reason or ''); the model's
-    side normalises them (`Extractor`)."""
+    side normalises them (`Extractor`).
 
-    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
+    `decode_mode` (images.DECODE_MODES): `fast` decodes JPEGs reduced down to the resize; `gpu`
+    hands a whole RGB/grey JPEG over as its bytes and EXIF orientation (a 4th item, zeros in
+    its pixel tensors), decoded in the main process on the model's device (`on_device`)."""
+
+    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool,
+                 decode_mode: str = "default"):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+        self.decode_mode = decode_mode
+        self.draft_side = FAST_DRAFT_SIDE if decode_mode == "fast" else DRAFT_SIDE
         self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int):
+        if os.getpid() != self.parent:
+            kill_for_test(self.paths[row])
+        if self.decode_mode == "gpu":
+            try:
+                jpeg = jpeg_for_device(self.root / self.paths[row])
+            except DecodeError as e:
+                return row, self.zeros(), str(e)
+            if jpeg is not None:
+                return row, self.zeros(), "", jpeg
+        return self.decoded(row)
+
+    def decoded(self, row: int) -> tuple:
+        """The row decoded by Pillow: (row, pixels, '') or (row, zeros, reason)."""
         try:
-            if os.getpid() != self.parent:
-                kill_for_test(self.paths[row])
-            image = decode(self.root / self.paths[row], self.allow_truncated)
+            image = decode(self.root / self.paths[row], self.allow_truncated, draft_side=self.draft_side)
             return row, [t.pixels(image) for t in self.transforms], ""
         except DecodeError as e:
-            return row, [torch.zeros(3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms], str(e)
+            return row, self.zeros(), str(e)
+
+    def zeros(self) -> list[torch.Tensor]:
+        return [torch.zeros(3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms]
+
+    def on_device(self, batch: tuple, device: torch.device) -> tuple:
+        """A collated batch -> (rows, inputs, reasons): the JPEGs a `gpu` reader handed over are
+        decoded on `device` in one call, turned, resized and cropped there; one the device cannot
+        decode goes through Pillow here (its pixels, or its reason)."""
+        if len(batch) == 3:
+            return batch
+        rows, inputs, reasons, jpegs = batch
+        if not jpegs:
+            return rows, inputs, reasons
+        inputs = [x.to(device) for x in inputs]
+        decoded = decode_jpegs_on(device, [data for _, (data, _) in jpegs])
+        for (i, (_, orientation)), image in zip(jpegs, decoded, strict=True):
+            if image is None:
+                _, pixels, reasons[i] = self.decoded(int(rows[i]))
+            else:
+                image = orient(image, orientation)
+                pixels = [t.pixels_of_tensor(image) for t in self.transforms]
+            for x, p in zip(inputs, pixels, strict=True):
+                x[i] = p.to(device)
+        return rows, inputs, reasons
 
 
 def kill_for_test(rel: str) -> None:
@@ -96,9 +148,14 @@ def is_worker_death(e: RuntimeError) -> bool:
 
 
 def collate(items):
-    rows = torch.tensor([r for r, _, _ in items])
-    inputs = [torch.stack([x[i] for _, x, _ in items]) for i in range(len(items[0][1]))]
-    return rows, inputs, [reason for _, _, reason in items]
+    """(rows, one stacked tensor per preprocessing, reasons), and when a `gpu` reader handed
+    JPEGs over, a 4th item: [(index in the batch, (bytes, orientation))]."""
+    rows = torch.tensor([it[0] for it in items])
+    inputs = [torch.stack([it[1][i] for it in items]) for i in range(len(items[0][1]))]
+    reasons = [it[2] for it in items]
+    if any(len(it) > 3 for it in items):
+        return rows, inputs, reasons, [(i, it[3]) for i, it in enumerate(items) if len(it) > 3]
+    return rows, inputs, reasons
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -473,6 +530,18 @@ def start_record(store: Store, record: dict, done: np.ndarray, pending: list[int
     return record
 
 
+def check_decode_option(decode: str, device: str, distributed: bool) -> None:
+    """Refuse a --decode this run cannot do, before any weights are loaded."""
+    if decode not in DECODE_MODES:
+        raise InputError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode != "default" and distributed:
+        raise InputError(f"--decode {decode} is for an in-process extraction; Dask workers decode the default way")
+    if decode == "gpu" and (device == "cpu" or not torch.cuda.is_available()):
+        raise InputError("--decode gpu decodes JPEGs with nvJPEG on a CUDA device: "
+                         + ("pass --device cuda" if torch.cuda.is_available() else "none is available")
+                         + " (use --decode default or fast)")
+
+
 def extract(
     store_path: str | Path,
     backbones: Sequence[LoadedBackbone],
@@ -483,6 +552,7 @@ def extract(
     batch_size: int = 32,
     workers: int | None = None,
     lanes: int | None = None,
+    decode: str = "default",
     dtype: str = "float16",
     chunk_rows: int | None = None,
     overwrite: bool = False,
@@ -507,6 +577,7 @@ def extract(
         distributed.parse_cluster(cluster) if cluster else distributed.parse_scheduler(scheduler)
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
+    check_decode_option(decode, device, bool(cluster or scheduler))
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     blocks_names = [b.spec.block for b in backbones]
@@ -521,6 +592,9 @@ def extract(
     log(f"device {dev} ({'chosen automatically' if device == 'auto' else 'as asked'}), precision {prec}")
     engine = Extractor(backbones, dev, prec)
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
+    if decode != "default":  # other pixels: part of each block's preprocessing (a resume must agree)
+        for b in blocks:
+            b["preprocessing"] = b["preprocessing"] | {"decode": decode_record(decode)}
     budget = extraction_budget(dev, lanes=lanes, workers=workers)
     workers = budget.workers
     with store.lock("extracted"):
@@ -559,17 +633,24 @@ def extract(
                "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve()),
                "compute": engine.describe(), "budget": budget.describe() | {"cores": os.cpu_count()},
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
-               "decode": {"jpeg_draft_min_side": DRAFT_SIDE, "max_pixels": MAX_PIXELS}}
+               "decode": decode_record(decode) | {"max_pixels": MAX_PIXELS}}
         if cluster or scheduler:
             run["distributed"] = distributed.describe(cluster, scheduler)
+        reader = ImageReader(root, paths, engine.transforms, allow_truncated, decode)
+        if decode != "default" and plan.pending:
+            rows = [r for c in plan.pending for r in range(c * plan.chunk_rows, min((c + 1) * plan.chunk_rows, n))]
+            check = decode_check(reader, engine, rows[:DECODE_CHECK_ROWS])
+            run["decode"]["check"] = check
+            if check["photos"]:
+                log(f"--decode {decode}: fc7 cosine against the exact decode on {check['photos']} of these photos: "
+                    f"min {check['cosine_min']:.5f}, mean {check['cosine_mean']:.5f}")
         record = start_record(target, record, done, plan.pending, prints, run, root)
         if cluster or scheduler:
             todo, invalid, seconds = distributed.run_chunks(target, engine, plan, root, batch_size, allow_truncated,
                                                             run, len(record["runs"]) - 1, cluster, scheduler,
                                                             progress, log)
         else:
-            todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
-                                                                                 allow_truncated),
+            todo, invalid, seconds = run_chunks(target, engine, plan, reader,
                                                 batch_size, budget, dev, progress, run_index=len(record["runs"]) - 1)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
@@ -587,6 +668,36 @@ def extract(
                       precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())
     return summary
+
+
+DECODE_CHECK_ROWS = 8  # photos a `--decode fast|gpu` run compares with the exact decode
+
+
+def decode_check(reader: ImageReader, engine: Extractor, rows: list[int]) -> dict:
+    """The fc7 cosine between `reader`'s pixels and the exact decode's (Pillow, full size, never
+    reduced) on `rows`, computed by the run's own model: what a pixel-changing decode costs in
+    features, on the run's own photos (rows that either way fails to decode are left out)."""
+    exact = ImageReader(reader.root, reader.paths, reader.transforms, reader.allow_truncated)
+    exact.draft_side = 1 << 30
+    a = collate([exact.decoded(r) for r in rows])
+    b = reader.on_device(collate([reader[r] for r in rows]), engine.device)
+    keep = [i for i in range(len(rows)) if not a[2][i] and not b[2][i]]
+    if not keep:
+        return {"photos": 0}
+    fa, fb = engine(a[1])[keep].astype(np.float64), engine(b[1])[keep].astype(np.float64)
+    norms = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+    cos = (fa * fb).sum(1) / np.where(norms > 0, norms, 1.0)
+    return {"photos": len(keep), "cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6),
+            "against": "Pillow, full-size decode"}
+
+
+def decode_record(mode: str) -> dict:
+    """How a run decodes pixels, as recorded (the run's `decode`; a block's preprocessing when
+    not the default, since the pixels differ)."""
+    if mode == "gpu":
+        return {"mode": "gpu", "jpeg": "nvJPEG (torchvision.io.decode_jpeg), torchvision antialiased resize",
+                "other_formats": "Pillow"}
+    return {"mode": mode, "jpeg_draft_min_side": FAST_DRAFT_SIDE if mode == "fast" else DRAFT_SIDE}
 
 
 class ChunkBuffer:
@@ -701,7 +812,7 @@ def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
                 pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
                 writer.lost(row)
                 continue
-            writer.add(*collate([item]))
+            writer.add(*reader.on_device(collate([item]), writer.engine.device))
     finally:
         pool.shutdown(wait=True)
     writer.flush()
@@ -778,8 +889,8 @@ def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader,
             while writer.pending:
                 batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
                 try:
-                    for rows, inputs, reasons in loader_for(reader, batches, budget.workers, dev):
-                        lanes.submit(rows, inputs, reasons)
+                    for batch in loader_for(reader, batches, budget.workers, dev):
+                        lanes.submit(*reader.on_device(batch, dev))
                     lanes.drain()
                 except RuntimeError as e:
                     if budget.workers == 0 or not is_worker_death(e):

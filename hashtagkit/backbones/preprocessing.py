@@ -38,6 +38,27 @@ class Preprocessing:
         `normalize` where the model runs, with exactly the same arithmetic as `__call__`."""
         return torch.from_numpy(np.array(self.resize_and_crop(image), dtype=np.uint8)).permute(2, 0, 1)
 
+    def pixels_of_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """`pixels` for a decoded (3, H, W) uint8 tensor, on its device (`extract --decode gpu`):
+        torchvision's antialiased bilinear resize and centre crop, the same geometry as
+        `resize_and_crop` but not Pillow's rounding, so not the same pixels (measured in
+        benchmarks/results/extract_throughput.md, "Decode paths")."""
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = x.shape[-2:]
+        if isinstance(self.resize, tuple):
+            out_h, out_w = self.resize
+        else:
+            scale = self.resize / min(w, h)
+            out_h, out_w = round(h * scale), round(w * scale)
+        if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
+            size = list(self.resize) if isinstance(self.resize, tuple) else [self.resize]
+            return F.center_crop(F.resize(x, size, antialias=True), [self.crop, self.crop])
+        box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
+        top, left = round((h - box_h) / 2), round((w - box_w) / 2)
+        box = x[..., top : top + round(box_h), left : left + round(box_w)]
+        return F.resize(box, [self.crop, self.crop], antialias=True)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB pixels (N, 3, H, W), on any device -> the float32 input the weights expect."""
         x = x.float()
