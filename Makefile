@@ -45,7 +45,13 @@ clean:
 # Benchmarks: each writes a Markdown table under benchmarks/results/ (machine and versions included).
 DEVICE ?= cpu
 bench-extract: $(STAMP)
-	$(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
+	nice -n 10 $(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
+
+# VGG-16 to fc7 against the matmul peak of the same run, and the ways to run it (ROOFLINE_ARGS=--compile
+# adds torch.compile: minutes of compiling on 2 cores).
+ROOFLINE_ARGS ?=
+bench-roofline-extract: $(STAMP)
+	nice -n 10 $(BIN)/python benchmarks/roofline_extract.py --device $(DEVICE) $(ROOFLINE_ARGS)
 
 # `hashtagkit recommend` from process start to the first result: git revision 9525730 (before the
 # fast start) against this checkout, cold and warm sha256 cache; two 528 MB VGG-16 files in a temp dir.

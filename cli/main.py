@@ -659,7 +659,16 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding processes of an in-process run [default: half the cores, 1..4].")
+              help="Decoding processes of an in-process run [default: on the CPU one per 8 cores, on CUDA all "
+                   "cores but one, up to 8].")
+@click.option("--lanes", type=click.IntRange(min=1),
+              help="Batches in the model at once, each on cores/LANES torch threads [default: on the CPU one per "
+                   "core, up to 4; on CUDA 1].")
+@click.option("--decode", "decode_mode", default="default", show_default=True,
+              type=click.Choice(["default", "fast", "gpu"]),
+              help="How JPEGs become pixels. fast: decoded reduced (DCT scaling) down to the resize, other pixels; "
+                   "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
+                   "decode on a sample of the photos, and are part of the blocks' preprocessing.")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
@@ -685,7 +694,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
                    "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
-            workers: int | None, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
+            workers: int | None, lanes: int | None, decode_mode: str, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
             allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
     """Compute image features for every row of STORE, resumably.
@@ -698,6 +707,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
     coordinating (see the README's "Extraction on Dask").
     """
     from hashtagkit.backbones import DEFAULT_BACKBONES, load_backbone, parse_backbone_option
+    from hashtagkit.extract import check_decode_option
     from hashtagkit.extract import extract as run_extract
     from hashtagkit.stores import open_store
 
@@ -708,6 +718,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 
         distributed.parse_cluster(cluster) if cluster is not None else distributed.parse_scheduler(scheduler)
     open_store(store)  # a missing store fails before any weights are loaded
+    check_decode_option(decode_mode, device, cluster is not None or scheduler is not None)
     chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
     asked = {}
     for item in preprocessings:
@@ -717,7 +728,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
         asked[name] = value
     loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
-                workers=workers, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                workers=workers, lanes=lanes, decode=decode_mode, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
                 allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
                 allow_other_images=allow_other_images, progress=not no_progress, log=echo_err,
                 cluster=cluster, scheduler=scheduler)

@@ -8,6 +8,9 @@ in `extract`, `fit --set device=...` and `recommend`.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 
 from hashtagkit.errors import InputError
@@ -53,3 +56,47 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The dtype the weights are cast to for inference (None: fp32, nothing cast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How an in-process extraction spends the machine's cores.
+
+    lanes: batches computed at once, each by its own thread with `threads` torch threads. On
+    the CPU one batch on all cores loses to one batch per core: OpenMP's threads wait at every
+    layer for the slowest of them, and a decoder or any other process taking a core for a
+    moment stalls them all; independent lanes only lose the time actually taken (measured in
+    benchmarks/results/extract_throughput.md). workers: decoding processes. On the CPU a photo's
+    decode costs a few % of two VGG-16s, so one decoder feeds 8 cores; a GPU needs every core
+    but one decoding."""
+
+    lanes: int
+    threads: int
+    workers: int
+
+    def describe(self) -> dict:
+        return {"lanes": self.lanes, "threads_per_lane": self.threads, "decode_workers": self.workers}
+
+
+MAX_LANES = 4  # each lane holds its own activations (about 0.5 GB for a VGG-16 batch of 32 in bf16)
+
+
+def extraction_budget(device: torch.device, cores: int | None = None, lanes: int | None = None,
+                      workers: int | None = None) -> Budget:
+    """The budget from the core count; `lanes` and `workers` override their part (0 workers:
+    decode in this process)."""
+    cores = max(1, cores or os.cpu_count() or 1)
+    if lanes is not None and lanes < 1:
+        raise InputError(f"--lanes must be at least 1, got {lanes}")
+    if device.type == "cuda":
+        lanes = lanes or 1
+        workers = max(1, min(8, cores - 1)) if workers is None else workers
+        return Budget(lanes=lanes, threads=max(1, cores // (lanes + workers)), workers=workers)
+    lanes = lanes or min(cores, MAX_LANES)
+    workers = max(1, cores // 8) if workers is None else workers
+    return Budget(lanes=lanes, threads=max(1, cores // lanes), workers=workers)

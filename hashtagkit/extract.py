@@ -1,10 +1,13 @@
 """The extraction engine: reader -> model -> writer, resumable, batched, device and precision aware.
 
 - reader: worker processes decode each image once with Pillow (EXIF orientation applied, any
-  mode to RGB) and apply every backbone's preprocessing; an image that is missing, unreadable,
-  truncated or a decompression bomb becomes an invalid row with its reason, and the run goes on.
-- model: all backbones in one pass over the decoded batch, in inference mode, channels_last,
-  under autocast (bf16 on a CPU that has it, fp16 on CUDA) unless fp32 is asked for.
+  mode to RGB) and resize and crop it for every backbone's preprocessing, handing uint8 pixels
+  over in shared memory; an image that is missing, unreadable, truncated or a decompression
+  bomb becomes an invalid row with its reason, and the run goes on.
+- model: all backbones in one pass over the decoded batch (normalised there), in inference
+  mode, channels_last, on weights cast to bf16 (a CPU that has it) or fp16 (CUDA) unless fp32
+  is asked for. On the CPU several batches run at once, one per lane of cores
+  (`devices.extraction_budget`), so a decoder taking a core slows one lane, not every thread.
 - writer: the store's `features` array is written one whole chunk at a time (`Store.write_chunk`,
   the same call a distributed worker makes); `chunk_log[c]` (who computed chunk c: host,
   worker, pid, device, precision, seconds) and then `done[c]` are set only after chunk c's
@@ -36,6 +39,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +49,19 @@ from torch import nn
 
 from hashtagkit import provenance
 from hashtagkit.backbones import LoadedBackbone, Preprocessing
-from hashtagkit.devices import autocast, pick_device, pick_precision
+from hashtagkit.devices import Budget, compute_dtype, extraction_budget, pick_device, pick_precision
 from hashtagkit.errors import InputError
-from hashtagkit.images import DRAFT_SIDE, MAX_PIXELS, DecodeError, decode
+from hashtagkit.images import (
+    DECODE_MODES,
+    DRAFT_SIDE,
+    FAST_DRAFT_SIDE,
+    MAX_PIXELS,
+    DecodeError,
+    decode,
+    decode_jpegs_on,
+    jpeg_for_device,
+    orient,
+)
 from hashtagkit.stores import Store, open_store
 from hashtagkit.stores.store import SWAPPING, is_url, read_done
 from hashtagkit.stores.upgrade import upgrade_store
@@ -55,23 +69,66 @@ from hashtagkit.stores.upgrade import upgrade_store
 
 # --- reader ------------------------------------------------------------------------------------
 class ImageReader(torch.utils.data.Dataset):
-    """Row -> (row, one tensor per distinct preprocessing, reason or '')."""
+    """Row -> (row, one uint8 pixel tensor per distinct preprocessing, reason or ''); the model's
+    side normalises them (`Extractor`).
 
-    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool):
+    `decode_mode` (images.DECODE_MODES): `fast` decodes JPEGs reduced down to the resize; `gpu`
+    hands a whole RGB/grey JPEG over as its bytes and EXIF orientation (a 4th item, zeros in
+    its pixel tensors), decoded in the main process on the model's device (`on_device`)."""
+
+    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool,
+                 decode_mode: str = "default"):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+        self.decode_mode = decode_mode
+        self.draft_side = FAST_DRAFT_SIDE if decode_mode == "fast" else DRAFT_SIDE
         self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int):
+        if os.getpid() != self.parent:
+            kill_for_test(self.paths[row])
+        if self.decode_mode == "gpu":
+            try:
+                jpeg = jpeg_for_device(self.root / self.paths[row])
+            except DecodeError as e:
+                return row, self.zeros(), str(e)
+            if jpeg is not None:
+                return row, self.zeros(), "", jpeg
+        return self.decoded(row)
+
+    def decoded(self, row: int) -> tuple:
+        """The row decoded by Pillow: (row, pixels, '') or (row, zeros, reason)."""
         try:
-            if os.getpid() != self.parent:
-                kill_for_test(self.paths[row])
-            image = decode(self.root / self.paths[row], self.allow_truncated)
-            return row, [t(image) for t in self.transforms], ""
+            image = decode(self.root / self.paths[row], self.allow_truncated, draft_side=self.draft_side)
+            return row, [t.pixels(image) for t in self.transforms], ""
         except DecodeError as e:
-            return row, [torch.zeros(3, t.crop, t.crop) for t in self.transforms], str(e)
+            return row, self.zeros(), str(e)
+
+    def zeros(self) -> list[torch.Tensor]:
+        return [torch.zeros(3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms]
+
+    def on_device(self, batch: tuple, device: torch.device) -> tuple:
+        """A collated batch -> (rows, inputs, reasons): the JPEGs a `gpu` reader handed over are
+        decoded on `device` in one call, turned, resized and cropped there; one the device cannot
+        decode goes through Pillow here (its pixels, or its reason)."""
+        if len(batch) == 3:
+            return batch
+        rows, inputs, reasons, jpegs = batch
+        if not jpegs:
+            return rows, inputs, reasons
+        inputs = [x.to(device) for x in inputs]
+        decoded = decode_jpegs_on(device, [data for _, (data, _) in jpegs])
+        for (i, (_, orientation)), image in zip(jpegs, decoded, strict=True):
+            if image is None:
+                _, pixels, reasons[i] = self.decoded(int(rows[i]))
+            else:
+                image = orient(image, orientation)
+                pixels = [t.pixels_of_tensor(image) for t in self.transforms]
+            for x, p in zip(inputs, pixels, strict=True):
+                x[i] = p.to(device)
+        return rows, inputs, reasons
 
 
 def kill_for_test(rel: str) -> None:
@@ -91,9 +148,14 @@ def is_worker_death(e: RuntimeError) -> bool:
 
 
 def collate(items):
-    rows = torch.tensor([r for r, _, _ in items])
-    inputs = [torch.stack([x[i] for _, x, _ in items]) for i in range(len(items[0][1]))]
-    return rows, inputs, [reason for _, _, reason in items]
+    """(rows, one stacked tensor per preprocessing, reasons), and when a `gpu` reader handed
+    JPEGs over, a 4th item: [(index in the batch, (bytes, orientation))]."""
+    rows = torch.tensor([it[0] for it in items])
+    inputs = [torch.stack([it[1][i] for it in items]) for i in range(len(items[0][1]))]
+    reasons = [it[2] for it in items]
+    if any(len(it) > 3 for it in items):
+        return rows, inputs, reasons, [(i, it[3]) for i, it in enumerate(items) if len(it) > 3]
+    return rows, inputs, reasons
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -112,12 +174,25 @@ class FeatureModel(nn.Module):
 
 
 class Extractor:
-    """The model half of the engine, shared by `extract` and `recommend`."""
+    """The model half of the engine, shared by `extract` and `recommend`.
+
+    bf16 and fp16 run on weights cast to that type, not under autocast: autocast casts every
+    weight again at every call (VGG-16's fc6 alone is 103M values), about 15% of a batch of 32
+    on the CPU; the features stay within bf16 tolerance of the fp32 forward (cosine >= 0.9999,
+    tests/test_extract.py, benchmarks/roofline_extract.py). The backbones' modules are the
+    extractor's from then on (moved, cast and set to channels_last in place). Calls may come from
+    several threads at once (the engine's lanes): nothing here changes state after __init__."""
 
     def __init__(self, backbones: Sequence[LoadedBackbone], device: torch.device, precision: str):
         self.backbones = list(backbones)
         self.device, self.precision = device, precision
+        self.dtype = compute_dtype(precision)
         self.model = FeatureModel(self.backbones).to(device).to(memory_format=torch.channels_last).eval()
+        if self.dtype is not None:
+            self.model.to(self.dtype)
+        elif any(p.dtype != torch.float32 for p in self.model.parameters()):
+            raise ValueError("fp32 asked for backbones whose weights an earlier Extractor cast to bf16/fp16: "
+                             "load them again")
         self.dim = sum(b.spec.dim for b in self.backbones)
 
     @property
@@ -126,10 +201,20 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, inputs: list[torch.Tensor]) -> np.ndarray:
-        inputs = [x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last) for x in inputs]
-        with autocast(self.device, self.precision):
-            out = self.model(inputs)
-        return out.float().cpu().numpy()
+        """One tensor per preprocessing (`transforms`): uint8 pixels (a decode worker's) or
+        already normalised float32 -> (N, dim) float32 features."""
+        inputs = [self.prepare(x, t) for x, t in zip(inputs, self.transforms, strict=True)]
+        return self.model(inputs).float().cpu().numpy()
+
+    def prepare(self, x: torch.Tensor, transform: Preprocessing) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = transform.normalize(x)
+        return x.to(self.dtype or torch.float32).contiguous(memory_format=torch.channels_last)
+
+    def describe(self) -> str:
+        """How the model computes, for the run's record."""
+        return f"{self.precision} weights, channels_last" if self.dtype else "fp32, channels_last"
 
     def columns(self) -> list[tuple[int, int]]:
         out, start = [], 0
@@ -445,6 +530,18 @@ def start_record(store: Store, record: dict, done: np.ndarray, pending: list[int
     return record
 
 
+def check_decode_option(decode: str, device: str, distributed: bool) -> None:
+    """Refuse a --decode this run cannot do, before any weights are loaded."""
+    if decode not in DECODE_MODES:
+        raise InputError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode != "default" and distributed:
+        raise InputError(f"--decode {decode} is for an in-process extraction; Dask workers decode the default way")
+    if decode == "gpu" and (device == "cpu" or not torch.cuda.is_available()):
+        raise InputError("--decode gpu decodes JPEGs with nvJPEG on a CUDA device: "
+                         + ("pass --device cuda" if torch.cuda.is_available() else "none is available")
+                         + " (use --decode default or fast)")
+
+
 def extract(
     store_path: str | Path,
     backbones: Sequence[LoadedBackbone],
@@ -454,6 +551,8 @@ def extract(
     precision: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
+    lanes: int | None = None,
+    decode: str = "default",
     dtype: str = "float16",
     chunk_rows: int | None = None,
     overwrite: bool = False,
@@ -478,6 +577,7 @@ def extract(
         distributed.parse_cluster(cluster) if cluster else distributed.parse_scheduler(scheduler)
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
+    check_decode_option(decode, device, bool(cluster or scheduler))
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     blocks_names = [b.spec.block for b in backbones]
@@ -492,7 +592,11 @@ def extract(
     log(f"device {dev} ({'chosen automatically' if device == 'auto' else 'as asked'}), precision {prec}")
     engine = Extractor(backbones, dev, prec)
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
-    workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers
+    if decode != "default":  # other pixels: part of each block's preprocessing (a resume must agree)
+        for b in blocks:
+            b["preprocessing"] = b["preprocessing"] | {"decode": decode_record(decode)}
+    budget = extraction_budget(dev, lanes=lanes, workers=workers)
+    workers = budget.workers
     with store.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
@@ -527,19 +631,27 @@ def extract(
         n = store.n_rows
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": batch_size,
                "workers": workers, "allow_truncated": allow_truncated, "image_root": str(root.resolve()),
+               "compute": engine.describe(), "budget": budget.describe() | {"cores": os.cpu_count()},
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
-               "decode": {"jpeg_draft_min_side": DRAFT_SIDE, "max_pixels": MAX_PIXELS}}
+               "decode": decode_record(decode) | {"max_pixels": MAX_PIXELS}}
         if cluster or scheduler:
             run["distributed"] = distributed.describe(cluster, scheduler)
+        reader = ImageReader(root, paths, engine.transforms, allow_truncated, decode)
+        if decode != "default" and plan.pending:
+            rows = [r for c in plan.pending for r in range(c * plan.chunk_rows, min((c + 1) * plan.chunk_rows, n))]
+            check = decode_check(reader, engine, rows[:DECODE_CHECK_ROWS])
+            run["decode"]["check"] = check
+            if check["photos"]:
+                log(f"--decode {decode}: fc7 cosine against the exact decode on {check['photos']} of these photos: "
+                    f"min {check['cosine_min']:.5f}, mean {check['cosine_mean']:.5f}")
         record = start_record(target, record, done, plan.pending, prints, run, root)
         if cluster or scheduler:
             todo, invalid, seconds = distributed.run_chunks(target, engine, plan, root, batch_size, allow_truncated,
                                                             run, len(record["runs"]) - 1, cluster, scheduler,
                                                             progress, log)
         else:
-            todo, invalid, seconds = run_chunks(target, engine, plan, ImageReader(root, paths, engine.transforms,
-                                                                                 allow_truncated),
-                                                batch_size, workers, dev, progress, run_index=len(record["runs"]) - 1)
+            todo, invalid, seconds = run_chunks(target, engine, plan, reader,
+                                                batch_size, budget, dev, progress, run_index=len(record["runs"]) - 1)
         store_invalid = dict(Counter(r for r in np.asarray(g["reason"][...]).tolist() if r))
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
                    images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
@@ -556,6 +668,36 @@ def extract(
                       precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())
     return summary
+
+
+DECODE_CHECK_ROWS = 8  # photos a `--decode fast|gpu` run compares with the exact decode
+
+
+def decode_check(reader: ImageReader, engine: Extractor, rows: list[int]) -> dict:
+    """The fc7 cosine between `reader`'s pixels and the exact decode's (Pillow, full size, never
+    reduced) on `rows`, computed by the run's own model: what a pixel-changing decode costs in
+    features, on the run's own photos (rows that either way fails to decode are left out)."""
+    exact = ImageReader(reader.root, reader.paths, reader.transforms, reader.allow_truncated)
+    exact.draft_side = 1 << 30
+    a = collate([exact.decoded(r) for r in rows])
+    b = reader.on_device(collate([reader[r] for r in rows]), engine.device)
+    keep = [i for i in range(len(rows)) if not a[2][i] and not b[2][i]]
+    if not keep:
+        return {"photos": 0}
+    fa, fb = engine(a[1])[keep].astype(np.float64), engine(b[1])[keep].astype(np.float64)
+    norms = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+    cos = (fa * fb).sum(1) / np.where(norms > 0, norms, 1.0)
+    return {"photos": len(keep), "cosine_min": round(float(cos.min()), 6), "cosine_mean": round(float(cos.mean()), 6),
+            "against": "Pillow, full-size decode"}
+
+
+def decode_record(mode: str) -> dict:
+    """How a run decodes pixels, as recorded (the run's `decode`; a block's preprocessing when
+    not the default, since the pixels differ)."""
+    if mode == "gpu":
+        return {"mode": "gpu", "jpeg": "nvJPEG (torchvision.io.decode_jpeg), torchvision antialiased resize",
+                "other_formats": "Pillow"}
+    return {"mode": mode, "jpeg_draft_min_side": FAST_DRAFT_SIDE if mode == "fast" else DRAFT_SIDE}
 
 
 class ChunkBuffer:
@@ -605,8 +747,12 @@ class ChunkWriter:
         return [r for r in rows if not self.buf.received[r - rows.start]]
 
     def add(self, rows: torch.Tensor | np.ndarray, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        self.put(rows, self.engine(inputs), reasons)
+
+    def put(self, rows: torch.Tensor | np.ndarray, feats: np.ndarray, reasons: list[str]) -> None:
+        """A batch's features (of the current chunk: batches arrive in order), written when the
+        chunk is complete."""
         rows = np.asarray(rows)
-        feats = self.engine(inputs)
         c = self.pending[0]
         start, stop = c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
         if self.buf is None:
@@ -666,34 +812,93 @@ def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
                 pool = cf.ProcessPoolExecutor(max_workers=1, initializer=one_thread)
                 writer.lost(row)
                 continue
-            writer.add(*collate([item]))
+            writer.add(*reader.on_device(collate([item]), writer.engine.device))
     finally:
         pool.shutdown(wait=True)
     writer.flush()
 
 
-def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, workers: int,
+class Lanes:
+    """Up to `n` batches in the model at once, each on its own thread, results taken in order.
+
+    The writer sees batches in exactly the order the loader gave them (a chunk is complete only
+    when its last batch is in), so resume and done-flag semantics are those of one lane."""
+
+    def __init__(self, engine: Extractor, writer: ChunkWriter, n: int):
+        import concurrent.futures as cf
+        from collections import deque
+
+        self.engine, self.writer, self.n = engine, writer, n
+        self.pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="lane") if n > 1 else None
+        self.queue: deque = deque()
+
+    def submit(self, rows, inputs: list[torch.Tensor], reasons: list[str]) -> None:
+        if self.pool is None:
+            self.writer.add(rows, inputs, reasons)
+            return
+        self.queue.append((rows, self.pool.submit(self.engine, inputs), reasons))
+        while len(self.queue) >= self.n:
+            self.take()
+
+    def take(self) -> None:
+        rows, future, reasons = self.queue.popleft()
+        self.writer.put(rows, future.result(), reasons)
+
+    def drain(self) -> None:
+        """Every batch in flight into the writer (before isolating a dead decoder's rows)."""
+        while self.queue:
+            self.take()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for _, future, _ in self.queue:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Torch's intra-op threads for the extraction, restored after it (recommend and serve
+    share the process)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader, batch_size: int, budget: Budget,
                dev: torch.device, progress: bool, run_index: int = -1) -> tuple[int, Counter, float]:
     """Decode, extract and write every pending chunk; returns (rows, invalid reasons, seconds).
 
-    A decode worker that dies (killed, out of memory) loses the batches it held: the rest of
-    the current chunk is then decoded one image at a time in fresh workers (`isolate`), the
-    culprit alone is marked invalid, and the run goes on with a new pool."""
+    `budget.workers` processes decode (into shared memory, as uint8 pixels) while
+    `budget.lanes` batches run in the model. A decode worker that dies (killed, out of memory)
+    loses the batches it held: the rest of the current chunk is then decoded one image at a
+    time in fresh workers (`isolate`), the culprit alone is marked invalid, and the run goes on
+    with a new pool."""
     from tqdm import tqdm
 
     todo = sum(min((c + 1) * plan.chunk_rows, store.n_rows) - c * plan.chunk_rows for c in plan.pending)
     started = time.perf_counter()
     bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
     writer = ChunkWriter(store, engine, plan, bar, run_index)
-    while writer.pending:
-        batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
-        try:
-            for rows, inputs, reasons in loader_for(reader, batches, workers, dev):
-                writer.add(rows, inputs, reasons)
-        except RuntimeError as e:
-            if workers == 0 or not is_worker_death(e):
-                raise
-            if writer.pending:
-                isolate(writer, reader)
+    lanes = Lanes(engine, writer, budget.lanes)
+    try:
+        with torch_threads(budget.threads):
+            while writer.pending:
+                batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
+                try:
+                    for batch in loader_for(reader, batches, budget.workers, dev):
+                        lanes.submit(*reader.on_device(batch, dev))
+                    lanes.drain()
+                except RuntimeError as e:
+                    if budget.workers == 0 or not is_worker_death(e):
+                        raise
+                    lanes.drain()
+                    if writer.pending:
+                        isolate(writer, reader)
+    finally:
+        lanes.close()
     bar.close()
     return todo, writer.invalid, time.perf_counter() - started

@@ -31,6 +31,13 @@ from PIL import Image, ImageFile, ImageOps
 MAX_PIXELS = 64_000_000
 # decode JPEGs reduced (by 2, 4 or 8) as long as the shorter side stays at least this large
 DRAFT_SIDE = 512
+# `extract --decode fast`: reduced as far as the backbones' resize (256) allows, which changes
+# pixels (the DCT-scaled image is a different low-pass than a bilinear resize); measured in
+# benchmarks/results/extract_throughput.md ("Decode paths") and recorded in the blocks' preprocessing
+FAST_DRAFT_SIDE = 256
+# how `extract` decodes: default (Pillow, reduced only far above the crop), fast (Pillow, reduced
+# down to the resize), gpu (nvJPEG through torchvision on the CUDA device, Pillow for the rest)
+DECODE_MODES = ("default", "fast", "gpu")
 
 
 class DecodeError(Exception):
@@ -72,15 +79,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def open_bounded(im: Image.Image, max_pixels: int) -> Image.Image:
-    """Ask the decoder for fewer pixels where it can (JPEG), refuse what stays over the limit."""
+def open_bounded(im: Image.Image, max_pixels: int, draft_side: int = DRAFT_SIDE) -> Image.Image:
+    """Ask the decoder for fewer pixels where it can (JPEG: the shorter side stays at least
+    `draft_side`), refuse what stays over the limit."""
     w, h = im.size
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
         # Pillow only warns up to twice its limit (and raises beyond): refused here, whatever the
         # process's warning filters say
         raise DecodeError("decompression bomb")
-    if im.format == "JPEG" and min(w, h) >= 2 * DRAFT_SIDE:
-        scale = min(8, min(w, h) // DRAFT_SIDE)
+    if im.format == "JPEG" and min(w, h) >= 2 * draft_side:
+        scale = min(8, min(w, h) // draft_side)
         im.draft("RGB", (max(1, w // scale), max(1, h // scale)))
     w, h = im.size
     if w * h > max_pixels:
@@ -131,12 +139,14 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (ph
 Image.init()  # register every plugin now: Image.open(formats=...) looks each name up
 
 
-def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS,
+           draft_side: int = DRAFT_SIDE) -> Image.Image:
     """Open an image as RGB with its EXIF orientation applied (first frame of an animation),
-    or raise DecodeError(reason)."""
+    or raise DecodeError(reason). A JPEG is decoded reduced while its shorter side stays at
+    least `draft_side`."""
     path = Path(path)
     check_regular_file(path)
-    return _decode(lambda: Image.open(path, formats=FORMATS), allow_truncated, max_pixels)
+    return _decode(lambda: Image.open(path, formats=FORMATS), allow_truncated, max_pixels, draft_side=draft_side)
 
 
 def decode_bytes(data: bytes | bytearray | memoryview, allow_truncated: bool = False, *,
@@ -172,7 +182,8 @@ def decode_image(source: Image.Image | str | os.PathLike | bytes | bytearray | m
     raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
 
 
-def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True) -> Image.Image:
+def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True,
+            draft_side: int = DRAFT_SIDE) -> Image.Image:
     """The one decoding path: every way an image arrives ends in the same checks and reasons."""
     try:
         # no warnings.catch_warnings here: its filter list is process-wide, so threads decoding at
@@ -181,7 +192,7 @@ def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True
             with open_image() as im:
                 if own or getattr(im, "fp", None) is not None:  # a lazy image: bounded like a file
                     im.seek(0)
-                    im = open_bounded(im, max_pixels)
+                    im = open_bounded(im, max_pixels, draft_side)
                 elif im.width * im.height > max_pixels:
                     raise DecodeError(f"too large ({im.width}x{im.height} pixels, limit {max_pixels:,})")
                 im.load()
@@ -205,3 +216,73 @@ def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True
     except Exception:  # noqa: BLE001 - a plugin's own error on a malformed file (e.g. NotImplementedError)
         raise DecodeError("unreadable") from None
 
+
+
+# --- `extract --decode gpu`: JPEGs decoded by nvJPEG on the model's device --------------------------
+EXIF_ORIENTATION = 0x0112
+
+
+def jpeg_for_device(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int] | None:
+    """The bytes and EXIF orientation of a whole RGB or grey JPEG for the GPU to decode, or None
+    when Pillow must decide (another format, CMYK, no end marker - truncated or trailing bytes -,
+    over the pixel limit, unreadable): Pillow then gives the same pixels or reason as ever.
+    Only the header is parsed here. A missing file or a FIFO raises DecodeError as `decode` does."""
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        with Image.open(path, formats=("JPEG",)) as im:
+            w, h = im.size
+            limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or w * h > limit:
+                return None
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        data = path.read_bytes()
+    except Exception:  # noqa: BLE001 - whatever it is, Pillow's decode gives the reason
+        return None
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # truncated: Pillow applies --allow-truncated
+        return None
+    return data, orientation if orientation in range(1, 9) else 1
+
+
+def orient(x, orientation: int):
+    """A (C, H, W) tensor turned as EXIF orientation 1-8 says (what `ImageOps.exif_transpose`
+    does to a PIL image; nvJPEG does not apply it)."""
+    import torch
+
+    hw = (-2, -1)
+    if orientation == 2:
+        return x.flip(-1)
+    if orientation == 3:
+        return x.flip(hw)
+    if orientation == 4:
+        return x.flip(-2)
+    if orientation == 5:
+        return x.transpose(-1, -2)
+    if orientation == 6:
+        return torch.rot90(x, -1, hw)  # Pillow's ROTATE_270: a quarter turn clockwise
+    if orientation == 7:
+        return x.transpose(-1, -2).flip(hw)
+    if orientation == 8:
+        return torch.rot90(x, 1, hw)
+    return x
+
+
+def decode_jpegs_on(device, datas: list[bytes]) -> list:
+    """(3, H, W) uint8 tensors on `device` (nvJPEG on CUDA, libjpeg-turbo on the CPU), one call for
+    the batch; None for a JPEG it cannot decode (Pillow then decides)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision.io's decoders point to TorchCodec
+        try:
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad file fails the batch: decode one by one
+            out = []
+            for t in tensors:
+                try:
+                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out

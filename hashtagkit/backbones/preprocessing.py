@@ -30,14 +30,44 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """A decoded RGB PIL image -> a float32 (3, crop, crop) tensor."""
-        image = self.resize_and_crop(image)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+        return self.normalize(self.pixels(image).unsqueeze(0))[0]
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The resized and cropped RGB pixels as a uint8 (3, crop, crop) tensor: what a decode
+        worker hands over (a quarter of the float32 bytes through shared memory), normalised by
+        `normalize` where the model runs, with exactly the same arithmetic as `__call__`."""
+        return torch.from_numpy(np.array(self.resize_and_crop(image), dtype=np.uint8)).permute(2, 0, 1)
+
+    def pixels_of_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """`pixels` for a decoded (3, H, W) uint8 tensor, on its device (`extract --decode gpu`):
+        torchvision's antialiased bilinear resize and centre crop, the same geometry as
+        `resize_and_crop` but not Pillow's rounding, so not the same pixels (measured in
+        benchmarks/results/extract_throughput.md, "Decode paths")."""
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = x.shape[-2:]
+        if isinstance(self.resize, tuple):
+            out_h, out_w = self.resize
+        else:
+            scale = self.resize / min(w, h)
+            out_h, out_w = round(h * scale), round(w * scale)
+        if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
+            size = list(self.resize) if isinstance(self.resize, tuple) else [self.resize]
+            return F.center_crop(F.resize(x, size, antialias=True), [self.crop, self.crop])
+        box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
+        top, left = round((h - box_h) / 2), round((w - box_w) / 2)
+        box = x[..., top : top + round(box_h), left : left + round(box_w)]
+        return F.resize(box, [self.crop, self.crop], antialias=True)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB pixels (N, 3, H, W), on any device -> the float32 input the weights expect."""
+        x = x.float()
         if self.colour_order == "BGR":
-            x = x.flip(0)
+            x = x.flip(1)
         if self.value_range != 255.0:
             x = x * (self.value_range / 255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:

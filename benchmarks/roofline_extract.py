@@ -1,0 +1,328 @@
+"""Extraction against the machine's peak: VGG-16 to fc7, model-only and the engine, per backbone and both.
+
+`extraction_rows(device, quick)` returns rows for `benchmarks/roofline.py` (keys `path, what,
+achieved, unit, peak, peak_name, pct, notes`); run alone it also compares the ways of running
+the model (issue #16 item 4) and writes `benchmarks/results/roofline_extract.md`:
+
+    nice -n 10 python benchmarks/roofline_extract.py [--device cpu] [--quick] [--compile]
+
+- FLOPs per image are counted on the model (`torch.utils.flop_counter`, a multiply-add = 2 FLOPs),
+  not taken from the literature.
+- The peak is the bf16 (or fp32, or fp16 on CUDA) matmul rate measured in the same run at
+  VGG-16's fc6 shape (batch x 25,088 @ 25,088 x 4,096) and a square 4,096 GEMM, best of a few.
+- Model variants (one backbone, the same pre-decoded photos): fp32 (the reference), bf16
+  autocast, bf16 weights (NCHW and channels_last), a frozen TorchScript trace, batch sizes,
+  lanes against one batch on all threads, `torch.compile` with `--compile` (minutes to
+  compile). Each is checked against the fp32 forward: cosine of the fc7 features >= 0.999.
+  They run interleaved (every variant once per round), medians reported.
+- Random VGG-16 weights: the compute is that of the pretrained ones; the tables say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # extract_throughput, imported as roofline.py's neighbour too
+
+from extract_throughput import commit, end_to_end, write_photos  # noqa: E402
+
+from hashtagkit import provenance  # noqa: E402
+from hashtagkit.backbones import load_backbone  # noqa: E402
+from hashtagkit.devices import extraction_budget, pick_device, pick_precision  # noqa: E402
+from hashtagkit.extract import Extractor, torch_threads  # noqa: E402
+from hashtagkit.images import decode  # noqa: E402
+
+COSINE_FLOOR = 0.999
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    """Best GFLOPS of a few GEMMs at the model's shapes (fc6 at batch 32, a square 4,096)."""
+    shapes = [(1024, 4096, 4096)] if quick else [(32, 25088, 4096), (4096, 4096, 4096), (2048, 8192, 4096)]
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        torch.matmul(a, b)
+        for _ in range(2 if quick else 4):
+            sync(device)
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            sync(device)
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def flops_per_image(module: torch.nn.Module, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, 224, 224, device=device, dtype=next(module.parameters()).dtype)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(x)
+    return float(counter.get_total_flops())
+
+
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def load_nets(which: str) -> list:
+    """Random-weight backbones (seeded): `object`, `scene` or `both`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nets = {"object": lambda: load_backbone("vgg16-object", "random"),
+                "scene": lambda: load_backbone("vgg16-scene", "random", seed=1)}
+        return [nets[w]() for w in (["object", "scene"] if which == "both" else [which])]
+
+
+def pixels_of(folder: Path, names: list[str], transforms) -> list[torch.Tensor]:
+    decoded = [decode(folder / n) for n in names]
+    return [torch.stack([t.pixels(im) for im in decoded]) for t in transforms]
+
+
+def model_rate(engine: Extractor, inputs: list[torch.Tensor], batch: int, lanes: int, threads: int) -> float:
+    """Images/s of the model alone on pre-decoded pixels, `lanes` batches at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = inputs[0].shape[0]
+    batches = [[x[i : i + batch] for x in inputs] for i in range(0, n, batch)]
+    with torch_threads(threads), ThreadPoolExecutor(lanes) as pool:
+        sync(engine.device)
+        t0 = time.perf_counter()
+        list(pool.map(engine, batches))
+        sync(engine.device)
+        return n / (time.perf_counter() - t0)
+
+
+def row(path: str, what: str, achieved: float, unit: str, peak: float, peak_name: str, notes: str) -> dict:
+    return {"path": path, "what": what, "achieved": round(achieved, 2), "unit": unit, "peak": round(peak, 2),
+            "peak_name": peak_name, "pct": round(100 * achieved / peak, 1) if peak else None, "notes": notes}
+
+
+def pair(path: str, what: str, images_per_s: float, flops: float, peak: float, peak_name: str, notes: str) -> list:
+    """The same measurement in images/s (against the peak as images/s) and in GFLOPS."""
+    gflops = images_per_s * flops / 1e9
+    return [row(path, what, images_per_s, "images/s", peak * 1e9 / flops, f"{peak_name} as images/s", notes),
+            row(path, what, gflops, "GFLOPS", peak, peak_name, notes)]
+
+
+def setup(device: str, quick: bool, work: Path):
+    dev = pick_device(device)
+    precision = pick_precision("auto", dev)
+    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    n = 4 if quick else 64
+    photos = work / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    names = write_photos(photos, n)
+    return dev, precision, peak_dtype, photos, names
+
+
+def extraction_rows(device: str, quick: bool) -> list[dict]:
+    """Model-only and engine rates per backbone and both, against the matmul peak of this run."""
+    work = Path(tempfile.mkdtemp(prefix="hashtagkit-roofline-"))
+    try:
+        dev, precision, peak_dtype, photos, names = setup(device, quick, work)
+        peak = matmul_peak(dev, peak_dtype, quick)
+        peak_name = f"{str(peak_dtype).removeprefix('torch.')} matmul peak (measured)"
+        budget = extraction_budget(dev)
+        batch = 4 if quick else 32
+        rows = []
+        for which in ("object", "scene", "both"):
+            nets = load_nets(which)
+            flops = sum(flops_per_image(b.module, torch.device("cpu")) for b in nets)
+            engine = Extractor(nets, dev, precision)
+            inputs = pixels_of(photos, names, engine.transforms)
+            engine([x[:2] for x in inputs])  # warm-up
+            rate = model_rate(engine, inputs, batch, budget.lanes, budget.threads)
+            common = (f"{precision} ({engine.describe()}), batch {batch}, {budget.lanes} lane(s) x {budget.threads} "
+                      f"thread(s); {flops / 1e9:.2f} GFLOP/image counted; random weights")
+            rows += pair(f"extract model-only {which}", f"VGG-16 to fc7 x{len(nets)}, pre-decoded pixels", rate,
+                         flops, peak, peak_name, common)
+            rate_e, _ = end_to_end(photos, names, nets, work, dev, precision, batch, None)
+            rows += pair(f"extract engine {which}", "`hashtagkit extract`: decode + model + store writes", rate_e,
+                         flops, peak, peak_name, common + f"; {budget.workers} decode worker(s); "
+                         f"{rate_e / rate:.2f}x model-only")
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class Variant:
+    """One way of running one VGG-16 to fc7 on normalised batches: `fn(x) -> features`."""
+
+    def __init__(self, name: str, fn, batch: int = 32, lanes: int = 1, threads: int | None = None, setup_s: float = 0):
+        self.name, self.fn, self.batch, self.lanes = name, fn, batch, lanes
+        self.threads = threads or torch.get_num_threads()
+        self.setup_s = setup_s
+        self.rates: list[float] = []
+
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.cat([self.fn(x[i : i + self.batch]).float() for i in range(0, len(x), self.batch)]).numpy()
+
+    def time(self, x: torch.Tensor) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(i: int):
+            with torch.inference_mode():
+                return self.fn(x[i : i + self.batch])
+
+        with torch_threads(self.threads), ThreadPoolExecutor(self.lanes) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(one, range(0, len(x), self.batch)))
+            self.rates.append(len(x) / (time.perf_counter() - t0))
+
+
+def model_variants(x_fp32: torch.Tensor, compile_too: bool, quick: bool) -> list[Variant]:
+    """The candidates of issue #16 item 4, each on its own copy of the same random VGG-16."""
+    base = load_nets("object")[0].module.eval()
+    cores = os.cpu_count() or 1
+    budget = extraction_budget(torch.device("cpu"))
+    cl = torch.channels_last
+    fp32 = copy.deepcopy(base).to(memory_format=cl)
+    bf16_cl = copy.deepcopy(base).to(torch.bfloat16).to(memory_format=cl)
+    bf16_nchw = copy.deepcopy(base).to(torch.bfloat16)
+
+    def autocast_fn(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fp32(x.contiguous(memory_format=cl))
+
+    def bf16(m):
+        return lambda x: m(x.to(torch.bfloat16).contiguous(memory_format=cl))
+
+    big = 8 if quick else 64
+    out = [
+        Variant("fp32, channels_last (reference)", lambda x: fp32(x.contiguous(memory_format=cl)), threads=cores),
+        Variant("bf16 autocast, channels_last (the engine before)", autocast_fn, threads=cores),
+        Variant("bf16 weights, NCHW", lambda x: bf16_nchw(x.to(torch.bfloat16)), threads=cores),
+        Variant("bf16 weights, channels_last, one batch on all threads", bf16(bf16_cl), threads=cores),
+        Variant(f"bf16 weights, channels_last, {budget.lanes} lanes (the engine)", bf16(bf16_cl),
+                lanes=budget.lanes, threads=budget.threads),
+        Variant(f"same, batch 16, {budget.lanes} lanes", bf16(bf16_cl), batch=16, lanes=budget.lanes,
+                threads=budget.threads),
+        Variant(f"same, batch {big}, {budget.lanes} lanes", bf16(bf16_cl), batch=big, lanes=budget.lanes,
+                threads=budget.threads),
+    ]
+    xb = x_fp32[:2].to(torch.bfloat16).contiguous(memory_format=cl)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated: measured all the same
+        traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(copy.deepcopy(bf16_cl), xb)))
+    out.append(Variant(f"TorchScript trace + freeze (oneDNN fusion), bf16, {budget.lanes} lanes", bf16(traced),
+                       lanes=budget.lanes, threads=budget.threads, setup_s=time.perf_counter() - t0))
+    if compile_too:
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True  # weights as constants: oneDNN prepacking, conv+ReLU fusion
+        compiled = torch.compile(copy.deepcopy(bf16_cl))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            compiled(x_fp32[:32].to(torch.bfloat16).contiguous(memory_format=cl))
+        out.append(Variant("torch.compile (inductor, freezing), bf16, one batch on all threads", bf16(compiled),
+                           threads=cores, setup_s=time.perf_counter() - t0))
+    return out
+
+
+def compare_variants(device: torch.device, quick: bool, compile_too: bool, rounds: int, work: Path) -> list[dict]:
+    """Issue #16 item 4: every variant once per round, interleaved; medians and cosines."""
+    _, _, _, photos, names = setup(device.type, quick, work)
+    transform = load_nets("object")[0].preprocessing
+    x = transform.normalize(pixels_of(photos, names, [transform])[0])
+    variants = model_variants(x, compile_too, quick)
+    reference = variants[0].features(x)
+    cos = {}
+    for v in variants:
+        cos[v.name] = cosine_min(v.features(x), reference)
+    for _ in range(rounds):
+        for v in variants:
+            v.time(x)
+    flops = flops_per_image(load_nets("object")[0].module, torch.device("cpu"))
+    return [{"variant": v.name, "batch": v.batch, "lanes": v.lanes, "threads": v.threads,
+             "images_per_s": float(np.median(v.rates)), "rounds": v.rates, "gflops": float(np.median(v.rates)) *
+             flops / 1e9, "cosine": cos[v.name], "setup_s": v.setup_s} for v in variants]
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| path | what | achieved | unit | peak | peak | % of peak | notes |", "|---|---|---:|---|---:|---|---:|---|"]
+    for r in rows:
+        out.append(f"| {r['path']} | {r['what']} | {r['achieved']:.2f} | {r['unit']} | {r['peak']:.2f} | "
+                   f"{r['peak_name']} | {r['pct']:.1f} | {r['notes']} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--quick", action="store_true", help="a tiny smoke run (4 photos, small GEMM)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compiling on 2 cores)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "roofline_extract.md")
+    args = ap.parse_args()
+    dev = pick_device(args.device)
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = extraction_rows(dev.type, args.quick)
+    work = Path(tempfile.mkdtemp(prefix="hashtagkit-roofline-"))
+    try:
+        variants = compare_variants(dev, args.quick, args.compile, 1 if args.quick else args.rounds, work) \
+            if dev.type == "cpu" else []
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    peak_row = next(r for r in rows if r["unit"] == "GFLOPS")
+    v = provenance.versions()
+    command = "nice -n 10 python benchmarks/roofline_extract.py" + "".join(
+        f" {a}" for a in sys.argv[1:])
+    lines = [
+        "# Extraction against the peak (VGG-16 to fc7)",
+        "",
+        f"`{command}`, {provenance.now()}, commit {commit()}; load average {load_before} before, "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after (a machine shared with other jobs).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, "
+        f"AMX {getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()}, AVX-512 bf16 "
+        f"{getattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)()}. Versions: Python {v.get('python')}, "
+        f"torch {v.get('torch')}, torchvision {v.get('torchvision')}, numpy {v.get('numpy')}, Pillow {v.get('Pillow')}.",
+        "**Random VGG-16 weights** (the compute of the pretrained ones). Peak: "
+        f"{peak_row['peak']:.0f} GFLOPS ({peak_row['peak_name']}, best GEMM of this run).",
+        "",
+        "## Model-only and engine, per backbone and both",
+        "",
+        *table(rows),
+    ]
+    if variants:
+        lines += [
+            "",
+            f"## Ways to run one VGG-16 to fc7 (interleaved, median of {1 if args.quick else args.rounds} rounds; "
+            f"cosine: the worst photo's fc7 against the fp32 forward, floor {COSINE_FLOOR})",
+            "",
+            "| variant | batch | lanes x threads | images/s | each round | GFLOPS | % of peak | cosine vs fp32 | "
+            "setup s |",
+            "|---|---:|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in variants:
+            lines.append(f"| {r['variant']} | {r['batch']} | {r['lanes']} x {r['threads']} | {r['images_per_s']:.2f} | "
+                         f"{' / '.join(f'{x:.2f}' for x in r['rounds'])} | {r['gflops']:.0f} | "
+                         f"{100 * r['gflops'] / peak_row['peak']:.1f} | {r['cosine']:.5f} | {r['setup_s']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
