@@ -1,7 +1,9 @@
 """The harness: a fitted run + a split of its store -> the paper's metrics.
 
 Every head is judged here and only here, through `predict_proba` and the ranking in
-`hashtagkit.metrics`, so numbers from different heads are comparable by construction.
+`hashtagkit.metrics`, so numbers from different heads are comparable by construction. A run
+fitted with `--rerank` / `--threshold` is judged as it answers: its scores re-ranked, and
+micro/macro F1 of the hashtags its thresholds return beside P/R/A@K (`raw=True`: the head alone).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.heads.base import refuse_nonfinite_features
-from hashtagkit.runs import design_matrix, load_run
+from hashtagkit.postprocess import Postprocess
+from hashtagkit.runs import design_matrix, load_postprocess, load_run
 from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
@@ -70,6 +73,9 @@ def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path
     X = design_matrix(store, head, record.get("features") or "both", rows)
     t0 = time.perf_counter()
     scores = head.predict_proba(X)
+    post = load_postprocess(run_dir, record)
+    if post is not None:  # shown as the run answers
+        scores = post.apply(scores)
     predict_seconds = time.perf_counter() - t0
     return ScoredSplit(record, head, store, split, rows, labels, scores, skipped, predict_seconds)
 
@@ -106,11 +112,15 @@ def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, 
     return picked, X, np.concatenate([y for _, _, y in parts])
 
 
-def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
-    """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
+def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int,
+                    post: Postprocess | None = None):
+    """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of
+    `rows`; scores re-ranked as the run's `post` says."""
     for X, labels in _batches(store, head, view, rows, batch_size):
         t0 = time.perf_counter()
         scores = head.predict_proba(X)
+        if post is not None:
+            scores = post.apply(scores)
         yield scores, labels, time.perf_counter() - t0
 
 
@@ -121,9 +131,14 @@ def evaluate_run(
     store_path: str | Path | None = None,
     per_class_k: int | None = None,
     batch_size: int = EVAL_BATCH,
+    raw: bool = False,
 ) -> dict:
     """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
     class (None where the split has no positive of it), for long-tail plots.
+
+    A run with a post-processing is scored as it answers: re-ranked, and with thresholds
+    `f1_micro`, `f1_macro` and `tags_per_image` at them; `raw` scores the head's own scores
+    (no re-ranking, no F1). `postprocess` in the result says which.
 
     Scored `batch_size` rows at a time into a `metrics.MetricAccumulator`, so no N x C score
     matrix exists; per-class mAP needs the split scored twice (see the accumulator), and
@@ -137,10 +152,12 @@ def evaluate_run(
     view = record.get("features") or "both"
     asked = sorted(set(ks) | set(PAPER_KS))
     n_classes = store.n_classes
-    acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
+    post = None if raw else load_postprocess(run_dir, record)
+    acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k,
+                                    thresholds=post.thresholds if post is not None else None)
     predict_seconds = 0.0
     cache: list | None = [] if len(rows) * n_classes * 8 <= SCORE_CACHE_BYTES else None
-    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size):
+    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size, post):
         acc.update(scores, batch_labels)
         predict_seconds += seconds
         if cache is not None:
@@ -148,7 +165,7 @@ def evaluate_run(
     # pass 2 (per-class AP): the same scores again, kept when small (a test split), recomputed
     # batch by batch when not (the train split of a large store): read the split twice
     for scores, batch_labels in cache if cache is not None else (
-            (s, y) for s, y, _ in _scored_batches(store, head, view, rows, batch_size)):
+            (s, y) for s, y, _ in _scored_batches(store, head, view, rows, batch_size, post)):
         acc.rank_update(scores, batch_labels)
     result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size
@@ -164,9 +181,21 @@ def evaluate_run(
             "skipped": skipped,
             "predict_seconds": round(predict_seconds, 3),
             "store": str(store.path),
+            "postprocess": postprocess_summary(record, post, raw),
         }
     )
     return result
+
+
+def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> dict | None:
+    """What was applied to the head's scores: None when the run has nothing, `raw` when asked
+    to skip it, else the re-ranking strength and the threshold kind."""
+    if not record.get("postprocess"):
+        return None
+    if raw:
+        return {"applied": False}
+    r, t = post.record.get("rerank") or {}, post.record.get("threshold") or {}
+    return {"applied": True, "rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
 
 
 def format_table(result: dict) -> str:
@@ -183,6 +212,14 @@ def format_table(result: dict) -> str:
             f"{100 * result[f'accuracy@{k}']:>10.2f}%"
         )
     lines.append(f"mAP (per image) {100 * result['map']:.2f}%   mAP (per class) {100 * result['map_class']:.2f}%")
+    post = result.get("postprocess") or {}
+    if post.get("rerank"):
+        lines.append(f"re-ranked by label co-occurrence, strength {post['alpha']:g} (chosen on validation rows)")
+    if "f1_micro" in result:
+        lines.append(f"at the {post.get('threshold')} threshold: F1 micro {100 * result['f1_micro']:.2f}%   "
+                     f"F1 macro {100 * result['f1_macro']:.2f}%   {result['tags_per_image']:.2f} hashtags per image")
+    elif post and not post.get("applied"):
+        lines.append("raw: the head's own scores (the run's re-ranking and thresholds not applied)")
     capped = result.get("k_capped")
     if capped:
         asked = ", ".join(str(k) for k in capped["asked"])
