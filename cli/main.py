@@ -589,7 +589,8 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
 
     The models are loaded once, before the port opens; concurrent requests are batched into one
-    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K), GET /v1/info, GET
+    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K; ?threshold=true for the hashtags
+    above the run's thresholds, a run fitted with --threshold), GET /v1/info, GET
     /healthz, the API's documentation at /docs, the upload page at /. Stop with Ctrl-C.
     """
     from hashtagkit.recommend import Recommender
