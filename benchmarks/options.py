@@ -36,33 +36,39 @@ VARIANTS = {  # name: (head, params)
 
 
 def one_run(store: Path, workdir: Path, variant: str, seed: int, mlp: dict) -> dict:
-    """Fit (or reuse) one run and score it the three ways; the numbers of one seed."""
+    """Fit (or reuse) one run and score its test split once: the head's own scores (what
+    `evaluate --raw` scores) and the same scores post-processed as the run answers (what
+    `evaluate` scores), with the metrics of hashtagkit.metrics (evaluate's streamed numbers equal
+    them to 1e-12, tests/test_evaluate_stream.py). One read of the test rows' features: a random
+    5,000-row test split touches every chunk of the store."""
     from hashtagkit import metrics
-    from hashtagkit.evaluate import evaluate_run, score_split
+    from hashtagkit.evaluate import evaluation_rows
     from hashtagkit.postprocess import Options
-    from hashtagkit.runs import fit_run, load_postprocess, read_run
+    from hashtagkit.runs import design_matrix, fit_run, load_postprocess, load_run
 
-    head, params = VARIANTS[variant]
-    params = {**(mlp if head == "mlp" else {}), **params}
+    head_name, params = VARIANTS[variant]
+    params = {**(mlp if head_name == "mlp" else {}), **params}
     run = workdir / f"{variant.replace(' ', '_').replace('=', '-')}-s{seed}"
     if not (run / "run.json").is_file():
-        fit_run(store, head, run, params=params, seed=seed, overwrite=True,
+        fit_run(store, head_name, run, params=params, seed=seed, overwrite=True,
                 postprocess=Options(rerank="cooc", threshold="per-tag"))
-    record = read_run(run)
-    raw = evaluate_run(run, raw=True)
-    post = evaluate_run(run)
-    scored = score_split(run, "test")  # re-ranked scores of the same rows, for the global threshold
-    t_global = record["postprocess"]["threshold"]["global"]
-    at_global = metrics.f1_at_threshold(scored.scores, scored.labels, t_global)
+    record, head, opened = load_run(run)
+    rows, _ = evaluation_rows(opened, "test")
+    raw = head.predict_proba(design_matrix(opened, head, record.get("features") or "both", rows))
+    post = load_postprocess(run, record)
+    reranked = post.apply(raw)
+    Y = opened.labels(rows).astype(bool)
     pp = record["postprocess"]
+    keys = ("precision@1", "recall@5", "accuracy@5", "map")
+    raw_m, rer_m = metrics.summary(raw, Y, ks=(1, 5)), metrics.summary(reranked, Y, ks=(1, 5))
     return {
         "variant": variant, "seed": seed, "run": str(run), "fit_seconds": record["fit_seconds"],
         "calibrate_seconds": pp["seconds"], "validation": pp["validation"], "alpha": pp["rerank"]["alpha"],
-        "raw": {k: raw[k] for k in ("precision@1", "recall@5", "accuracy@5", "map")},
-        "reranked": {k: post[k] for k in ("precision@1", "recall@5", "accuracy@5", "map")},
-        "per_tag": {k: post[k] for k in ("f1_micro", "f1_macro", "tags_per_image")},
-        "global": at_global, "val_per_tag": {k: pp["threshold"][f"val_{k}"] for k in ("f1_micro", "f1_macro")},
-        "n_test": raw["n_images"], "params": record["params"], "loaded": load_postprocess(run, record) is not None,
+        "raw": {k: raw_m[k] for k in keys}, "reranked": {k: rer_m[k] for k in keys},
+        "per_tag": metrics.f1_at_threshold(reranked, Y, post.thresholds),
+        "global": metrics.f1_at_threshold(reranked, Y, pp["threshold"]["global"]),
+        "val_per_tag": {k: pp["threshold"][f"val_{k}"] for k in ("f1_micro", "f1_macro")},
+        "n_test": int(len(rows)), "params": record["params"],
     }
 
 
@@ -143,10 +149,17 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--mlp-hidden", type=int, default=1024)
     ap.add_argument("--mlp-epochs", type=int, default=6)
+    ap.add_argument("--table-only", action="store_true",
+                    help="Write the table from WORKDIR/rows.json as it is (the seeds done so far).")
     args = ap.parse_args()
     args.mlp_params = {"hidden": args.mlp_hidden, "epochs": args.mlp_epochs}
     started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.table_only:
+        done = json.loads((args.workdir / "rows.json").read_text())
+        args.out.write_text(table(done["rows"], args.store, args, done["started"]))
+        print(f"wrote {args.out} from {len(done['rows'])} runs")
+        return
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in args.variants.split(","):
@@ -156,7 +169,8 @@ def main() -> None:
             print(f"{v} seed {seed}: P@1 {100 * r['raw']['precision@1']:.2f} -> {100 * r['reranked']['precision@1']:.2f}"
                   f" (a={r['alpha']:g}), F1 per-tag {100 * r['per_tag']['f1_micro']:.2f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            (args.workdir / "rows.json").write_text(json.dumps(rows, indent=1, default=float))
+            (args.workdir / "rows.json").write_text(json.dumps({"started": started, "argv": sys.argv, "rows": rows},
+                                                               indent=1, default=float))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(rows, args.store, args, started))
     print(f"wrote {args.out}")
