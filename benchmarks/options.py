@@ -125,8 +125,7 @@ def table(rows: list[dict], store: Path, args, started: str) -> str:
                        f"{cell([r['calibrate_seconds'] for r in rs], 1.0, 0)} | {val['rows']:,} ({val['source']}) |")
     made = provenance.record()
     ver = made["versions"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = args.commit
     mlp = ", ".join(f"{k}={json.dumps(x)}" for k, x in args.mlp_params.items())
     out += ["", f"MLP settings (both losses): preset fast, {mlp} (smaller than the default 4,096 x 30 epochs, to fit "
             "the session); asl at the paper's gamma- = 4, gamma+ = 0, clip 0.05. kNN at its defaults. "
@@ -154,9 +153,12 @@ def main() -> None:
     args = ap.parse_args()
     args.mlp_params = {"hidden": args.mlp_hidden, "epochs": args.mlp_epochs}
     started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    args.commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip()  # the code the runs are made with
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.table_only:
         done = json.loads((args.workdir / "rows.json").read_text())
+        args.commit = done.get("commit", "?")
         args.out.write_text(table(done["rows"], args.store, args, done["started"]))
         print(f"wrote {args.out} from {len(done['rows'])} runs")
         return
@@ -169,7 +171,8 @@ def main() -> None:
             print(f"{v} seed {seed}: P@1 {100 * r['raw']['precision@1']:.2f} -> {100 * r['reranked']['precision@1']:.2f}"
                   f" (a={r['alpha']:g}), F1 per-tag {100 * r['per_tag']['f1_micro']:.2f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            (args.workdir / "rows.json").write_text(json.dumps({"started": started, "argv": sys.argv, "rows": rows},
+            (args.workdir / "rows.json").write_text(json.dumps({"started": started, "commit": args.commit, "argv": sys.argv,
+                                                                "rows": rows},
                                                                indent=1, default=float))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(rows, args.store, args, started))
