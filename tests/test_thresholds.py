@@ -190,3 +190,24 @@ def test_serve_threshold_query(run):
     with serve_in_thread(create_app(floor, max_batch=4, max_wait_ms=5)) as url:
         got = httpx.post(f"{url}/v1/recommend", params={"threshold": "true"}, files=files, timeout=30)
         assert got.status_code == 400 and "no thresholds" in got.json()["detail"]
+
+
+def test_bench_takes_the_options_and_keeps_their_records_apart(tmp_path):
+    store = make_store(tmp_path / "s.zarr", n=200, c=8, test=40, chunk_rows=16)
+    out = tmp_path / "bench"
+
+    def bench(*args):
+        res = CliRunner().invoke(cli, ["bench", str(store.path), "--heads", "popularity", "-o", str(out), *args])
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "results.json").read_text())["records"]
+
+    plain = bench()
+    assert "f1_micro" not in plain[0] and plain[0]["postprocess"] is None
+    done = bench("--rerank", "cooc", "--threshold", "global")  # other settings: recomputed, not mixed in
+    assert len(done) == 1 and done[0]["key"] != plain[0]["key"]
+    run = done[0]["run"]
+    assert done[0]["f1_micro"] == pytest.approx(evaluate_run(run)["f1_micro"])
+    assert read_run(run)["postprocess"]["options"]["threshold"] == "global"
+    res = CliRunner().invoke(cli, ["bench", str(store.path), "--heads", "popularity", "-o", str(out),
+                                   "--threshold", "some"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
