@@ -635,7 +635,9 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
     hashtags in both are red and bold. --worst / --best pick failures / successes by the
     image's Recall@TOP; the image list is printed too.
     """
-    from hashtagkit.evaluate import score_split
+    import numpy as np
+
+    from hashtagkit.evaluate import open_split
     from hashtagkit.metrics import recall_per_image
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.show import draw_sheet, image_folder, select_rows, sheet_entries, write_sheet
@@ -643,15 +645,17 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
     refuse_existing(out, overwrite, kind="sheet", inputs=[run, store, images])
-    scored = score_split(run, split, store)
-    root = image_folder(scored, images)
-    recall = recall_per_image(scored.scores, scored.labels, top)
+    scorer = open_split(run, split, store)
+    root = image_folder(scorer.store, images)
+    # the split streamed once for each image's recall (no N x C matrix), then only the drawn photos scored whole
+    recall = np.concatenate([recall_per_image(s, y, top) for s, y, _ in scorer.batches()])
     positions = select_rows(recall, n, mode, seed)
-    entries = sheet_entries(scored, positions, top)
+    scored = scorer.score(positions)
+    entries = sheet_entries(scored, np.arange(len(positions)), top)
     view = scored.record.get("features") or "no features"
     picked = {"random": f"random sample (seed {seed})", "worst": f"lowest Recall@{top}",
               "best": f"highest Recall@{top}"}[mode]
-    title = (f"{scored.record['head']} ({view}) on {split}: {len(entries)} of {len(scored.rows):,} images, "
+    title = (f"{scored.record['head']} ({view}) on {split}: {len(entries)} of {len(scorer.rows):,} images, "
              f"{picked}; mean Recall@{top} of the split {100 * recall.mean():.1f}%. Matches in red.")
     write_sheet(draw_sheet(entries, root, title, cols=cols), out)
     for e in entries:

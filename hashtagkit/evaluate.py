@@ -23,6 +23,7 @@ from hashtagkit.runs import design_matrix, load_postprocess, load_run
 from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
+EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
 
 
 def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
@@ -50,37 +51,77 @@ def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
 
 @dataclass
 class ScoredSplit:
-    """A run's scores on one split of its store, with everything needed to judge or show them."""
+    """A run's scores on rows of one split of its store, with everything needed to judge or show them."""
 
     record: dict
     head: Head
     store: Store
     split: str
-    rows: np.ndarray  # store rows, in split order, less the skipped ones
+    rows: np.ndarray  # store rows, in split order, less the skipped ones (or the chosen few of them)
     labels: np.ndarray  # (n, C) bool ground truth of those rows
-    scores: np.ndarray  # (n, C) the head's predict_proba
+    scores: np.ndarray  # (n, C) the head's predict_proba, re-ranked if the run says so
     skipped: dict
     predict_seconds: float
 
 
-def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
-    """Load a run and score every evaluable row of a split: the one place a run meets its data."""
+@dataclass
+class SplitScorer:
+    """A loaded run and the evaluable rows of one split: scored batch by batch (`batches`,
+    whatever the split's size) or, for a few chosen rows, whole (`score`). `show` streams the
+    split once for per-image recall and then scores only the photos it draws."""
+
+    record: dict
+    head: Head
+    store: Store
+    split: str
+    rows: np.ndarray
+    skipped: dict
+    post: Postprocess | None = None  # the run's re-ranking and thresholds, applied to every score
+
+    @property
+    def view(self) -> str:
+        return self.record.get("features") or "both"
+
+    def batches(self, batch_size: int = EVAL_BATCH):
+        """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of `rows`."""
+        for scores, labels, seconds in _scored_batches(self.store, self.head, self.view, self.rows, batch_size):
+            if self.post is not None:  # as the run answers
+                t0 = time.perf_counter()
+                scores = self.post.apply(scores)
+                seconds += time.perf_counter() - t0
+            yield scores, labels, seconds
+
+    def score(self, positions: np.ndarray | None = None) -> ScoredSplit:
+        """The scores of `rows[positions]` (every row when None) in one matrix."""
+        rows = self.rows if positions is None else self.rows[np.asarray(positions)]
+        labels = self.store.labels(rows)
+        X = design_matrix(self.store, self.head, self.view, rows)
+        t0 = time.perf_counter()
+        scores = self.head.predict_proba(X)
+        if self.post is not None:  # as the run answers
+            scores = self.post.apply(scores)
+        return ScoredSplit(self.record, self.head, self.store, self.split, rows, labels, scores, self.skipped,
+                           time.perf_counter() - t0)
+
+
+def open_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None,
+               raw: bool = False) -> SplitScorer:
+    """Load a run and find the evaluable rows of a split: the one place a run meets its data.
+    The run's re-ranking comes with it (`raw`: the head's own scores)."""
     record, head, store = load_run(run_dir, store_path)
     rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
-    labels = store.labels(rows)  # the whole split in memory, as its scores: for `show`
-    X = design_matrix(store, head, record.get("features") or "both", rows)
-    t0 = time.perf_counter()
-    scores = head.predict_proba(X)
-    post = load_postprocess(run_dir, record)
-    if post is not None:  # shown as the run answers
-        scores = post.apply(scores)
-    predict_seconds = time.perf_counter() - t0
-    return ScoredSplit(record, head, store, split, rows, labels, scores, skipped, predict_seconds)
+    return SplitScorer(record, head, store, split, rows, skipped, None if raw else load_postprocess(run_dir, record))
 
 
-EVAL_BATCH = 4096  # rows scored at once: at 8,192 float16 features and 1,000 classes ~ 100 MB
+def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None,
+                raw: bool = False) -> ScoredSplit:
+    """Every evaluable row of a split scored in one N x C matrix: the in-memory reference the
+    streamed harness is tested against (small splits only)."""
+    return open_split(run_dir, split, store_path, raw).score()
+
+
 SCORE_CACHE_BYTES = 256 << 20  # scores kept for the second pass up to this size, else recomputed
 
 
@@ -112,15 +153,11 @@ def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, 
     return picked, X, np.concatenate([y for _, _, y in parts])
 
 
-def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int,
-                    post: Postprocess | None = None):
-    """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of
-    `rows`; scores re-ranked as the run's `post` says."""
+def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
+    """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
     for X, labels in _batches(store, head, view, rows, batch_size):
         t0 = time.perf_counter()
         scores = head.predict_proba(X)
-        if post is not None:
-            scores = post.apply(scores)
         yield scores, labels, time.perf_counter() - t0
 
 
@@ -145,19 +182,15 @@ def evaluate_run(
     `predict_seconds` is the time of the first pass alone, i.e. of scoring the split once."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    record, head, store = load_run(run_dir, store_path)
-    rows, skipped = evaluation_rows(store, split)
-    if len(rows) == 0:
-        raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
-    view = record.get("features") or "both"
+    scorer = open_split(run_dir, split, store_path, raw)
+    record, store, rows, post = scorer.record, scorer.store, scorer.rows, scorer.post
     asked = sorted(set(ks) | set(PAPER_KS))
     n_classes = store.n_classes
-    post = None if raw else load_postprocess(run_dir, record)
     acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k,
                                     thresholds=post.thresholds if post is not None else None)
     predict_seconds = 0.0
     cache: list | None = [] if len(rows) * n_classes * 8 <= SCORE_CACHE_BYTES else None
-    for scores, batch_labels, seconds in _scored_batches(store, head, view, rows, batch_size, post):
+    for scores, batch_labels, seconds in scorer.batches(batch_size):
         acc.update(scores, batch_labels)
         predict_seconds += seconds
         if cache is not None:
@@ -165,7 +198,7 @@ def evaluate_run(
     # pass 2 (per-class AP): the same scores again, kept when small (a test split), recomputed
     # batch by batch when not (the train split of a large store): read the split twice
     for scores, batch_labels in cache if cache is not None else (
-            (s, y) for s, y, _ in _scored_batches(store, head, view, rows, batch_size, post)):
+            (s, y) for s, y, _ in scorer.batches(batch_size)):
         acc.rank_update(scores, batch_labels)
     result = acc.result()
     if asked[-1] > n_classes:  # summary labels what it computed: K at most the vocabulary size
@@ -178,7 +211,7 @@ def evaluate_run(
             "head": record["head"],
             "features": record.get("features"),
             "split": split,
-            "skipped": skipped,
+            "skipped": scorer.skipped,
             "predict_seconds": round(predict_seconds, 3),
             "store": str(store.path),
             "postprocess": postprocess_summary(record, post, raw),

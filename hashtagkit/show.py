@@ -20,6 +20,7 @@ from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import ScoredSplit
 from hashtagkit.outputs import SHEET_MARKER, atomic_file
+from hashtagkit.stores import Store
 
 MATCH_COLOR = "#d62728"  # the paper marks matched hashtags in red
 OTHER_COLOR = "#333333"
@@ -127,15 +128,15 @@ def _frame(ax):
     return Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="#aaaaaa", zorder=-1)
 
 
-def image_folder(scored: ScoredSplit, images: str | Path | None) -> Path:
+def image_folder(store: Store, images: str | Path | None) -> Path:
     """Where the photos are: --images, else the folder extraction read, else the store's."""
     if images:
         root = Path(images)
     else:
-        extraction = dict(scored.store.group.attrs.get("extraction", {}))
-        root_text = extraction.get("image_root") or scored.store.image_root
+        extraction = dict(store.group.attrs.get("extraction", {}))
+        root_text = extraction.get("image_root") or store.image_root
         if not root_text:
-            raise InputError(f"{scored.store.path} has no images (a features-only store such as `prepare planted`): "
+            raise InputError(f"{store.path} has no images (a features-only store such as `prepare planted`): "
                              "a sheet needs the photos")
         root = Path(root_text)
     if not root.is_dir():

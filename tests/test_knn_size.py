@@ -42,10 +42,9 @@ def test_store_blocks_build_the_same_index_as_arrays(tmp_path):
 
 def test_ivfpq_above_the_limits_with_recall_checked_by_brute_force():
     X, Y = blobs(6000, 64, c=12)
-    head = KNNHead(k=10, pca=32, exact_limit=1000, index_mb=0.5).fit_data(ArrayData(X, Y, block_rows=500))
+    head = KNNHead(k=10, pca=32, exact_limit=1000, index_mb=0.1).fit_data(ArrayData(X, Y, block_rows=500))
     report = head.fit_report()
     assert report["index"].startswith("IndexIVFPQ") and report["n_indexed"] == 6000
-    assert not KNNHead(k=10, pca=32, exact_limit=1000, index_mb=50).fit(X, Y).fit_report()["index"].startswith("IndexIVFPQ")
     # the recorded recall, recomputed independently on the same queries
     Z = head._embed(X)
     rng = np.random.default_rng(head.random_state)
@@ -56,6 +55,42 @@ def test_ivfpq_above_the_limits_with_recall_checked_by_brute_force():
     assert report["recall@10"] == round(float(recall), 4) and report["recall_queries"] == 1000
     assert recall > 0.5  # PQ at 32 dims / 4 sub-quantizers on blobs: approximate, not noise
     np.testing.assert_allclose(head.predict_proba(X[:50]), dense_votes(head, X[:50], Y), atol=1e-5)
+
+
+def test_index_stores_its_vectors_as_finely_as_the_memory_budget_allows():
+    """6,000 vectors of 32 dims: 750 KiB whole, 188 KiB at 8 bits a dimension, 24 KiB as PQ."""
+    X, Y = blobs(6000, 64, c=12)
+    kinds = {mb: KNNHead(k=10, pca=32, exact_limit=1000, index_mb=mb).fit(X, Y).fit_report()["index"].split()[0]
+             for mb in (1.0, 0.5, 0.1)}
+    assert kinds == {1.0: "IndexIVFFlat", 0.5: "IndexIVFScalarQuantizer", 0.1: "IndexIVFPQ"}
+
+
+def brute_recall(head: KNNHead, Z: np.ndarray, queries: np.ndarray, k: int) -> float:
+    exact = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(Z).kneighbors(queries)[1]
+    found = head.index_.search(queries, k)[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
+
+
+def test_search_breadth_is_tuned_until_recall_reaches_the_target():
+    """Features without cluster structure (isotropic noise, as the planted stores' are at
+    heart) spread each row's neighbours over many IVF lists: the default nprobe finds few of
+    them, and the tuning doubles it until brute force agrees on 90% of the neighbours."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6000, 32)).astype(np.float32)
+    Y = (rng.random((6000, 5)) < 0.3).astype(np.uint8)
+    fixed = KNNHead(k=10, pca=None, exact_limit=1000, target_recall=None).fit(X, Y)
+    tuned = KNNHead(k=10, pca=None, exact_limit=1000).fit(X, Y)
+    Z = tuned._embed(X)
+    queries = Z[np.sort(np.random.default_rng(0).choice(len(X), 1000, replace=False))]
+    untuned, report = fixed.fit_report(), tuned.fit_report()
+    assert "target_recall" not in untuned and untuned["nprobe"] == 16 and untuned["recall@10"] < 0.9
+    assert report["target_recall"] == 0.9 and report["target_met"] and report["recall@10"] >= 0.9
+    assert report["recall@10"] == round(brute_recall(tuned, Z, queries, 10), 4)
+    points = report["recall_curve"]["points"]
+    assert [p[0] for p in points] == [16 * 2**i for i in range(len(points))][:-1] + [report["nprobe"]]
+    assert points[-1][0] == report["nprobe"] == tuned.index_.nprobe and f"nprobe={report['nprobe']}" in report["index"]
+    tuned.index_.nprobe = points[-2][0]  # one step narrower: below the target, by brute force too
+    assert brute_recall(tuned, Z, queries, 10) < 0.9
 
 
 def test_saved_with_packed_labels_still_loads(tmp_path):

@@ -98,6 +98,26 @@ def test_show_cli_writes_sheet_and_lists_images(demo_run, tmp_path):
     assert invoke("show", run, "-o", tmp_path / "sheet.txt").exit_code == 2
 
 
+def test_show_streams_the_split_and_scores_only_the_drawn_photos(demo_run, tmp_path, monkeypatch):
+    """The CLI picks the same worst images as the whole-matrix reference, while the split is
+    scored 7 rows at a time and only the 4 drawn photos are scored together."""
+    from hashtagkit import evaluate
+    from hashtagkit.heads import Head
+
+    store, run = demo_run
+    scored = score_split(run)
+    want = scored.rows[select_rows(recall_per_image(scored.scores, scored.labels, 5), 4, "worst", seed=2)]
+    batched = evaluate._scored_batches
+    monkeypatch.setattr(evaluate, "_scored_batches", lambda st, h, v, r, b: batched(st, h, v, r, 7))
+    sizes = []
+    predict = Head.predict_proba if type(scored.head).predict_proba is Head.predict_proba else type(scored.head).predict_proba
+    monkeypatch.setattr(type(scored.head), "predict_proba", lambda self, X: sizes.append(len(X)) or predict(self, X))
+    res = invoke("show", run, "--n", "4", "--worst", "--seed", "2", "-o", tmp_path / "w.png")
+    assert res.exit_code == 0, res.output
+    assert [int(line.split("\t")[0]) for line in res.stdout.splitlines()] == want.tolist()
+    assert max(sizes) == 7 and sizes[-1] == 4 and sum(sizes) == len(scored.rows) + 4
+
+
 def test_show_missing_image_is_drawn_not_fatal(demo_run, tmp_path):
     store, run = demo_run
     images = tmp_path / "imgs"

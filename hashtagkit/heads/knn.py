@@ -12,9 +12,19 @@ At size (issue #13): the PCA is fitted on a seeded sample of FIT_ROWS rows and t
 added block by block, so no float32 copy of the training features ever exists; the labels are
 kept as per-row lists of hashtag ids (~20 bytes a row, not 997). The index is chosen from the
 data size and recorded with its measured recall (`fit_report`): exact `Flat` up to
-`exact_limit` rows (200,000; HARRISON has 52k), above it IVF with flat vectors while they fit
-in `index_mb`, else IVF-PQ (32 bytes a vector at 256 dimensions). `hnsw` stays an explicit
-choice (fast queries, but ~300 bytes a vector more). A GPU copy when faiss sees GPUs.
+`exact_limit` rows (200,000; HARRISON has 52k), above it IVF whose vectors are stored as finely
+as `index_mb` allows: whole (4 bytes a dimension), 8-bit scalar-quantized (1 byte a dimension,
+1 M rows x 256 in 256 MB) or product-quantized (32 bytes a vector at 256 dimensions). `hnsw`
+stays an explicit choice (fast queries, but ~300 bytes a vector more). A GPU copy when faiss
+sees GPUs.
+
+An approximate index is only as good as its search breadth, and the breadth a dataset needs is
+not known in advance: on clustered photo features a few IVF lists hold the neighbours, on
+features without cluster structure (the planted stores: signal plus isotropic noise) the
+neighbours are spread over all lists, and a fixed nprobe of 1/16 of the lists found 8% of them
+at 1 M rows. So the breadth (IVF's nprobe, HNSW's efSearch) is tuned after the index is built:
+doubled from its default until recall@k against exact search on RECALL_QUERIES training rows
+reaches `target_recall` (0.9), or the whole index is searched; the curve is recorded.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 EXACT_LIMIT = 200_000  # exact search up to here: 200k x 256 float32 = 205 MB; HARRISON has 52k
-INDEX_MB = 256  # above EXACT_LIMIT: IVF with flat vectors while they fit in this, else IVF-PQ
+INDEX_MB = 256  # above EXACT_LIMIT: IVF vectors stored as finely as this allows (flat, 8-bit SQ, PQ)
+TARGET_RECALL = 0.9  # search breadth tuned until recall@k against exact search reaches this
 PQ_MIN_TRAIN = 256  # an 8-bit product quantizer trains 256 centroids per sub-vector
 RECALL_QUERIES = 1000  # training rows whose approximate neighbours are checked against exact ones
 INDEX_FILE, LABELS_FILE = "index.faiss", "labels.npz"
@@ -70,16 +81,18 @@ class KNNHead(Head):
         "k": Param(int, low=1),
         "temperature": Param(float, low=0, low_open=True),
         "pca": Param(int, low=1, none=True, none_means="no PCA"),
-        "index": Param(str, choices=("auto", "flat", "hnsw", "ivf", "ivfpq")),
+        "index": Param(str, choices=("auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq")),
         "batch_size": Param(int, low=1),
         "exact_limit": Param(int, low=1),
         "index_mb": Param(float, low=0, low_open=True),
+        "target_recall": Param(float, low=0, low_open=True, high=1, none=True,
+                               none_means="the default search breadth, not tuned"),
         "random_state": Param(int, low=0, high=2**32 - 1),
     }
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
                  batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, index_mb: float = INDEX_MB,
-                 random_state: int = 0) -> None:
+                 target_recall: float | None = TARGET_RECALL, random_state: int = 0) -> None:
         self.k = k
         self.temperature = temperature
         self.pca = pca
@@ -87,6 +100,7 @@ class KNNHead(Head):
         self.batch_size = batch_size
         self.exact_limit = exact_limit
         self.index_mb = index_mb
+        self.target_recall = target_recall
         self.random_state = random_state
 
     # --- fitting ------------------------------------------------------------------------------
@@ -101,12 +115,14 @@ class KNNHead(Head):
             return self.index
         if n <= self.exact_limit:
             return "flat"
-        return "ivf" if n * d * 4 <= self.index_mb * 2**20 else "ivfpq"
+        budget = self.index_mb * 2**20
+        return "ivf" if n * d * 4 <= budget else "ivfsq" if n * d <= budget else "ivfpq"
 
     def _build_index(self, kind: str, d: int, n: int, n_train: int):
         """The FAISS index and its description. IVF lists: ~4 sqrt(n), at most one per 39
-        training vectors (FAISS's own minimum); nprobe 1/16 of them, at least 16. PQ: d/8
-        sub-quantizers of 8 bits (32 bytes a vector at d=256, against 1,024 flat)."""
+        training vectors (FAISS's own minimum); nprobe starts at 1/16 of them, at least 16 (then
+        tuned, see `_tune_breadth`). SQ: 8 bits a dimension. PQ: d/8 sub-quantizers of 8 bits
+        (32 bytes a vector at d=256, against 1,024 flat)."""
         nlist = int(max(1, min(4 * np.sqrt(n), n_train // 39)))
         if kind == "flat":
             return faiss.IndexFlatIP(d), "IndexFlatIP (exact cosine)"
@@ -114,28 +130,66 @@ class KNNHead(Head):
             index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = max(64, 2 * self.k)
             return index, "IndexHNSWFlat M=32 (approximate cosine)"
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = min(nlist, max(16, nlist // 16))
-            return index, f"IndexIVFFlat nlist={nlist} nprobe={index.nprobe} (approximate cosine)"
         if kind == "ivfpq" and n_train < PQ_MIN_TRAIN:
             # 8-bit PQ codebooks are k-means with 256 centroids: FAISS refuses fewer training
             # vectors. So few rows are small anyway: keep their vectors whole.
             index, desc = self._build_index("ivf", d, n, n_train)
             return index, f"{desc}; not PQ: {n_train} training vectors < {PQ_MIN_TRAIN}"
-        if kind == "ivfpq":
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf":
+            index, desc = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT), f"IndexIVFFlat nlist={nlist}"
+        elif kind == "ivfsq":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+            desc = f"IndexIVFScalarQuantizer nlist={nlist} 8bit"
+        elif kind == "ivfpq":
             m = next(m for m in (d // 8, d // 4, d // 2, d, 1) if m >= 1 and d % m == 0)
-            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-            index.nprobe = min(nlist, max(16, nlist // 16))
-            return index, f"IndexIVFPQ nlist={nlist} nprobe={index.nprobe} m={m}x8bit (approximate cosine)"
-        raise ValueError(f"index must be auto, flat, hnsw, ivf or ivfpq, got {self.index!r}")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+            desc = f"IndexIVFPQ nlist={nlist} m={m}x8bit"
+        else:
+            raise ValueError(f"index must be auto, flat, hnsw, ivf, ivfsq or ivfpq, got {self.index!r}")
+        index.nprobe = min(nlist, max(16, nlist // 16))
+        return index, f"{desc} (approximate cosine)"
+
+    @staticmethod
+    def _breadth(index) -> tuple[str, int, int]:
+        """The search breadth knob of an approximate index: (name, value, largest useful value)."""
+        if isinstance(index, faiss.IndexHNSW):
+            return "efSearch", index.hnsw.efSearch, max(4096, index.hnsw.efSearch)
+        return "nprobe", index.nprobe, index.nlist
+
+    def _tune_breadth(self, index, queries: np.ndarray, exact_ids: np.ndarray) -> dict:
+        """Double the search breadth from its default until recall@k of `queries` against their
+        exact neighbours reaches `target_recall`, or the breadth is the largest useful one (all
+        IVF lists: then only the vectors' quantization limits recall). Returns what the run
+        records: the breadth chosen, its recall and the curve measured on the way."""
+        name, value, top = self._breadth(index)
+        k = exact_ids.shape[1]
+        curve = []
+        while True:
+            if name == "efSearch":
+                index.hnsw.efSearch = value
+            else:
+                index.nprobe = value
+            found = index.search(queries, k)[1]
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact_ids, strict=True)]))
+            curve.append([value, round(recall, 4)])
+            if self.target_recall is None or recall >= self.target_recall or value >= top:
+                break
+            value = min(2 * value, top)
+        report = {f"recall@{k}": round(recall, 4), "recall_queries": int(len(queries)), name: value,
+                  "recall_curve": {"breadth": name, "points": curve}}
+        if self.target_recall is not None:
+            report.update({"target_recall": self.target_recall, "target_met": bool(recall >= self.target_recall)})
+        return report
 
     def fit_data(self, data: TrainingData) -> KNNHead:
         """Build the index block by block: the PCA is fitted on a seeded sample of at most
         FIT_ROWS rows (the only rows held at once), then each block is normalised, projected
         and added as float32. An approximate index is trained on that sample too, and its
         recall@k against exact search is measured on RECALL_QUERIES training rows whose exact
-        neighbours are kept up to date block by block, so no second pass is needed."""
+        neighbours are kept up to date block by block, so no second pass is needed; the search
+        breadth is then tuned on them (`_tune_breadth`)."""
         self._begin_fit(data)
         self._gpu_index = None  # a GPU copy of a previous fit's index would answer the searches
         n = data.n_rows
@@ -169,9 +223,10 @@ class KNNHead(Head):
         self.report_ = {"index": self.index_desc_, "n_indexed": int(index.ntotal), "dim": int(d),
                         "pca_fit_rows": int(len(sample)) if self.projection_["components"].size else 0}
         if exact is not None:
-            found = self._searcher().search(queries, exact.k)[1]
-            recall = np.mean([len(set(a) & set(b)) / exact.k for a, b in zip(found, exact.ids, strict=True)])
-            self.report_.update({f"recall@{exact.k}": round(float(recall), 4), "recall_queries": int(len(queries))})
+            self.report_.update(self._tune_breadth(index, queries, exact.ids))
+            name = self.report_["recall_curve"]["breadth"]
+            self.index_desc_ = self.index_desc_.replace(" (approximate", f" {name}={self.report_[name]} (approximate")
+            self.report_["index"] = self.index_desc_
         return self
 
     def _searcher(self):
