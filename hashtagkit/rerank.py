@@ -16,7 +16,7 @@ prior P(j) (a hashtag seen on 2 photos says little):
     P(j|i) = (n_ij + beta P(j)) / (n_i + beta)
 
 The C x C pair counts come from the label matrix one block (a store chunk) at a time, so
-memory is O(C^2) (4 MB at C = 997), never the N x C labels at once. The strength a is chosen
+memory is O(C^2) (8 MB of counts at C = 997), never the N x C labels at once. The strength a is chosen
 on validation rows (see hashtagkit/postprocess.py): the value of a grid with the best mean
 average precision per image, the smallest on ties, so a re-ranking that does not help is
 switched off (a = 0). mAP, not Recall@5 or P@1: re-ranking reorders the whole list, and on the
