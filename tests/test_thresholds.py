@@ -77,23 +77,39 @@ def test_global_threshold_reaches_the_best_micro_f1_of_every_candidate(ties):
     S, Y = scored(ties=ties)
     t, f1 = global_threshold(S, Y)
     candidates = np.unique(np.r_[S.ravel(), np.inf])
-    best = max(sklearn_f1(S, Y, c)[0] for c in candidates)
+    best = max(metrics.f1_at_threshold(S, Y, c)["f1_micro"] for c in candidates)  # == sklearn (tested above)
     assert f1 == pytest.approx(best, abs=1e-12)
     assert sklearn_f1(S, Y, t)[0] == pytest.approx(best, abs=1e-12)
     assert not np.isin(t, S)  # halfway between two scores: no validation score on the edge
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_per_tag_thresholds_reach_each_classes_best_f1(ties):
+def test_per_tag_thresholds_are_a_coordinate_optimum_of_micro_f1(ties):
     S, Y = scored(n=120, ties=ties)
-    t, few = per_tag_thresholds(S, Y, fallback=0.77, min_positives=5)
-    for c in range(S.shape[1]):
-        if few[c]:
-            assert t[c] == 0.77 and Y[:, c].sum() < 5
-            continue
-        best = max(f1_score(Y[:, c], S[:, c] >= x, zero_division=0) for x in np.unique(np.r_[S[:, c], np.inf]))
-        assert f1_score(Y[:, c], S[:, c] >= t[c], zero_division=0) == pytest.approx(best, abs=1e-12)
-    assert few[3]  # no positives: the global value
+    t0, f0 = global_threshold(S, Y)
+    t, few = per_tag_thresholds(S, Y, start=t0, min_positives=5, sweeps=50)
+    micro = sklearn_f1(S, Y, t)[0]
+    assert micro >= f0 - 1e-12  # never below the global threshold it starts from
+    assert few[3] and t[3] == t0  # no positives: the global value
+    for c in np.flatnonzero(~few):  # no single class's threshold can do better, the others held
+        for x in np.unique(np.r_[S[:, c], np.inf]):
+            moved = t.copy()
+            moved[c] = x
+            assert metrics.f1_at_threshold(S, Y, moved)["f1_micro"] <= micro + 1e-12  # == sklearn (tested above)
+
+
+def test_a_class_the_head_cannot_predict_is_not_returned_for_every_photo():
+    """Its own best F1 would keep it everywhere (2p/(1+p) > 0): the planted store's finding."""
+    rng = np.random.default_rng(4)
+    n, c = 400, 6
+    Y = rng.random((n, c)) < 0.1
+    Y[:, 0] = rng.random(n) < 0.5
+    S = Y * 1.5 + rng.normal(0, 0.5, (n, c))
+    S[:, 5] = rng.random(n)  # no signal
+    t0, _ = global_threshold(S, Y)
+    t, _ = per_tag_thresholds(S, Y, start=t0)
+    own_best = max(metrics.f1_at_threshold(S[:, 5:], Y[:, 5:], x)["f1_micro"] for x in np.unique(S[:, 5]))
+    assert own_best > 0 and (S[:, 5] >= t[5]).mean() < 0.2
 
 
 def test_choose_thresholds_records_what_it_chose():
