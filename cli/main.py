@@ -392,6 +392,33 @@ class FitCommand(click.Command):
         super().format_epilog(ctx, formatter)
 
 
+def postprocess_options(command):
+    """--rerank, --rerank-m, --rerank-smoothing and --threshold of `fit` and `bench`: chosen on
+    validation rows after the head is fitted and kept in the run (hashtagkit/postprocess.py)."""
+    for option in reversed([
+        click.option("--rerank", default="none", show_default=True, type=click.Choice(["none", "cooc"]),
+                     help="cooc: re-rank the head's scores by training-label co-occurrence, its strength chosen on "
+                          "validation rows (0 if it does not help); evaluate, recommend and serve apply it."),
+        click.option("--rerank-m", default=5, show_default=True, type=click.IntRange(min=1, max=1000),
+                     help="cooc: how many top-scored hashtags vote for their companions."),
+        click.option("--rerank-smoothing", default=10.0, show_default=True, type=FiniteFloat(min=0, max=1e9),
+                     help="cooc: P(j|i) is shrunk towards P(j) as if this many more photos had hashtag i."),
+        click.option("--threshold", "threshold", default="none", show_default=True,
+                     type=click.Choice(["none", "global", "per-tag"]),
+                     help="Choose score thresholds with the best F1 on validation rows (one for all hashtags, or one "
+                          "each): `recommend --threshold` then returns a variable number of hashtags and evaluate "
+                          "reports F1 at them."),
+    ]):
+        command = option(command)
+    return command
+
+
+def postprocess_choice(rerank: str, rerank_m: int, rerank_smoothing: float, threshold: str):
+    from hashtagkit.postprocess import Options
+
+    return Options(rerank=rerank, top_m=rerank_m, smoothing=rerank_smoothing, threshold=threshold)
+
+
 @cli.command(cls=FitCommand)
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity", "tagprop", "fusion"]),
@@ -404,11 +431,17 @@ class FitCommand(click.Command):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for everything random in fitting.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace RUN if it exists.")
-def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool) -> None:
+@postprocess_options
+def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool,
+        rerank: str, rerank_m: int, rerank_smoothing: float, threshold: str) -> None:
     """Fit a head on the train split of STORE and save it as a run directory.
 
     --seed sets random_state for the heads that have one. Integer parameters take integers
     only (not true/false, not 3.0); a value out of range is an error naming what is allowed.
+
+    --rerank cooc / --threshold are chosen after fitting, on validation rows (the store's val split,
+    else the rows the MLP held out, else held-out training chunks scored by a copy of the head
+    fitted without them), and kept in RUN for evaluate, recommend and serve.
 
     Several processes or GPUs train one MLP under torchrun (DDP; batch_size is the global batch):
     torchrun --standalone --nproc_per_node=K -m hashtagkit.cli fit STORE --head mlp ...
@@ -419,11 +452,22 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
     refuse_existing(out, overwrite, kind="run", inputs=[store])
     from hashtagkit import ddp
 
-    fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite)
+    options = postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold)
+    fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite,
+            postprocess=options)
     if not ddp.from_env().writer:
         return  # under torchrun only rank 0 speaks (and writes)
     record = read_run(out)
     echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
+    post = record.get("postprocess")
+    if post:
+        chosen = [f"re-ranking strength {post['rerank']['alpha']:g}"] if post.get("rerank") else []
+        if post.get("threshold"):
+            t = post["threshold"]
+            chosen.append(f"{t['kind']} threshold (validation F1 micro {100 * t['val_f1_micro']:.2f}%, "
+                          f"{t['val_tags_per_image']:.2f} hashtags per image)")
+        echo_err(f"chose {' and '.join(chosen)} on {post['validation']['rows']:,} validation rows "
+                 f"({post['validation']['source']})")
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -446,15 +490,19 @@ def parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1, max=1_000_000),
               help="Rows scored at once: memory is about this many rows of features and scores, whatever the split's size.")
-def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, batch_size: int) -> None:
+@click.option("--raw", is_flag=True,
+              help="Score the head alone: without the run's co-occurrence re-ranking and thresholds (no F1).")
+def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, batch_size: int, raw: bool) -> None:
     """Score a run on a split of its store: Precision@K, Recall@K, Accuracy@K, mAP.
 
     The split is read chunk by chunk and scored --batch-size rows at a time (per-class mAP
     needs a second pass: from kept scores when they are small, else scored again), so a split
-    of any size is evaluated in the memory of --batch-size rows."""
+    of any size is evaluated in the memory of --batch-size rows. A run fitted with --rerank is
+    scored re-ranked; one fitted with --threshold adds micro/macro F1 of the hashtags its
+    thresholds return and how many they return per image."""
     from hashtagkit.evaluate import evaluate_run, format_table
 
-    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size)
+    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size, raw=raw)
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
@@ -487,12 +535,16 @@ def moved_weights(items: tuple[str, ...]) -> dict[str, str]:
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Hashtags per image.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="Hashtags per image [default: 5]; with --threshold, at most this many [default: no cap].")
+@click.option("--threshold", is_flag=True,
+              help="Return the hashtags whose score reaches the run's threshold (a variable number, possibly none) "
+                   "instead of the top ones; the run must be fitted with --threshold global|per-tag.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print JSON: {"results": [{image, hashtags: [{tag, score}], error}]} (as `serve` answers).')
 @run_model_options
-def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, device: str, precision: str,
-              weights: tuple[str, ...]) -> None:
+def recommend(run: Path, images: tuple[Path, ...], top: int | None, threshold: bool, as_json: bool, device: str,
+              precision: str, weights: tuple[str, ...]) -> None:
     """Rank hashtags for IMAGES with a fitted RUN.
 
     Each image is re-extracted with exactly the backbones and weights of the run's store, then
@@ -503,14 +555,14 @@ def recommend(run: Path, images: tuple[Path, ...], top: int, as_json: bool, devi
     from hashtagkit.recommend import Recommender
 
     recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
-    results = recommender.recommend([str(p) for p in images], top=top)
+    results = recommender.recommend([str(p) for p in images], top=top if top or threshold else 5, threshold=threshold)
     if as_json:
         click.echo(json.dumps({"results": [r.as_json() for r in results]}, indent=2))
     else:
         for r in results:
             if r.error:
                 continue
-            tags = "  ".join(f"#{t} {s:.3f}" for t, s in r.hashtags)
+            tags = "  ".join(f"#{t} {s:.3f}" for t, s in r.hashtags) or "(no hashtag reaches its threshold)"
             click.echo(f"{r.image}: {tags}")
     failed = [r for r in results if r.error]
     for r in failed:
@@ -538,7 +590,8 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
 
     The models are loaded once, before the port opens; concurrent requests are batched into one
-    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K), GET /v1/info, GET
+    forward pass. POST /v1/recommend (multipart, field 'files', ?top=K; ?threshold=true for the hashtags
+    above the run's thresholds, a run fitted with --threshold), GET /v1/info, GET
     /healthz, the API's documentation at /docs, the upload page at /. Stop with Ctrl-C.
     """
     from hashtagkit.recommend import Recommender
@@ -621,14 +674,17 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
 @click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Results folder: new, empty, or an earlier bench folder to resume (any other folder is refused).")
-def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path) -> None:
+@postprocess_options
+def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path, rerank: str,
+          rerank_m: int, rerank_smoothing: float, threshold: str) -> None:
     """Fit and evaluate every head x view x seed on STORE; write tables and plots to OUT.
 
     OUT gets results.json (every metric of every run, K = 1..10, per-class Recall@5),
     results.csv, table.md (P@1, R@5, A@5 as mean ± std over seeds), curves.png (P@K and R@K)
     and per_class_recall.png (recall against class frequency), and runs/ with each fitted run
     (for `hashtagkit show`). Resumable: combinations already in OUT/results.json are not
-    redone. The popularity floor is always a row; on HARRISON labels the paper's reported
+    redone. --rerank/--threshold are chosen for every run as `fit` chooses them; the records
+    then hold the re-ranked metrics and f1_micro/f1_macro at the thresholds. The popularity floor is always a row; on HARRISON labels the paper's reported
     Table 1 rows are added.
     """
     from hashtagkit.bench import TABLE, run_bench
@@ -643,7 +699,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
         params.setdefault(head, {})[name] = value
     seed_list = [parse_seed(x.strip(), "--seeds") for x in seeds.split(",") if x.strip()]
     run_bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
-              [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err)
+              [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err,
+              postprocess=postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold))
     click.echo((out / TABLE).read_text())
 
 

@@ -145,7 +145,7 @@ def with_component_sets(sets: dict[str, dict] | None, heads: list[str]) -> dict[
 
 
 def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
-              sets: dict[str, dict] | None = None, log: Callable[[str], None] = print) -> list[dict]:
+              sets: dict[str, dict] | None = None, log: Callable[[str], None] = print, postprocess=None) -> list[dict]:
     sets = with_component_sets(sets, heads)
     store = open_store(store_path)
     out = Path(out)
@@ -155,6 +155,8 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
     combos = plan(store, heads, views, seeds, log)
     fingerprint = store_fingerprint(store)
     keys = {c: record_key(fingerprint, *c, sets) for c in combos}
+    if postprocess is not None and postprocess.active:  # fit --rerank/--threshold: other records
+        keys = {c: f"{k}|{json.dumps(postprocess.as_dict(), sort_keys=True)}" for c, k in keys.items()}
     kept, stale = [], []
     for r in records:  # a stale record is recomputed below, never mixed in
         combo = (r["head"], r["view"], r["seed"])
@@ -169,7 +171,7 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
         run_dir = out / "runs" / f"{head}-{view if view != '-' else 'none'}-s{seed}"
         log(f"[{i}/{len(todo)}] {head} {view} seed {seed}")
         fit_run(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
-                seed=seed, overwrite=True)
+                seed=seed, overwrite=True, postprocess=postprocess)
         result = evaluate_run(run_dir, ks=CURVE_KS, per_class_k=PER_CLASS_K)
         made = json.loads((run_dir / "run.json").read_text())
         records.append({"head": head, "view": view, "seed": seed, "key": keys[(head, view, seed)], "run": str(run_dir),

@@ -1,7 +1,9 @@
 """The harness: a fitted run + a split of its store -> the paper's metrics.
 
 Every head is judged here and only here, through `predict_proba` and the ranking in
-`hashtagkit.metrics`, so numbers from different heads are comparable by construction.
+`hashtagkit.metrics`, so numbers from different heads are comparable by construction. A run
+fitted with `--rerank` / `--threshold` is judged as it answers: its scores re-ranked, and
+micro/macro F1 of the hashtags its thresholds return beside P/R/A@K (`raw=True`: the head alone).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.heads.base import refuse_nonfinite_features
-from hashtagkit.runs import design_matrix, load_run
+from hashtagkit.postprocess import Postprocess
+from hashtagkit.runs import design_matrix, load_postprocess, load_run
 from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
@@ -56,7 +59,7 @@ class ScoredSplit:
     split: str
     rows: np.ndarray  # store rows, in split order, less the skipped ones (or the chosen few of them)
     labels: np.ndarray  # (n, C) bool ground truth of those rows
-    scores: np.ndarray  # (n, C) the head's predict_proba
+    scores: np.ndarray  # (n, C) the head's predict_proba, re-ranked if the run says so
     skipped: dict
     predict_seconds: float
 
@@ -73,14 +76,20 @@ class SplitScorer:
     split: str
     rows: np.ndarray
     skipped: dict
+    post: Postprocess | None = None  # the run's re-ranking and thresholds, applied to every score
 
     @property
     def view(self) -> str:
         return self.record.get("features") or "both"
 
     def batches(self, batch_size: int = EVAL_BATCH):
-        """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
-        return _scored_batches(self.store, self.head, self.view, self.rows, batch_size)
+        """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of `rows`."""
+        for scores, labels, seconds in _scored_batches(self.store, self.head, self.view, self.rows, batch_size):
+            if self.post is not None:  # as the run answers
+                t0 = time.perf_counter()
+                scores = self.post.apply(scores)
+                seconds += time.perf_counter() - t0
+            yield scores, labels, seconds
 
     def score(self, positions: np.ndarray | None = None) -> ScoredSplit:
         """The scores of `rows[positions]` (every row when None) in one matrix."""
@@ -89,23 +98,28 @@ class SplitScorer:
         X = design_matrix(self.store, self.head, self.view, rows)
         t0 = time.perf_counter()
         scores = self.head.predict_proba(X)
+        if self.post is not None:  # as the run answers
+            scores = self.post.apply(scores)
         return ScoredSplit(self.record, self.head, self.store, self.split, rows, labels, scores, self.skipped,
                            time.perf_counter() - t0)
 
 
-def open_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> SplitScorer:
-    """Load a run and find the evaluable rows of a split: the one place a run meets its data."""
+def open_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None,
+               raw: bool = False) -> SplitScorer:
+    """Load a run and find the evaluable rows of a split: the one place a run meets its data.
+    The run's re-ranking comes with it (`raw`: the head's own scores)."""
     record, head, store = load_run(run_dir, store_path)
     rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
         raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
-    return SplitScorer(record, head, store, split, rows, skipped)
+    return SplitScorer(record, head, store, split, rows, skipped, None if raw else load_postprocess(run_dir, record))
 
 
-def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None) -> ScoredSplit:
+def score_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None,
+                raw: bool = False) -> ScoredSplit:
     """Every evaluable row of a split scored in one N x C matrix: the in-memory reference the
     streamed harness is tested against (small splits only)."""
-    return open_split(run_dir, split, store_path).score()
+    return open_split(run_dir, split, store_path, raw).score()
 
 
 SCORE_CACHE_BYTES = 256 << 20  # scores kept for the second pass up to this size, else recomputed
@@ -154,20 +168,26 @@ def evaluate_run(
     store_path: str | Path | None = None,
     per_class_k: int | None = None,
     batch_size: int = EVAL_BATCH,
+    raw: bool = False,
 ) -> dict:
     """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
     class (None where the split has no positive of it), for long-tail plots.
+
+    A run with a post-processing is scored as it answers: re-ranked, and with thresholds
+    `f1_micro`, `f1_macro` and `tags_per_image` at them; `raw` scores the head's own scores
+    (no re-ranking, no F1). `postprocess` in the result says which.
 
     Scored `batch_size` rows at a time into a `metrics.MetricAccumulator`, so no N x C score
     matrix exists; per-class mAP needs the split scored twice (see the accumulator), and
     `predict_seconds` is the time of the first pass alone, i.e. of scoring the split once."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    scorer = open_split(run_dir, split, store_path)
-    record, store, rows = scorer.record, scorer.store, scorer.rows
+    scorer = open_split(run_dir, split, store_path, raw)
+    record, store, rows, post = scorer.record, scorer.store, scorer.rows, scorer.post
     asked = sorted(set(ks) | set(PAPER_KS))
     n_classes = store.n_classes
-    acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k)
+    acc = metrics.MetricAccumulator(n_classes, ks=tuple(asked), per_class_k=per_class_k,
+                                    thresholds=post.thresholds if post is not None else None)
     predict_seconds = 0.0
     cache: list | None = [] if len(rows) * n_classes * 8 <= SCORE_CACHE_BYTES else None
     for scores, batch_labels, seconds in scorer.batches(batch_size):
@@ -194,9 +214,21 @@ def evaluate_run(
             "skipped": scorer.skipped,
             "predict_seconds": round(predict_seconds, 3),
             "store": str(store.path),
+            "postprocess": postprocess_summary(record, post, raw),
         }
     )
     return result
+
+
+def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> dict | None:
+    """What was applied to the head's scores: None when the run has nothing, `raw` when asked
+    to skip it, else the re-ranking strength and the threshold kind."""
+    if not record.get("postprocess"):
+        return None
+    if raw:
+        return {"applied": False}
+    r, t = post.record.get("rerank") or {}, post.record.get("threshold") or {}
+    return {"applied": True, "rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
 
 
 def format_table(result: dict) -> str:
@@ -213,6 +245,14 @@ def format_table(result: dict) -> str:
             f"{100 * result[f'accuracy@{k}']:>10.2f}%"
         )
     lines.append(f"mAP (per image) {100 * result['map']:.2f}%   mAP (per class) {100 * result['map_class']:.2f}%")
+    post = result.get("postprocess") or {}
+    if post.get("rerank"):
+        lines.append(f"re-ranked by label co-occurrence, strength {post['alpha']:g} (chosen on validation rows)")
+    if "f1_micro" in result:
+        lines.append(f"at the {post.get('threshold')} threshold: F1 micro {100 * result['f1_micro']:.2f}%   "
+                     f"F1 macro {100 * result['f1_macro']:.2f}%   {result['tags_per_image']:.2f} hashtags per image")
+    elif post and not post.get("applied"):
+        lines.append("raw: the head's own scores (the run's re-ranking and thresholds not applied)")
     capped = result.get("k_capped")
     if capped:
         asked = ", ".join(str(k) for k in capped["asked"])

@@ -14,6 +14,12 @@ and a multi-hot label matrix of the same shape.
 
 `MetricAccumulator` gives the same numbers from batches of rows, so an evaluation never holds
 an N x C score matrix (see its docstring for the one metric that needs a second pass).
+
+Beside top-K, a run can return a variable number of hashtags: every class whose score reaches
+its threshold (one global value or one per class, chosen on validation rows; see
+hashtagkit/thresholds.py). Those sets are judged by F1: micro (every image-hashtag decision
+pooled) and macro (the mean of per-class F1 over the classes that have a positive image in the
+split; a class never predicted scores 0 there), plus the mean number of hashtags returned.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ __all__ = [
     "mean_average_precision",
     "per_class_recall_at_k",
     "summary",
+    "selected",
+    "f1_counts",
+    "f1_from_counts",
+    "f1_at_threshold",
     "MetricAccumulator",
 ]
 
@@ -183,6 +193,49 @@ def summary(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5,
     return out
 
 
+def selected(scores: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
+    """The hashtags a threshold returns: score >= the class's threshold (a scalar: the same for
+    every class), compared in float64 as rankings are."""
+    scores, _ = _check(scores)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.ndim not in (0, 1) or (thresholds.ndim == 1 and len(thresholds) != scores.shape[1]):
+        raise ValueError(f"thresholds must be a number or one per class ({scores.shape[1]}), got shape {thresholds.shape}")
+    return scores >= thresholds
+
+
+def f1_counts(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, false positives and false negatives of boolean predictions."""
+    predicted, labels = np.asarray(predicted, bool), np.asarray(labels).astype(bool, copy=False)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predictions shape {predicted.shape} does not match labels shape {labels.shape}")
+    tp = (predicted & labels).sum(axis=0)
+    return tp, predicted.sum(axis=0) - tp, labels.sum(axis=0) - tp
+
+
+def f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict:
+    """micro F1 = 2 TP / (2 TP + FP + FN) over all decisions; macro F1 = the mean of per-class
+    F1 over the classes with a positive (TP + FN > 0); NaN when there is none. Equal to
+    scikit-learn's f1_score(average="micro"), and to average="macro" with labels= those classes
+    and zero_division=0 (tested)."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    pooled = 2 * tp.sum() + fp.sum() + fn.sum()
+    micro = float(2 * tp.sum() / pooled) if pooled else float("nan")
+    present = (tp + fn) > 0
+    denom = 2 * tp[present] + fp[present] + fn[present]
+    macro = float(np.mean(2 * tp[present] / denom)) if present.any() else float("nan")
+    return {"f1_micro": micro, "f1_macro": macro}
+
+
+def f1_at_threshold(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | float) -> dict:
+    """micro and macro F1 of the hashtags the thresholds return, and how many they return per
+    image on average (`tags_per_image`)."""
+    scores, labels = _check(scores, labels)
+    predicted = selected(scores, thresholds)
+    out = f1_from_counts(*f1_counts(predicted, labels))
+    out["tags_per_image"] = float(predicted.sum(axis=1).mean()) if len(predicted) else float("nan")
+    return out
+
+
 class MetricAccumulator:
     """The numbers of `summary` (and optionally `per_class_recall_at_k`), accumulated batch by
     batch so that no N x C score matrix ever exists.
@@ -200,9 +253,14 @@ class MetricAccumulator:
     (O(N x tags per image), never O(N x C)); time linear in N. Scores are compared as float64,
     as the in-memory path does. Means are running sums divided at the end, so results equal
     `summary` to float rounding (about 1e-16), not bit for bit.
+
+    With `thresholds` (a number or one per class), pass 1 also counts each class's true and
+    false positives and false negatives of `score >= threshold` (O(C)), and `result` adds
+    `f1_micro`, `f1_macro` and `tags_per_image` as `f1_at_threshold` computes them.
     """
 
-    def __init__(self, n_classes: int, ks: tuple[int, ...] = (1, 5, 10), per_class_k: int | None = None):
+    def __init__(self, n_classes: int, ks: tuple[int, ...] = (1, 5, 10), per_class_k: int | None = None,
+                 thresholds: np.ndarray | float | None = None):
         if n_classes < 1:
             raise ValueError("scores have no classes")
         self.n_classes = int(n_classes)
@@ -219,6 +277,9 @@ class MetricAccumulator:
         self._pos: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # see _start_pass2
         self._hist = np.zeros(0, dtype=np.int64)
         self._seen2 = 0
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        self._f1 = np.zeros((3, self.n_classes), dtype=np.int64)  # tp, fp, fn per class
+        self._n_selected = 0
 
     def _batch(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, labels = _check(scores, labels)
@@ -248,6 +309,10 @@ class MetricAccumulator:
             in_top = np.zeros(scores.shape, dtype=bool)
             np.put_along_axis(in_top, top_k(scores, self.per_class_k), True, axis=1)
             self._class_hits += (in_top & labels).sum(axis=0)
+        if self.thresholds is not None:
+            predicted = selected(scores, self.thresholds)
+            self._f1 += np.stack(f1_counts(predicted, labels))
+            self._n_selected += int(predicted.sum())
         r, c = np.nonzero(labels)
         self._pos_parts.append((c, r + self.n, scores[r, c]))
         self.n += scores.shape[0]
@@ -316,6 +381,9 @@ class MetricAccumulator:
             pos_rank = np.arange(1, b - a + 1)
             aps.append(float(np.mean(pos_rank / (pos_rank + neg_above))))
         out["map_class"] = float(np.mean(aps)) if aps else float("nan")
+        if self.thresholds is not None:
+            out.update(f1_from_counts(*self._f1))
+            out["tags_per_image"] = self._n_selected / self.n
         if self.per_class_k:
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[self._per_class_key] = np.where(

@@ -11,6 +11,10 @@ in two steps that a server can put on different threads:
   thread-safe (the caller serialises it, e.g. a micro-batcher's single model thread).
 
 `recommend` does both, in batches; `hashtagkit recommend` and `hashtagkit serve` are thin shells.
+
+A run fitted with `--rerank cooc` answers with re-ranked scores, and one fitted with
+`--threshold` can return a variable number of hashtags (`threshold=True`: those whose score
+reaches their class's threshold, best first, at most `top` if given); see hashtagkit/postprocess.py.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.images import DecodeError, decode_image
-from hashtagkit.runs import MODEL_DIR, read_run
+from hashtagkit.postprocess import Postprocess
+from hashtagkit.runs import MODEL_DIR, load_postprocess, read_run
 from hashtagkit.stores.store import mask_view
 
 if TYPE_CHECKING:
@@ -100,8 +105,12 @@ def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precis
 class Recommender:
     """A fitted run loaded once; see the module docstring for the prepare / predict split."""
 
-    def __init__(self, run_dir: Path, record: dict, head: Head, extractor: Extractor | None, allow_truncated: bool):
+    def __init__(self, run_dir: Path, record: dict, head: Head, extractor: Extractor | None, allow_truncated: bool,
+                 post: Postprocess | None = None):
         self.run_dir, self.record, self.head, self.extractor = run_dir, record, head, extractor
+        self.post = post
+        self._threshold_of = ({t: float(v) for t, v in zip(record["store"]["vocab"], post.thresholds, strict=True)}
+                              if post is not None and post.thresholds is not None else None)
         self.allow_truncated = allow_truncated
         self.vocab: list[str] = list(record["store"]["vocab"])
         self.blocks: list[dict] = record["store"].get("blocks") or []
@@ -125,7 +134,7 @@ class Recommender:
         extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
         if allow_truncated is None:
             allow_truncated = bool(record["store"].get("extraction", {}).get("allow_truncated", False))
-        return cls(run_dir, record, head, extractor, allow_truncated)
+        return cls(run_dir, record, head, extractor, allow_truncated, load_postprocess(run_dir, record))
 
     def info(self) -> dict:
         """What answers come from: the run, its head and view, backbones and weights, where the
@@ -144,7 +153,19 @@ class Recommender:
             "precision": ex.precision if ex else None,
             "allow_truncated": self.allow_truncated,
             "test_scores": self._scores(),
+            "postprocess": self.postprocess_info(),
         }
+
+    @property
+    def has_thresholds(self) -> bool:
+        return self._threshold_of is not None
+
+    def postprocess_info(self) -> dict | None:
+        """The run's re-ranking strength and threshold kind (None: the head's scores, top-K only)."""
+        if self.post is None:
+            return None
+        r, t = self.post.record.get("rerank") or {}, self.post.record.get("threshold") or {}
+        return {"rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
 
     def _scores(self) -> dict | None:
         path = self.run_dir / METRICS_FILE
@@ -177,12 +198,30 @@ class Recommender:
             batch = [torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))]
             feats = mask_view(self.extractor(batch).astype(self.dtype), self.blocks, self.view)  # as in training
         scores = self.head.predict_proba(feats)
+        if self.post is not None:
+            scores = self.post.apply(scores)
         ranked = metrics.top_k(scores, min(top, len(self.vocab)))
         return [[(self.vocab[c], float(scores[j, c])) for c in ranked[j]] for j in range(len(prepared))]
 
-    def recommend(self, images: Sequence[ImageInput], top: int = 5, names: Sequence[str] | None = None,
-                  batch_size: int = 16) -> list[Recommendation]:
-        """Hashtags for each image, in order; a bad image gets its error, the others their hashtags."""
+    def above_threshold(self, ranked: list[tuple[str, float]], top: int | None = None) -> list[tuple[str, float]]:
+        """The hashtags of a full ranking whose score reaches their threshold, best first, at most
+        `top` (None: all of them; possibly none)."""
+        if self._threshold_of is None:
+            raise InputError(f"{self.run_dir} has no thresholds: fit it with --threshold global|per-tag")
+        kept = [(t, s) for t, s in ranked if s >= self._threshold_of[t]]
+        return kept if top is None else kept[:top]
+
+    def recommend(self, images: Sequence[ImageInput], top: int | None = 5, names: Sequence[str] | None = None,
+                  batch_size: int = 16, threshold: bool = False) -> list[Recommendation]:
+        """Hashtags for each image, in order; a bad image gets its error, the others their hashtags.
+        `threshold`: the hashtags above the run's thresholds (at most `top`, None for no cap)
+        instead of the top `top`."""
+        if threshold and not self.has_thresholds:
+            self.above_threshold([])  # the one error message
+        if top is None and not threshold:
+            raise InputError("top is needed unless threshold is set")
+        if top is not None and top < 1:
+            raise InputError(f"top must be at least 1, got {top}")
         if names is not None and len(names) != len(images):
             raise InputError(f"{len(names)} names for {len(images)} images")
         if batch_size < 1:
@@ -198,8 +237,9 @@ class Recommender:
                 out.append(Recommendation(name, [], error=str(e)))
         for start in range(0, len(good), batch_size):
             chunk = good[start : start + batch_size]
-            for (row, _), tags in zip(chunk, self.predict([p for _, p in chunk], top), strict=True):
-                out[row].hashtags = tags
+            ranked = self.predict([p for _, p in chunk], len(self.vocab) if threshold else top)
+            for (row, _), tags in zip(chunk, ranked, strict=True):
+                out[row].hashtags = self.above_threshold(tags, top) if threshold else tags
         return out
 
 
@@ -211,10 +251,10 @@ def default_name(image: ImageInput, index: int) -> str:
     return str(filename) if isinstance(filename, str) and filename else f"image-{index}"
 
 
-def recommend(run_dir: str | Path, images: list[str | Path], top: int = 5, device: str = "auto",
+def recommend(run_dir: str | Path, images: list[str | Path], top: int | None = 5, device: str = "auto",
               precision: str = "auto", weights: dict[str, str] | None = None,
-              allow_truncated: bool | None = None) -> list[Recommendation]:
+              allow_truncated: bool | None = None, threshold: bool = False) -> list[Recommendation]:
     """One-shot convenience: load RUN, answer for these images (see `Recommender`)."""
     rec = Recommender.from_run(run_dir, device=device, precision=precision, weights=weights,
                                allow_truncated=allow_truncated)
-    return rec.recommend(images, top=top)
+    return rec.recommend(images, top=top, threshold=threshold)

@@ -3,6 +3,8 @@
     RUN/run.json   head name and hyper-parameters, feature view, seed, the store's path,
                    split sha256 and backbone provenance, timings, versions, command line
     RUN/model/     the head's own files (Head.save)
+    RUN/postprocess.npz  with `fit --rerank/--threshold`: the re-ranking and thresholds chosen on
+                   validation rows (hashtagkit/postprocess.py); run.json's `postprocess` says how
 
 `evaluate` refuses a run whose store split no longer matches the one it was trained on, and
 `recommend` rebuilds the extractor from the store's recorded backbones.
@@ -25,6 +27,7 @@ from hashtagkit.heads import Head, make_head
 from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
+from hashtagkit.postprocess import Options, Postprocess, calibrate
 from hashtagkit.stores import Store, open_store
 
 RUN_FILE = "run.json"
@@ -79,8 +82,10 @@ def fit_run(
     view: str = "both",
     seed: int = 0,
     overwrite: bool = False,
+    postprocess: Options | None = None,
 ) -> Path:
-    """Fit a head on the store's train split and write the run directory atomically."""
+    """Fit a head on the store's train split and write the run directory atomically; with
+    `postprocess`, choose its re-ranking and thresholds on validation rows too."""
     out = refuse_existing(out, overwrite, kind="run", inputs=[store_path])
     store = open_store(store_path)
     split_sha = store.verify_split()
@@ -93,13 +98,13 @@ def fit_run(
                          f"with {world.size} processes (run it as one process, without torchrun)")
     world = ddp.start(world, head.get_params().get("device", "auto"))
     try:
-        return _fit(store, head, out, view, seed, overwrite, split_sha, world)
+        return _fit(store, head, out, view, seed, overwrite, split_sha, world, postprocess)
     finally:
         ddp.stop(world)  # the other ranks wait here until rank 0 has written the run
 
 
 def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: bool, split_sha: str,
-         world: ddp.World) -> Path:
+         world: ddp.World, options: Options | None = None) -> Path:
     rows, skipped = training_rows(store)
     data = training_data(store, head, view, rows)
     seed_everything(seed)
@@ -108,8 +113,15 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
     fit_seconds = time.perf_counter() - t0
     if not world.writer:
         return Path(out)
+    post = None
+    if options is not None and options.active:
+        t0 = time.perf_counter()
+        post = calibrate(store, head, data, view if head.needs_features else None, seed, options)
+        post.record["seconds"] = round(time.perf_counter() - t0, 3)
     with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
         head.save(tmp / MODEL_DIR)
+        if post is not None:
+            post.save(tmp)
         record = {
             "head": head.name,
             "params": head.get_params(),
@@ -134,6 +146,8 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
             },
             "provenance": provenance.record(),
         }
+        if post is not None:
+            record["postprocess"] = post.record
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out)
 
@@ -157,6 +171,11 @@ def read_run(run_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is damaged: {e.msg}") from None
+
+
+def load_postprocess(run_dir: str | Path, record: dict) -> Postprocess | None:
+    """The run's re-ranking and thresholds (None for a run fitted without them)."""
+    return Postprocess.load(run_dir, record)
 
 
 def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple[dict, Head, Store]:

@@ -48,6 +48,7 @@ from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head, InvalidParameterError, Param
 from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, training_loss
 
 PRESETS = {
     "paper": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100,
@@ -253,13 +254,19 @@ class MLPHead(Head):
         "device": Param(str, choices=DEVICES),
         "precision": Param(str, choices=PRECISIONS),
         "random_state": Param(int, low=0, high=2**32 - 1),
+        "loss": Param(str, choices=LOSSES),
+        "asl_gamma_pos": Param(float, low=0),
+        "asl_gamma_neg": Param(float, low=0),
+        "asl_clip": Param(float, low=0, high=1, high_open=True),
     }
 
     def __init__(self, preset: str = "fast", hidden: int = 4096, dropout: float | None = None, lr: float | None = None,
                  batch_size: int | None = None, iterations: int | None = None, epochs: int | None = None,
                  weight_decay: float | None = None, momentum: float | None = None, val_fraction: float | None = None,
                  patience: int | None = None, cache: str = "auto", cache_limit_gb: float = CACHE_LIMIT_GB,
-                 buffer_blocks: int = 16, workers: int = 1, device: str = "auto", precision: str = "auto", random_state: int = 0) -> None:
+                 buffer_blocks: int = 16, workers: int = 1, device: str = "auto", precision: str = "auto", random_state: int = 0,
+                 loss: str = "bce", asl_gamma_pos: float = ASL_DEFAULTS["asl_gamma_pos"],
+                 asl_gamma_neg: float = ASL_DEFAULTS["asl_gamma_neg"], asl_clip: float = ASL_DEFAULTS["asl_clip"]) -> None:
         self.preset = preset
         self.hidden = hidden
         self.dropout = dropout
@@ -278,6 +285,10 @@ class MLPHead(Head):
         self.device = device
         self.precision = precision
         self.random_state = random_state
+        self.loss = loss  # "bce": the paper's sigmoid cross-entropy; "asl": the asymmetric loss (heads/losses.py)
+        self.asl_gamma_pos = asl_gamma_pos
+        self.asl_gamma_neg = asl_gamma_neg
+        self.asl_clip = asl_clip
 
     def config(self) -> dict:
         """The preset with every explicitly given parameter laid over it."""
@@ -292,6 +303,9 @@ class MLPHead(Head):
             cfg["epochs"] = None
         elif self.epochs is not None:
             cfg["iterations"] = None
+        if self.loss != "bce":  # only then: a config without "loss" means the paper's loss (bench keys stay)
+            cfg.update(loss=self.loss, asl_gamma_pos=self.asl_gamma_pos, asl_gamma_neg=self.asl_gamma_neg,
+                       asl_clip=self.asl_clip)
         return cfg
 
     def fit_data(self, data: TrainingData) -> MLPHead:
@@ -376,7 +390,7 @@ class MLPHead(Head):
                 xb = xb.to(device, non_blocking=True).float()
                 yb = yb.to(device, non_blocking=True).float()
                 with autocast(device, precision):
-                    loss = caffe_loss(train_model(xb).float(), yb)
+                    loss = training_loss(train_model(xb).float(), yb, cfg)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

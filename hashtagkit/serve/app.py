@@ -120,8 +120,17 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
               openapi_extra=multipart_body, tags=["api"],
               responses={400: {"description": "no files"}, 401: {"description": "token missing or wrong"},
                          413: {"description": "upload too large"}, 415: {"description": "no file is an image"}})
-    async def recommend(request: Request, top: int = Query(5, ge=1, le=10_000, description="Hashtags per photo.")):
+    async def recommend(request: Request,
+                        top: int | None = Query(None, ge=1, le=10_000, description="Hashtags per photo [default 5]; "
+                                                "with threshold=true at most this many [default: no cap]."),
+                        threshold: bool = Query(False, description="Return the hashtags whose score reaches the run's "
+                                                "threshold (a variable number) instead of the top ones; the run must "
+                                                "have been fitted with --threshold.")):
         """Top hashtags for each uploaded photo, in upload order; a bad photo gets its own error."""
+        if threshold and not recommender.has_thresholds:
+            raise HTTPException(400, "this run has no thresholds: fit it with --threshold global|per-tag")
+        if top is None and not threshold:
+            top = 5
         try:
             uploads = await read_uploads(request, limit)
         except ClientDisconnect:
@@ -137,8 +146,11 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
             return JSONResponse({"detail": f"no uploaded file is an image ({reasons})",
                                  "results": [result_json(uploads[i].name, [], errors[i]) for i in errors]},
                                 status_code=415)
-        ranked = dict(zip(good, await batcher.submit([prepared[i] for i in good], min(top, len(recommender.vocab))),
-                          strict=True))
+        n_ranked = len(recommender.vocab) if threshold else min(top, len(recommender.vocab))
+        answers = await batcher.submit([prepared[i] for i in good], n_ranked)
+        if threshold:  # the full ranking, cut where the scores fall below their thresholds
+            answers = [recommender.above_threshold(tags, top) for tags in answers]
+        ranked = dict(zip(good, answers, strict=True))
         return {"results": [result_json(u.name, ranked.get(i, []), errors.get(i)) for i, u in enumerate(uploads)]}
 
     @app.get("/v1/info", dependencies=[Depends(authorized)], tags=["api"])
