@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-roofline
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -100,3 +100,9 @@ bench-knn-ovr: $(STAMP)
 MLP_STREAM_STORE ?= $(PLANTED)
 bench-mlp-stream: $(STAMP)
 	nice $(BIN)/python benchmarks/mlp_stream.py --store $(MLP_STREAM_STORE) --epochs 2 --hidden 512
+
+# The machine's peaks (matmul bf16/fp16/fp32 at the models' shapes, memory bandwidth) and every hot path
+# against them (MLP plain loop vs the head cached/streamed, kNN, ovr, evaluation): benchmarks/results/roofline.md.
+# Makes a planted HARRISON-size store in benchmarks/.cache/roofline if missing; ~20 minutes on 2 busy cores.
+bench-roofline: $(STAMP)
+	nice -n 10 $(BIN)/python benchmarks/roofline.py --device $(DEVICE)

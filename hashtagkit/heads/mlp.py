@@ -25,8 +25,9 @@ planted HARRISON-size store.
 bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present.
 
 The training rows come from a `TrainingData` (a store's rows, block by block). Up to
-`cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory as float16 and each epoch
-is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
+`cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory, standardised in the first
+layer's input dtype (`TrainInput`: bf16 under bf16 autocast, the size of the stored float16),
+and each epoch is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
 epoch, rows shuffled within a buffer of `buffer_blocks` blocks, read by `workers` prefetching
 processes, so memory stays that of the buffers however many rows there are. Both paths hold
 out the same validation rows (val_fraction, at most VAL_ROWS) and take the standardisation
