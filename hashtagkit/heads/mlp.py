@@ -236,6 +236,19 @@ class BlockStream(torch.utils.data.IterableDataset):
 PRESET = "the preset's"
 
 
+def timed(batches, waits: list[float]):
+    """The batches, each one's wait for the data path appended to `waits` (seconds): a streamed
+    epoch that starves the model shows here, and the first wait holds the loader's start."""
+    batches = iter(batches)
+    while True:
+        started = time.perf_counter()
+        item = next(batches, None)
+        if item is None:
+            return
+        waits.append(time.perf_counter() - started)
+        yield item
+
+
 def caffe_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Caffe's SigmoidCrossEntropyLoss: summed over classes, averaged over the batch (torch's
     default mean over classes too would shrink the paper's lr 0.1 by C)."""
@@ -416,8 +429,8 @@ class MLPHead(Head):
             if world.distributed:  # the same number of steps on every rank, or DDP waits forever
                 batches = itertools.islice(batches, per_epoch)
             model.train()
-            running, seen, started = 0.0, 0, time.perf_counter()
-            for xb, yb in batches:
+            running, seen, started, waits = 0.0, 0, time.perf_counter(), []
+            for xb, yb in timed(batches, waits):
                 xb = xb.to(device, non_blocking=True)
                 yb = yb.to(device, non_blocking=True).float()
                 with autocast(device, precision):
@@ -436,7 +449,8 @@ class MLPHead(Head):
                 if step >= total:
                     break
             record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, seen),
-                      "train_s": round(time.perf_counter() - started, 3)}  # the steps, data waits included
+                      "train_s": round(time.perf_counter() - started, 3),  # the steps, data waits included
+                      "data_wait_s": round(sum(waits), 3), "first_batch_s": round(waits[0] if waits else 0.0, 3)}
             if n_val:
                 self.model_, self.device_, self.precision_ = model, device, precision
                 started = time.perf_counter()
