@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -135,3 +135,9 @@ bench-options: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/options.py --store $(DEMO)/demo.zarr --workdir benchmarks/.cache/options-demo --out benchmarks/results/beyond/options_demo.md
 	nice -n 10 $(BIN)/python benchmarks/options.py --store $(PLANTED) --workdir benchmarks/.cache/options-planted --out benchmarks/results/beyond/options_planted.md \
 		--mlp-hidden 512 --mlp-epochs 3
+
+# The machine's peaks (matmul bf16/fp16/fp32 at the models' shapes, memory bandwidth) and every hot path
+# against them (MLP plain loop vs the head cached/streamed, kNN, ovr, evaluation): benchmarks/results/roofline.md.
+# Makes a planted HARRISON-size store in benchmarks/.cache/roofline if missing; ~20 minutes on 2 busy cores.
+bench-roofline: $(STAMP)
+	nice -n 10 $(BIN)/python benchmarks/roofline.py --device $(DEVICE)

@@ -25,8 +25,9 @@ planted HARRISON-size store.
 bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present.
 
 The training rows come from a `TrainingData` (a store's rows, block by block). Up to
-`cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory as float16 and each epoch
-is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
+`cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory, standardised in the first
+layer's input dtype (`TrainInput`: bf16 under bf16 autocast, the size of the stored float16),
+and each epoch is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
 epoch, rows shuffled within a buffer of `buffer_blocks` blocks, read by `workers` prefetching
 processes, so memory stays that of the buffers however many rows there are. Both paths hold
 out the same validation rows (val_fraction, at most VAL_ROWS) and take the standardisation
@@ -38,6 +39,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,16 +121,52 @@ def training_stats(data: TrainingData, train_mask: np.ndarray, world: ddp.World 
     return mean.astype(np.float32), std, positives / n, (np.concatenate(held_x), np.concatenate(held_y))
 
 
-def memory_epochs(data: TrainingData, train_mask: np.ndarray, batch: int, gen: torch.Generator):
-    """The cached path: every training row in memory as float16 (and labels as uint8), each
-    epoch a fresh permutation of them cut into batches. Endless: the caller stops."""
-    X, Y = data.to_arrays()
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float16))
-    Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.uint8))
-    order = torch.from_numpy(np.flatnonzero(train_mask))
+class TrainInput:
+    """Rows as the first Linear reads them in training: standardised with the training
+    statistics, in the dtype of that layer's matmul (bf16 or fp16 under autocast, else float32).
+
+    Under autocast the model's own `Standardize` computes in float32 and autocast then rounds
+    the result to bf16/fp16: this does the same arithmetic, so the values are bit-identical, but
+    once per row (the cached path) or in the loader's worker (the streamed path), not on the
+    training step's critical path; the step then runs the layers after `Standardize`.
+    Picklable, so spawned loader workers get it."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, precision: str) -> None:
+        self.mean, self.std = torch.from_numpy(np.asarray(mean, np.float32)), torch.from_numpy(np.asarray(std, np.float32))
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+    def __call__(self, X: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(X)).float()  # a new float32 tensor: the in-place ops below are safe
+        return x.sub_(self.mean).div_(self.std).to(self.dtype)
+
+
+def memory_epochs(data: TrainingData, train_mask: np.ndarray, batch: int, gen: torch.Generator,
+                  prepare: TrainInput | None = None):
+    """The cached path: every training row in memory (as `prepare` makes it, block by block;
+    without it as stored, float16) with its labels as uint8, each epoch a fresh permutation of
+    them cut into batches. Endless: the caller stops."""
+    n, parts_y, at = int(train_mask.sum()), [], 0
+    Xt = None
+    for i, (X, Y) in enumerate(data.blocks()):
+        keep = train_mask[data.bounds[i]:data.bounds[i + 1]]
+        x = prepare(X[keep]) if prepare is not None else torch.from_numpy(np.asarray(X[keep], dtype=np.float16))
+        if Xt is None:
+            Xt = torch.empty((n, data.n_features), dtype=x.dtype)
+        Xt[at : at + len(x)] = x
+        parts_y.append(np.asarray(Y[keep], dtype=np.uint8))
+        at += len(x)
+    Yt = torch.from_numpy(np.concatenate(parts_y) if parts_y else np.zeros((0, data.n_classes), np.uint8))
+    if Xt is None:
+        Xt = torch.zeros((0, data.n_features))
     while True:
-        perm = order[torch.randperm(len(order), generator=gen)]
-        yield ((Xt[idx], Yt[idx]) for idx in (perm[i : i + batch] for i in range(0, len(perm), batch)))
+        perm = torch.randperm(n, generator=gen)
+        yield ((Xt[idx], Yt[idx]) for idx in (perm[i : i + batch] for i in range(0, n, batch)))
+
+
+def input_bytes(data: TrainingData, precision: str) -> int:
+    """Bytes the cached path holds: the training rows in the first layer's input dtype, labels."""
+    width = 4 if precision == "fp32" else 2
+    return data.n_rows * (data.n_features * width + data.n_classes)
 
 
 class BlockStream(torch.utils.data.IterableDataset):
@@ -136,8 +174,9 @@ class BlockStream(torch.utils.data.IterableDataset):
 
     Per epoch the block order is a fresh seeded permutation; worker w of W takes every W-th
     block of it (a disjoint share, so each block is read once an epoch), fills a buffer of
-    `buffer_blocks` blocks, shuffles the rows in it and yields batches of float16 features and
-    uint8 labels (converted to float32 on the device, per batch). Rows left over when a buffer
+    `buffer_blocks` blocks, shuffles the rows in it and yields batches of features, as stored
+    (float16) or as `prepare` makes them (`TrainInput`: standardised, in the first layer's
+    dtype), and uint8 labels (converted to float32 on the device, per batch). Rows left over when a buffer
     runs dry are carried into the next, so every training row is seen once an epoch. Memory:
     the buffer, about buffer_blocks x 4 MB per worker, whatever the number of rows.
 
@@ -145,9 +184,14 @@ class BlockStream(torch.utils.data.IterableDataset):
     (a user's albums), a larger buffer mixes more; the validation comparison in
     benchmarks/results/mlp_stream.md measures the effect at the default."""
 
-    def __init__(self, data: TrainingData, train_mask: np.ndarray, batch: int, buffer_blocks: int, seed: int) -> None:
+    def __init__(self, data: TrainingData, train_mask: np.ndarray, batch: int, buffer_blocks: int, seed: int,
+                 prepare: TrainInput | None = None) -> None:
         self.data, self.train_mask, self.batch = data, train_mask, batch
         self.buffer_blocks, self.seed, self.epoch = buffer_blocks, seed, -1
+        self.prepare = prepare  # applied per batch, in the worker process when there is one
+
+    def _x(self, X: np.ndarray) -> torch.Tensor:
+        return self.prepare(X) if self.prepare is not None else torch.from_numpy(X)
 
     def __iter__(self):
         self.epoch += 1  # each pass is the next epoch, in this process and in each (persistent) worker alike
@@ -169,11 +213,11 @@ class BlockStream(torch.utils.data.IterableDataset):
             full = len(X) - len(X) % self.batch
             for i in range(0, full, self.batch):
                 idx = perm[i : i + self.batch]
-                yield torch.from_numpy(X[idx]), torch.from_numpy(Y[idx])
+                yield self._x(X[idx]), torch.from_numpy(Y[idx])
             rest = perm[full:]
             carry_x, carry_y = [X[rest]], [Y[rest]]
         if carry_x and len(carry_x[0]):
-            yield torch.from_numpy(carry_x[0]), torch.from_numpy(carry_y[0])
+            yield self._x(carry_x[0]), torch.from_numpy(carry_y[0])
 
     def loader(self, workers: int, pin_memory: bool = False):
         """Endless epochs, each a pass over the blocks (the caller stops). With `workers` > 0 the
@@ -191,6 +235,19 @@ class BlockStream(torch.utils.data.IterableDataset):
 
 
 PRESET = "the preset's"
+
+
+def timed(batches, waits: list[float]):
+    """The batches, each one's wait for the data path appended to `waits` (seconds): a streamed
+    epoch that starves the model shows here, and the first wait holds the loader's start."""
+    batches = iter(batches)
+    while True:
+        started = time.perf_counter()
+        item = next(batches, None)
+        if item is None:
+            return
+        waits.append(time.perf_counter() - started)
+        yield item
 
 
 def caffe_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -333,7 +390,7 @@ class MLPHead(Head):
                                  f"fewer than the {world.size} processes, which train on whole blocks; use fewer")
             mine = ddp.share(data.n_blocks, world)
             data, train_mask = data.subset(mine), train_mask[data.positions(mine)]
-        stream = self.cache == "stream" or (self.cache == "auto" and data.nbytes > self.cache_limit_gb * 2**30)
+        stream = self.cache == "stream" or (self.cache == "auto" and input_bytes(data, precision) > self.cache_limit_gb * 2**30)
         mean, std, prior, (Xv, Yv) = training_stats(data, train_mask, world)
         model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
         model[0].mean.copy_(torch.from_numpy(mean))
@@ -369,25 +426,26 @@ class MLPHead(Head):
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         watch = Validation(Yv, world)
         step_rows = batch // world.size  # rows a process takes a step
-        train_model = model
+        prepare = TrainInput(mean, std, precision)  # the rows arrive standardised: train past model[0]
+        train_model = model[1:]  # a view: the same Linear modules
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            train_model = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+            train_model = DistributedDataParallel(train_model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
         if stream:
-            source = BlockStream(data, train_mask, step_rows, self.buffer_blocks, self.random_state)
+            source = BlockStream(data, train_mask, step_rows, self.buffer_blocks, self.random_state, prepare)
             epochs = source.loader(self.workers, pin_memory=device.type == "cuda")
         else:
-            epochs = memory_epochs(data, train_mask, step_rows, gen)
+            epochs = memory_epochs(data, train_mask, step_rows, gen, prepare)
         history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
         step, bar = 0, tqdm(total=total, desc="mlp", unit="it", disable=None if world.writer else True, leave=False)
         for batches in epochs:
             if world.distributed:  # the same number of steps on every rank, or DDP waits forever
                 batches = itertools.islice(batches, per_epoch)
             model.train()
-            running, seen = 0.0, 0
-            for xb, yb in batches:
-                xb = xb.to(device, non_blocking=True).float()
+            running, seen, started, waits = 0.0, 0, time.perf_counter(), []
+            for xb, yb in timed(batches, waits):
+                xb = xb.to(device, non_blocking=True)
                 yb = yb.to(device, non_blocking=True).float()
                 with autocast(device, precision):
                     loss = training_loss(train_model(xb).float(), yb, cfg)
@@ -404,10 +462,14 @@ class MLPHead(Head):
                     bar.set_postfix(loss=f"{running / seen:.4f}")
                 if step >= total:
                     break
-            record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, seen)}
+            record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, seen),
+                      "train_s": round(time.perf_counter() - started, 3),  # the steps, data waits included
+                      "data_wait_s": round(sum(waits), 3), "first_batch_s": round(waits[0] if waits else 0.0, 3)}
             if n_val:
                 self.model_, self.device_, self.precision_ = model, device, precision
+                started = time.perf_counter()
                 record[watch.key], gain = watch.score(self, Xv, Yv)
+                record["val_s"] = round(time.perf_counter() - started, 3)
                 if gain > best:
                     best, stale, best_epoch = gain, 0, record["epoch"]
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
