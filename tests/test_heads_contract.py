@@ -48,6 +48,13 @@ def test_shapes_and_finite_scores(head_name):
     assert np.allclose(head.predict_proba(X[:1]), scores[:1])
 
 
+def test_every_declared_parameter_is_a_constructor_argument(head_name):
+    """param_spec and __init__ name the same parameters: a subclass that inherits its parent's
+    spec but not a new constructor argument would list a parameter nobody can set."""
+    klass = HEADS[head_name]
+    assert set(klass.param_spec) == set(klass().get_params())
+
+
 def test_set_params_and_clone_round_trip(head_name):
     head = small(head_name)
     copy = clone(head)  # scikit-learn's clone: rebuilds from get_params and checks each comes back as given

@@ -38,7 +38,7 @@ import numpy as np
 
 from hashtagkit.heads.base import Param
 from hashtagkit.heads.data import TrainingData
-from hashtagkit.heads.knn import EXACT_LIMIT, INDEX_MB, KNNHead
+from hashtagkit.heads.knn import EXACT_LIMIT, INDEX_MB, TARGET_RECALL, KNNHead
 from hashtagkit.heads.projection import SPREAD
 
 LOO_ROWS = 10_000  # leave-one-out rows: 10,000 x 997 votes are 40 MB of float32
@@ -93,10 +93,11 @@ class TagPropHead(KNNHead):
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
                  batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, index_mb: float = INDEX_MB,
-                 random_state: int = 0, weighting: str = "learned", sigmoid: str = "fit",
-                 loo_rows: int = LOO_ROWS) -> None:
+                 target_recall: float | None = TARGET_RECALL, random_state: int = 0, weighting: str = "learned",
+                 sigmoid: str = "fit", loo_rows: int = LOO_ROWS) -> None:
         super().__init__(k=k, temperature=temperature, pca=pca, index=index, batch_size=batch_size,
-                         exact_limit=exact_limit, index_mb=index_mb, random_state=random_state)
+                         exact_limit=exact_limit, index_mb=index_mb, target_recall=target_recall,
+                         random_state=random_state)
         self.weighting = weighting
         self.sigmoid = sigmoid
         self.loo_rows = loo_rows
