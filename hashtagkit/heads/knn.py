@@ -260,10 +260,21 @@ class KNNHead(Head):
         out = np.zeros((len(X), self.n_classes_), dtype=np.float32)
         for start in range(0, len(X), self.batch_size):
             sims, ids = self._neighbours(X[start : start + self.batch_size])
-            weights = np.exp((sims - sims[:, :1]) / self.temperature)  # shifted: no overflow, same ratios
-            weights[ids < 0] = 0
-            out[start : start + len(sims)] = self._votes(ids, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+            out[start : start + len(sims)] = self._weighted_votes(sims, ids, self._vote_temperature())
         return out
+
+    def _vote_temperature(self) -> float:
+        """The T of the votes' weights exp(similarity / T): the parameter (tagprop learns its own)."""
+        return self.temperature
+
+    def _weighted_votes(self, sims: np.ndarray, ids: np.ndarray, temperature: float) -> np.ndarray:
+        """(b, C) scores of a batch's neighbours: each votes for its hashtags with weight
+        exp(similarity / T), divided by the weights' sum (missing neighbours, id -1, weigh 0)."""
+        if sims.shape[1] == 0:
+            return np.zeros((len(sims), self.n_classes_), dtype=np.float32)
+        weights = np.exp((sims - sims[:, :1]) / temperature)  # shifted: no overflow, same ratios
+        weights[ids < 0] = 0
+        return self._votes(ids, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 
     def _votes(self, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(b, C) summed weights of the neighbours' hashtags, from the compact label lists:

@@ -152,12 +152,8 @@ class TagPropHead(KNNHead):
         """The weighted votes (n, C) of these neighbours: knn's arithmetic, batch by batch."""
         out = np.zeros((len(sims), self.n_classes_), dtype=np.float32)
         for start in range(0, len(sims), self.batch_size):
-            s, i = sims[start : start + self.batch_size], ids[start : start + self.batch_size]
-            if s.shape[1] == 0:
-                continue
-            weights = np.exp((s - s[:, :1]) / temperature)  # shifted: no overflow, same ratios
-            weights[i < 0] = 0
-            out[start : start + len(s)] = self._votes(i, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+            stop = start + self.batch_size
+            out[start:stop] = self._weighted_votes(sims[start:stop], ids[start:stop], temperature)
         return out
 
     def _loglik(self, log_scale: float, sims: np.ndarray, ids: np.ndarray, Y: np.ndarray) -> float:
@@ -177,14 +173,11 @@ class TagPropHead(KNNHead):
         return 1.0 / math.exp(best), self._loglik(best, sims, ids, Y)
 
     # --- scoring ------------------------------------------------------------------------------
+    def _vote_temperature(self) -> float:
+        return self.temperature_
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_x(X)
-        out = np.zeros((len(X), self.n_classes_), dtype=np.float32)
-        for start in range(0, len(X), self.batch_size):
-            sims, ids = self._neighbours(X[start : start + self.batch_size])
-            weights = np.exp((sims - sims[:, :1]) / self.temperature_)  # knn's arithmetic at the learned T
-            weights[ids < 0] = 0
-            out[start : start + len(sims)] = self._votes(ids, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        out = super().predict_proba(X)  # knn's votes at the learned T
         if self.sigmoid == "fit":
             out = 1.0 / (1.0 + np.exp(-np.clip(self.alpha_ * out + self.beta_, -50, 50)))
             out[:, ~self.has_positive_] = 0  # no training positive: no evidence, as knn scores it
