@@ -45,19 +45,12 @@ class Preprocessing:
         benchmarks/results/extract_throughput.md, "Decode paths")."""
         from torchvision.transforms.v2 import functional as F
 
-        h, w = x.shape[-2:]
-        if isinstance(self.resize, tuple):
-            out_h, out_w = self.resize
-        else:
-            scale = self.resize / min(w, h)
-            out_h, out_w = round(h * scale), round(w * scale)
-        if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
-            size = list(self.resize) if isinstance(self.resize, tuple) else [self.resize]
-            return F.center_crop(F.resize(x, size, antialias=True), [self.crop, self.crop])
-        box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
-        top, left = round((h - box_h) / 2), round((w - box_w) / 2)
-        box = x[..., top : top + round(box_h), left : left + round(box_w)]
-        return F.resize(box, [self.crop, self.crop], antialias=True)
+        size, box = self._geometry(int(x.shape[-1]), int(x.shape[-2]))
+        if box is None:
+            return F.center_crop(F.resize(x, size if isinstance(size, list) else [size], antialias=True),
+                                 [self.crop, self.crop])
+        left, top, right, bottom = box
+        return F.resize(x[..., top:bottom, left:right], [self.crop, self.crop], antialias=True)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB pixels (N, 3, H, W), on any device -> the float32 input the weights expect."""
@@ -73,19 +66,26 @@ class Preprocessing:
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Resize then centre-crop; for an extreme aspect ratio (a 20000x2 strip would be resized
         to 2,560,000x256 pixels: gigabytes and seconds) resize only the source box the crop keeps."""
-        w, h = image.size
+        size, box = self._geometry(*image.size)
+        if box is None:
+            return center_crop(resize(image, size), self.crop)
+        return resize(image.crop(box), [self.crop, self.crop])
+
+    def _geometry(self, w: int, h: int) -> tuple[list[int] | int | None, tuple[int, int, int, int] | None]:
+        """How a w x h image is resized and cropped, for Pillow and tensor images alike: (size,
+        None) for the usual resize then centre crop, or (None, box) when the aspect ratio is so
+        extreme that the resized image would be huge: then only the source box (left, top,
+        right, bottom) the crop keeps is resized, straight to crop x crop."""
         if isinstance(self.resize, tuple):
             out_h, out_w = self.resize
         else:
             scale = self.resize / min(w, h)
             out_h, out_w = round(h * scale), round(w * scale)
         if max(out_h, out_w) <= 4 * max(self.resize if isinstance(self.resize, tuple) else (self.resize,)):
-            size = list(self.resize) if isinstance(self.resize, tuple) else self.resize
-            return center_crop(resize(image, size), self.crop)
+            return (list(self.resize) if isinstance(self.resize, tuple) else self.resize), None
         box_h, box_w = max(1.0, self.crop * h / out_h), max(1.0, self.crop * w / out_w)
         top, left = round((h - box_h) / 2), round((w - box_w) / 2)
-        box = image.crop((left, top, left + round(box_w), top + round(box_h)))
-        return resize(box, [self.crop, self.crop])
+        return None, (left, top, left + round(box_w), top + round(box_h))
 
     def describe(self) -> dict:
         d = asdict(self)
