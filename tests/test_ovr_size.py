@@ -30,7 +30,7 @@ def test_store_blocks_fit_the_same_models_as_arrays(tmp_path):
 def test_max_rows_caps_the_rows_the_models_see():
     X, Y = blobs(3000, 16)
     capped = OVRHead(pca=8, max_rows=500, n_jobs=1).fit_data(ArrayData(X[:2500], Y[:2500], block_rows=128))
-    assert capped.fit_report() == {"rows_fitted": 500, "rows": 2500, "pca_fit_rows": 2500, "classes_fitted": Y.shape[1]}
+    assert capped.fit_report().items() >= {"rows_fitted": 500, "rows": 2500, "pca_fit_rows": 2500, "classes_fitted": Y.shape[1]}.items()
     full = OVRHead(pca=8, n_jobs=1).fit(X[:2500], Y[:2500])
     assert not np.allclose(capped.coef_, full.coef_)  # another set of rows ...
     popular = np.tile(Y[:2500].mean(0), (500, 1))
