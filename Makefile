@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
