@@ -101,7 +101,7 @@ def main() -> None:
               "Peak RSS: own = the fit process's ru_maxrss (os.wait4); tree = the sampled peak of the fit process "
               "and its spawned loader workers together (each worker holds its buffer of blocks, about "
               "buffer_blocks x 4 MB, plus torch's import).", "",
-              f"Machine: {platform.platform()}, {os.cpu_count()} cores, shared with other helpers' benchmarks; "
+              f"Machine: {platform.platform()}, {os.cpu_count()} cores; "
               f"load average before {load0[0]:.1f}, after {load1[0]:.1f}. Python {platform.python_version()}, "
               f"torch {torch.__version__}, numpy {np.__version__}."]
     args.out.write_text("\n".join(lines) + "\n")

@@ -407,7 +407,7 @@ def provenance_lines(args, load0, load1, started: float) -> list[str]:
     return [f"Command: `{' '.join(['benchmarks/roofline.py'] + sys.argv[1:])}` (run with `nice -n 10`), "
             f"{time.time() - started:.0f} s in all.", "",
             f"Machine: {cpu}, {os.cpu_count()} cores ({', '.join(isa) or 'no bf16/AMX flags'}), "
-            f"{platform.platform()}; shared with other helpers' jobs: load average before {load0[0]:.1f}, "
+            f"{platform.platform()}; load average before {load0[0]:.1f}, "
             f"after {load1[0]:.1f} (1-minute).",
             f"Versions: Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads), numpy {np.__version__}, "

@@ -292,7 +292,7 @@ def main() -> None:
         "# Extraction against the peak (VGG-16 to fc7)",
         "",
         f"`{command}`, {provenance.now()}, commit {commit()}; load average {load_before} before, "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after (a machine shared with other jobs).",
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, "
         f"AMX {getattr(torch.cpu, '_is_amx_tile_supported', lambda: False)()}, AVX-512 bf16 "
         f"{getattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)()}. Versions: Python {v.get('python')}, "
