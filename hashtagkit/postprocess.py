@@ -36,13 +36,12 @@ import numpy as np
 
 from hashtagkit import rerank as cooc
 from hashtagkit.errors import InputError
-from hashtagkit.heads.data import StoreData, TrainingData
+from hashtagkit.heads.data import VAL_ROWS, StoreData, TrainingData
 from hashtagkit.thresholds import MIN_POSITIVES, THRESHOLDS, choose_thresholds
 
 POSTPROCESS_FILE = "postprocess.npz"
 RERANKS = ("none", "cooc")
 VAL_FRACTION = 0.1
-VAL_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -132,15 +131,6 @@ def _score_rows(head, data: TrainingData, keep: np.ndarray | None = None) -> tup
     return np.concatenate(parts_s), np.concatenate(parts_y)
 
 
-def held_out_blocks(data: TrainingData, seed: int) -> np.ndarray:
-    """Seeded whole blocks holding about VAL_FRACTION of the rows (at most VAL_ROWS, at least
-    one block), never all of them; needs two blocks at least."""
-    order = np.random.default_rng([seed, 15]).permutation(data.n_blocks)
-    want = max(1, min(int(VAL_FRACTION * data.n_rows), VAL_ROWS))
-    enough = int(np.searchsorted(np.cumsum(data.block_sizes()[order]), want)) + 1
-    return np.sort(order[: min(enough, data.n_blocks - 1)])
-
-
 def held_out_parts(data: TrainingData, seed: int) -> tuple[TrainingData, TrainingData, np.ndarray]:
     """(rows to fit the clone on, held-out rows, their positions): whole blocks when there are
     two or more (`TrainingData.subset`); a single block (a small store, or a head that reads
@@ -149,7 +139,7 @@ def held_out_parts(data: TrainingData, seed: int) -> tuple[TrainingData, Trainin
     from hashtagkit.heads.data import ArrayData
 
     if data.n_blocks >= 2:
-        blocks = held_out_blocks(data, seed)
+        blocks = data.held_out_blocks(VAL_FRACTION, VAL_ROWS, np.random.default_rng([seed, 15]))
         rest = np.setdiff1d(np.arange(data.n_blocks), blocks)
         return data.subset(rest), data.subset(blocks), data.positions(blocks)
     if data.n_rows < 2:

@@ -27,6 +27,7 @@ import numpy as np
 
 from hashtagkit.heads.base import refuse_nonfinite_features
 
+VAL_ROWS = 10_000  # a validation part's rows at most (the MLP's early stopping, fusion, a run's calibration)
 BLOCK_ROWS = 4096  # rows per block of an ArrayData: ~64 MB of float32 at 4,096 x 8,192 ... less as float16
 
 
@@ -92,6 +93,15 @@ class TrainingData:
         enough = int(np.searchsorted(np.cumsum(self.block_sizes()[order]), k)) + 1
         pool = self.positions(order[:enough])
         return np.sort(rng.choice(pool, k, replace=False))
+
+    def held_out_blocks(self, fraction: float, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+        """Seeded whole blocks (ascending) holding about `fraction` of the rows, at most
+        `max_rows` and at least one row, never every block: a validation part read as chunks,
+        like any training data (fusion's weights, a run's re-ranking and thresholds)."""
+        order = rng.permutation(self.n_blocks)
+        want = max(1, min(int(self.n_rows * fraction), max_rows))
+        enough = int(np.searchsorted(np.cumsum(self.block_sizes()[order]), want)) + 1
+        return np.sort(order[: min(enough, self.n_blocks - 1)])
 
     def subset(self, blocks: Sequence[int]) -> TrainingData:
         """The rows of these blocks, as TrainingData of the same kind (a DDP rank's share, a

@@ -54,9 +54,8 @@ import numpy as np
 
 from hashtagkit import metrics
 from hashtagkit.heads.base import Head, InvalidParameterError, Param
-from hashtagkit.heads.data import ArrayData, TrainingData
+from hashtagkit.heads.data import VAL_ROWS, ArrayData, TrainingData
 
-VAL_ROWS = 10_000  # validation rows at most (the MLP's cap, heads/mlp.py): R@5 on 10,000 rows varies by ~0.4 points
 MIN_BLOCKS = 20  # fewer blocks than this: re-cut in memory, so the validation part is not one coarse block
 FUSION_FILE, COMPONENTS_DIR = "fusion.json", "components"
 METRICS = {"recall@5": metrics.recall_at_k, "precision@1": metrics.precision_at_k, "accuracy@5": metrics.accuracy_at_k}
@@ -226,11 +225,8 @@ class FusionHead(Head):
         val_fraction of the rows (at most VAL_ROWS, at least one row, never every block)."""
         if data.n_blocks < MIN_BLOCKS:
             data = ArrayData(*data.to_arrays(), block_rows=math.ceil(data.n_rows / MIN_BLOCKS))
-        rng = np.random.default_rng([self.random_state, 2])
-        want = max(1, min(int(data.n_rows * self.val_fraction), VAL_ROWS))
-        order = rng.permutation(data.n_blocks)
-        take = min(int(np.searchsorted(np.cumsum(data.block_sizes()[order]), want)) + 1, data.n_blocks - 1)
-        return data, data.subset(np.sort(order[take:])), data.subset(np.sort(order[:take]))
+        val = data.held_out_blocks(self.val_fraction, VAL_ROWS, np.random.default_rng([self.random_state, 2]))
+        return data, data.subset(np.setdiff1d(np.arange(data.n_blocks), val)), data.subset(val)
 
     def _choose_weights(self, fitted: list[Head], val: TrainingData) -> tuple[np.ndarray, dict]:
         """Score the validation part with every component (normalised, float32: n_val x C each),

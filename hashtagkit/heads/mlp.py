@@ -49,7 +49,7 @@ from torch import nn
 from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head, InvalidParameterError, Param
-from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.data import VAL_ROWS, TrainingData
 from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, training_loss
 
 PRESETS = {
@@ -67,7 +67,6 @@ MODEL_FILE, HISTORY_FILE = "model.pt", "history.json"
 CACHE_LIMIT_GB = 4.0
 # Validation rows for early stopping: val_fraction of the training rows, at most this many, held
 # in memory as float16 (160 MB at 8,192 columns): Recall@5 on 10,000 rows varies by ~0.4 points.
-VAL_ROWS = 10_000
 
 
 class Standardize(nn.Module):
