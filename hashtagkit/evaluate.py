@@ -84,12 +84,10 @@ class SplitScorer:
 
     def batches(self, batch_size: int = EVAL_BATCH):
         """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of `rows`."""
-        for scores, labels, seconds in _scored_batches(self.store, self.head, self.view, self.rows, batch_size):
-            if self.post is not None:  # as the run answers
-                t0 = time.perf_counter()
-                scores = self.post.apply(scores)
-                seconds += time.perf_counter() - t0
-            yield scores, labels, seconds
+        for X, labels in _batches(self.store, self.head, self.view, self.rows, batch_size):
+            t0 = time.perf_counter()
+            scores = self._answer(X)
+            yield scores, labels, time.perf_counter() - t0
 
     def score(self, positions: np.ndarray | None = None) -> ScoredSplit:
         """The scores of `rows[positions]` (every row when None) in one matrix."""
@@ -97,11 +95,14 @@ class SplitScorer:
         labels = self.store.labels(rows)
         X = design_matrix(self.store, self.head, self.view, rows)
         t0 = time.perf_counter()
-        scores = self.head.predict_proba(X)
-        if self.post is not None:  # as the run answers
-            scores = self.post.apply(scores)
+        scores = self._answer(X)
         return ScoredSplit(self.record, self.head, self.store, self.split, rows, labels, scores, self.skipped,
                            time.perf_counter() - t0)
+
+    def _answer(self, X: np.ndarray) -> np.ndarray:
+        """The head's scores of these rows as the run answers: re-ranked when it says so."""
+        scores = self.head.predict_proba(X)
+        return scores if self.post is None else self.post.apply(scores)
 
 
 def open_split(run_dir: str | Path, split: str = "test", store_path: str | Path | None = None,
@@ -151,14 +152,6 @@ def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, 
     X = (np.concatenate([x for _, x, _ in parts]) if needs_features
          else np.zeros((len(picked), 0), dtype=np.float32))
     return picked, X, np.concatenate([y for _, _, y in parts])
-
-
-def _scored_batches(store: Store, head: Head, view: str, rows: np.ndarray, batch_size: int):
-    """(scores, labels, seconds in predict_proba) batch by batch, in the order of `rows`."""
-    for X, labels in _batches(store, head, view, rows, batch_size):
-        t0 = time.perf_counter()
-        scores = head.predict_proba(X)
-        yield scores, labels, time.perf_counter() - t0
 
 
 def evaluate_run(

@@ -107,8 +107,8 @@ def test_show_streams_the_split_and_scores_only_the_drawn_photos(demo_run, tmp_p
     store, run = demo_run
     scored = score_split(run)
     want = scored.rows[select_rows(recall_per_image(scored.scores, scored.labels, 5), 4, "worst", seed=2)]
-    batched = evaluate._scored_batches
-    monkeypatch.setattr(evaluate, "_scored_batches", lambda st, h, v, r, b: batched(st, h, v, r, 7))
+    batched = evaluate._batches
+    monkeypatch.setattr(evaluate, "_batches", lambda st, h, v, r, b: batched(st, h, v, r, 7))
     sizes = []
     predict = Head.predict_proba if type(scored.head).predict_proba is Head.predict_proba else type(scored.head).predict_proba
     monkeypatch.setattr(type(scored.head), "predict_proba", lambda self, X: sizes.append(len(X)) or predict(self, X))
