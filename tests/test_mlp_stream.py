@@ -1,11 +1,14 @@
 """The MLP streams its training data (issue #13, item 2): the statistics of one pass over the
 blocks equal the whole-matrix ones, an epoch of `BlockStream` yields every training row exactly
 once (in process and from spawned workers), the streamed path never reads the data whole, and
-streamed and cached training reach the same quality."""
+streamed and cached training reach the same quality. Issue #16: in process the blocks are read
+by a thread ahead of the model (`prefetched`), the default on 2 cores or fewer."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from click.testing import CliRunner
 from hashtagkit import metrics
 from hashtagkit.cli.main import cli
 from hashtagkit.heads.data import ArrayData, StoreData
-from hashtagkit.heads.mlp import VAL_ROWS, BlockStream, MLPHead, training_stats
+from hashtagkit.heads.mlp import VAL_ROWS, BlockStream, MLPHead, default_workers, prefetched, training_stats
 
 from .conftest import make_store, run_cli
 
@@ -119,3 +122,54 @@ def test_fit_streams_from_a_store_through_the_cli_with_a_worker(tmp_path):
     assert record["fit_report"]["data"] == "stream" and record["params"]["workers"] == 1
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "run"), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["n_images"] == 15
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mlp-prefetch"]
+
+
+def test_prefetched_yields_the_items_in_order_and_reads_ahead():
+    produced = []
+
+    def items():
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    it = prefetched(items(), depth=3)
+    assert next(it) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 5 and time.monotonic() < deadline:  # the thread fills the queue meanwhile
+        time.sleep(0.01)
+    assert len(produced) == 5  # one taken, 3 queued, one waiting to be put: no further
+    assert [0] + list(it) == list(range(50))
+    assert not prefetch_threads()
+
+
+def test_prefetched_raises_the_producers_error_in_the_consumer():
+    def items():
+        yield 1
+        raise ValueError("store rows 7 have non-finite features")
+
+    it = prefetched(items(), depth=2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="non-finite"):
+        next(it)
+    assert not prefetch_threads()
+
+
+def test_prefetched_stops_its_thread_when_the_consumer_stops_early():
+    it = prefetched(iter(range(10**9)), depth=2)  # endless for the test's purposes
+    assert next(it) == 0
+    assert prefetch_threads()
+    it.close()  # what a training loop that breaks at its last step does, by dropping the generator
+    assert not prefetch_threads()
+
+
+def test_default_workers_read_in_a_thread_on_small_machines(tmp_path):
+    assert default_workers(1) == 0 and default_workers(2) == 0 and default_workers(8) == 1
+    store = make_store(tmp_path / "s.zarr", n=200, chunk_rows=16)
+    head = MLPHead(hidden=8, epochs=1, cache="stream").fit_data(StoreData(store, "both", store.split_rows("train")))
+    assert head.workers is None  # the parameter stays as given; the history says what ran
+    assert head.history_["workers"] == default_workers()
+    assert not prefetch_threads()

@@ -28,7 +28,8 @@ The training rows come from a `TrainingData` (a store's rows, block by block). U
 `cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory, standardised in the first
 layer's input dtype (`TrainInput`: bf16 under bf16 autocast, the size of the stored float16),
 and each epoch is a fresh permutation; above it they are streamed (`BlockStream`): block order shuffled per
-epoch, rows shuffled within a buffer of `buffer_blocks` blocks, read by `workers` prefetching
+epoch, rows shuffled within a buffer of `buffer_blocks` blocks, read ahead of the model by a
+thread of this process (`workers=0`, the default on 2 cores or fewer) or by `workers` loader
 processes, so memory stays that of the buffers however many rows there are. Both paths hold
 out the same validation rows (val_fraction, at most VAL_ROWS) and take the standardisation
 statistics and the prior from one pass over the blocks; `cache=memory|stream` forces a path.
@@ -39,6 +40,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -222,10 +226,11 @@ class BlockStream(torch.utils.data.IterableDataset):
         """Endless epochs, each a pass over the blocks (the caller stops). With `workers` > 0 the
         blocks are read and shuffled by that many persistent processes that keep 4 batches each
         ready ahead of the model. They are spawned, not forked: a fork would inherit the Zarr
-        store's I/O thread half-alive; a StoreData pickles as its path and rows and reopens."""
+        store's I/O thread half-alive; a StoreData pickles as its path and rows and reopens.
+        With 0 a thread of this process reads ahead (`prefetched`)."""
         if not workers:
             while True:
-                yield iter(self)
+                yield prefetched(iter(self), PREFETCH)
         loader = torch.utils.data.DataLoader(self, batch_size=None, num_workers=workers, prefetch_factor=4,
                                              persistent_workers=True, multiprocessing_context="spawn",
                                              pin_memory=pin_memory)
@@ -234,6 +239,54 @@ class BlockStream(torch.utils.data.IterableDataset):
 
 
 PRESET = "the preset's"
+PREFETCH = 4  # batches read ahead of the model, as the loader processes' prefetch_factor
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Loader processes for the streamed path when `workers` is not given: none on 2 cores or
+    fewer, where a process of its own took the model's cores (streamed steps 382 ms against
+    358 ms with the in-process reading thread and 315 ms cached, one run each: notes in
+    benchmarks/results/roofline.md), else one."""
+    return 0 if (cores or os.cpu_count() or 1) <= 2 else 1
+
+
+def prefetched(items, depth: int):
+    """`items` produced by a thread, up to `depth` ahead of the consumer: the streamed path's
+    block reads and decompression (which release the GIL) overlap the training step instead of
+    adding to it. The thread's exception is raised here; when the consumer stops early (the
+    last step, a closed generator) the thread is told to stop and its buffers are freed."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, end))
+        except BaseException as e:  # handed to the consumer, raised in its thread
+            q.put((e, None))
+
+    thread = threading.Thread(target=produce, name="mlp-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = q.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def timed(batches, waits: list[float]):
@@ -306,7 +359,8 @@ class MLPHead(Head):
         "cache": Param(str, choices=("auto", "memory", "stream")),
         "cache_limit_gb": Param(float, low=0),
         "buffer_blocks": Param(int, low=1),
-        "workers": Param(int, low=0, high=64),
+        "workers": Param(int, low=0, high=64, none=True,
+                         none_means="0 on 2 cores or fewer (a reading thread), else 1 loader process"),
         "device": Param(str, choices=DEVICES),
         "precision": Param(str, choices=PRECISIONS),
         "random_state": Param(int, low=0, high=2**32 - 1),
@@ -320,7 +374,7 @@ class MLPHead(Head):
                  batch_size: int | None = None, iterations: int | None = None, epochs: int | None = None,
                  weight_decay: float | None = None, momentum: float | None = None, val_fraction: float | None = None,
                  patience: int | None = None, cache: str = "auto", cache_limit_gb: float = CACHE_LIMIT_GB,
-                 buffer_blocks: int = 16, workers: int = 1, device: str = "auto", precision: str = "auto", random_state: int = 0,
+                 buffer_blocks: int = 16, workers: int | None = None, device: str = "auto", precision: str = "auto", random_state: int = 0,
                  loss: str = "bce", asl_gamma_pos: float = ASL_DEFAULTS["asl_gamma_pos"],
                  asl_gamma_neg: float = ASL_DEFAULTS["asl_gamma_neg"], asl_clip: float = ASL_DEFAULTS["asl_clip"]) -> None:
         self.preset = preset
@@ -433,7 +487,8 @@ class MLPHead(Head):
             train_model = DistributedDataParallel(train_model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
         if stream:
             source = BlockStream(data, train_mask, step_rows, self.buffer_blocks, self.random_state, prepare)
-            epochs = source.loader(self.workers, pin_memory=device.type == "cuda")
+            workers = default_workers() if self.workers is None else self.workers
+            epochs = source.loader(workers, pin_memory=device.type == "cuda")
         else:
             epochs = memory_epochs(data, train_mask, step_rows, gen, prepare)
         history, best, best_state, best_epoch, stale = [], -math.inf, None, None, 0
@@ -488,7 +543,7 @@ class MLPHead(Head):
         if world.distributed:  # per process: its part of the global batch, the steps every rank ran an epoch
             self.history_.update({"batch_per_process": step_rows, "steps_per_epoch": per_epoch})
         if stream:
-            self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": self.workers, "blocks": data.n_blocks})
+            self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": workers, "blocks": data.n_blocks})
         if n_val:
             self.history_.update({"val_metric": watch.key, "n_val_untagged": watch.n_untagged, "best_epoch": best_epoch})
         return self
