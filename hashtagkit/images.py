@@ -150,14 +150,16 @@ def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_P
 
 
 def decode_bytes(data: bytes | bytearray | memoryview, allow_truncated: bool = False, *,
-                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+                 max_pixels: int = MAX_PIXELS, draft_side: int = DRAFT_SIDE) -> Image.Image:
     """`decode` for an image held in memory (an upload): the same checks, nothing written to disk."""
     if not len(data):
         raise DecodeError("empty")
-    return _decode(lambda: Image.open(io.BytesIO(bytes(data)), formats=FORMATS), allow_truncated, max_pixels)
+    return _decode(lambda: Image.open(io.BytesIO(bytes(data)), formats=FORMATS), allow_truncated, max_pixels,
+                   draft_side=draft_side)
 
 
-def decode_pil(image: Image.Image, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_pil(image: Image.Image, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS,
+               draft_side: int = DRAFT_SIDE) -> Image.Image:
     """`decode` for a PIL image the caller opened: loaded (if lazy) within the same limits, EXIF
     orientation applied (a no-op on an image already transposed), any mode to 8-bit RGB.
 
@@ -165,21 +167,31 @@ def decode_pil(image: Image.Image, allow_truncated: bool = False, *, max_pixels:
     caller's object is neither reduced (JPEG draft) nor loaded, and threads may share it."""
     filename = getattr(image, "filename", "")
     if getattr(image, "fp", None) is not None and filename:
-        return decode(Path(filename), allow_truncated, max_pixels=max_pixels)
-    return _decode(lambda: nullcontext(image), allow_truncated, max_pixels, own=False)
+        return decode(Path(filename), allow_truncated, max_pixels=max_pixels, draft_side=draft_side)
+    return _decode(lambda: nullcontext(image), allow_truncated, max_pixels, own=False)  # loaded: nothing to reduce
 
 
 def decode_image(source: Image.Image | str | os.PathLike | bytes | bytearray | memoryview,
-                 allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+                 allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS,
+                 draft_side: int = DRAFT_SIDE) -> Image.Image:
     """Any of a path, the bytes of a file or a PIL image -> RGB (see `decode`); bytes are content,
     never a path."""
+    kw = {"max_pixels": max_pixels, "draft_side": draft_side}
     if isinstance(source, Image.Image):
-        return decode_pil(source, allow_truncated, max_pixels=max_pixels)
+        return decode_pil(source, allow_truncated, **kw)
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_bytes(source, allow_truncated, max_pixels=max_pixels)
+        return decode_bytes(source, allow_truncated, **kw)
     if isinstance(source, str | os.PathLike):
-        return decode(Path(source), allow_truncated, max_pixels=max_pixels)
+        return decode(Path(source), allow_truncated, **kw)
     raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
+
+
+def draft_side_of(blocks: list[dict]) -> int:
+    """The JPEG reduction a store's features were extracted with (`extract --decode fast` records
+    it in the blocks' preprocessing), so photos scored later are decoded the same way: a head
+    was trained on those pixels. `gpu` and the default decode at the default side here."""
+    modes = {((b.get("preprocessing") or {}).get("decode") or {}).get("mode", "default") for b in blocks}
+    return FAST_DRAFT_SIDE if modes == {"fast"} else DRAFT_SIDE
 
 
 def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True,

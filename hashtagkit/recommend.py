@@ -31,7 +31,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
-from hashtagkit.images import DecodeError, decode_image
+from hashtagkit.images import DecodeError, decode_image, draft_side_of
 from hashtagkit.postprocess import Postprocess
 from hashtagkit.runs import MODEL_DIR, load_postprocess, read_run
 from hashtagkit.stores.store import mask_view
@@ -117,6 +117,7 @@ class Recommender:
         self.view: str = record.get("features") or "both"
         # features as the store held them (float16 by default): the head was trained on those values
         self.dtype = self.blocks[0].get("dtype", "float16") if self.blocks else "float32"
+        self.draft_side = draft_side_of(self.blocks)  # decoded as the store's photos were
         self.transforms = extractor.transforms if extractor else []
 
     @classmethod
@@ -152,6 +153,7 @@ class Recommender:
             "device": str(ex.device) if ex else None,
             "precision": ex.precision if ex else None,
             "allow_truncated": self.allow_truncated,
+            "jpeg_draft_min_side": self.draft_side if ex else None,
             "test_scores": self._scores(),
             "postprocess": self.postprocess_info(),
         }
@@ -181,7 +183,7 @@ class Recommender:
         """Decode and preprocess one photo (path, file bytes or PIL image); raises DecodeError."""
         if name is None:
             name = default_name(image, 0)
-        rgb = decode_image(image, self.allow_truncated)
+        rgb = decode_image(image, self.allow_truncated, draft_side=self.draft_side)
         return Prepared(name, tuple(t(rgb) for t in self.transforms))
 
     def predict(self, prepared: Sequence[Prepared], top: int = 5) -> list[list[tuple[str, float]]]:

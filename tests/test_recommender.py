@@ -421,3 +421,32 @@ def test_recommend_imports_neither_torchvision_nor_sklearn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_photos_are_decoded_as_the_stores_photos_were(run, rec, tmp_path):
+    """A store extracted with `--decode fast` (JPEGs reduced down to the resize) records it in its
+    blocks; a run on it decodes new photos the same way, since its head learned those pixels."""
+    import copy
+
+    from hashtagkit.images import DRAFT_SIDE, FAST_DRAFT_SIDE, draft_side_of
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.jpg"  # shorter side 900: the default decodes it whole, fast reduces it by 2
+    Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(big, quality=90)
+    record = copy.deepcopy(rec.record)
+    for b in record["store"]["blocks"]:
+        b["preprocessing"] = {**b.get("preprocessing", {}), "decode": {"mode": "fast", "jpeg_draft_min_side": 256}}
+    fast = Recommender(rec.run_dir, record, rec.head, rec.extractor, rec.allow_truncated)
+    assert (rec.draft_side, fast.draft_side) == (DRAFT_SIDE, FAST_DRAFT_SIDE)
+    assert fast.info()["jpeg_draft_min_side"] == FAST_DRAFT_SIDE
+    reduced = decode(big, draft_side=FAST_DRAFT_SIDE)
+    assert reduced.size == (600, 450)
+    for i, t in enumerate(fast.transforms):
+        assert torch.equal(fast.prepare(big).inputs[i], t(reduced))
+        assert torch.equal(fast.prepare(big.read_bytes()).inputs[i], t(reduced))  # an upload alike
+    assert not torch.equal(fast.prepare(big).inputs[0], rec.prepare(big).inputs[0])
+    # only a store extracted wholly with fast decoding gets it
+    blocks = record["store"]["blocks"]
+    assert draft_side_of(blocks) == FAST_DRAFT_SIDE
+    assert draft_side_of(blocks[:1] + rec.record["store"]["blocks"][1:]) == DRAFT_SIDE
+    assert draft_side_of([]) == DRAFT_SIDE
