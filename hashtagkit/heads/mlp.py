@@ -244,9 +244,9 @@ PREFETCH = 4  # batches read ahead of the model, as the loader processes' prefet
 
 def default_workers(cores: int | None = None) -> int:
     """Loader processes for the streamed path when `workers` is not given: none on 2 cores or
-    fewer, where a process of its own took the model's cores (streamed steps 382 ms against
-    358 ms with the in-process reading thread and 315 ms cached, one run each: notes in
-    benchmarks/results/roofline.md), else one."""
+    fewer, where a process of its own took the model's cores (a streamed step took 400 ms with
+    one loader process, 333 ms with the in-process reading thread, against 327 ms for a plain
+    torch loop: benchmarks/results/roofline.md), else one."""
     return 0 if (cores or os.cpu_count() or 1) <= 2 else 1
 
 
@@ -259,20 +259,24 @@ def prefetched(items, depth: int):
     stop = threading.Event()
     end = object()
 
+    def offer(entry) -> bool:
+        """Put unless the consumer has gone (then False): a full queue never strands the thread."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((None, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((None, item)):
                     return
-            q.put((None, end))
+            offer((None, end))
         except BaseException as e:  # handed to the consumer, raised in its thread
-            q.put((e, None))
+            offer((e, None))
 
     thread = threading.Thread(target=produce, name="mlp-prefetch", daemon=True)
     thread.start()
