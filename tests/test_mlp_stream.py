@@ -173,3 +173,24 @@ def test_default_workers_read_in_a_thread_on_small_machines(tmp_path):
     assert head.workers is None  # the parameter stays as given; the history says what ran
     assert head.history_["workers"] == default_workers()
     assert not prefetch_threads()
+
+
+def test_the_reading_thread_yields_the_batches_one_loader_process_yields():
+    """Switching the default from one loader process to the in-process thread (on 2 cores)
+    changes no batch: the same rows in the same order, epoch after epoch, so training is the same."""
+    X, Y = separable(700, d=6)
+    mask = np.ones(len(X), bool)
+    mask[::9] = False
+
+    def two_epochs(workers):
+        stream = BlockStream(ArrayData(X, Y, block_rows=50), mask, batch=64, buffer_blocks=3, seed=3)
+        epochs = stream.loader(workers)
+        return [[(xb.numpy().copy(), yb.numpy().copy()) for xb, yb in next(epochs)] for _ in range(2)]
+
+    thread, process = two_epochs(0), two_epochs(1)
+    for a, b in zip(thread, process, strict=True):
+        assert len(a) == len(b) > 5
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(thread[0][0][0], thread[1][0][0])  # and a fresh order each epoch
