@@ -106,8 +106,8 @@ bench-beyond: $(STAMP)
 	nice -n 10 $(BIN)/hashtagkit bench $(BEYOND)/demo.zarr $(BEYOND_SETS) -o $(BEYOND)/bench-demo
 	nice -n 10 $(BIN)/hashtagkit bench $(PLANTED) $(BEYOND_SETS) --set mlp.epochs=3 -o $(BEYOND)/bench-planted
 	mkdir -p benchmarks/results/beyond
-	for s in demo planted; do (echo "Code: commit $$(git rev-parse --short HEAD)."; echo; cat $(BEYOND)/bench-$$s/table.md) \
-	  > benchmarks/results/beyond/fusion_tagprop_$$s.md; done
+	for s in demo planted; do (echo "Code: commit $$(git rev-parse --short HEAD)."; echo; cat $(BEYOND)/bench-$$s/table.md; \
+	  echo; $(BIN)/python benchmarks/beyond_seeds.py $(BEYOND)/bench-$$s) > benchmarks/results/beyond/fusion_tagprop_$$s.md; done
 
 # Time and peak memory against N (57,383 / 250,000 / 1,000,000 planted rows): about 1.5 hours, ~10 GB of disk.
 bench-scale: $(STAMP)
