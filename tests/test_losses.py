@@ -118,6 +118,9 @@ def test_mlp_with_asl_at_zero_trains_as_the_paper_loss_and_asl_is_recorded(tmp_p
     assert "loss" not in bce.history_["config"]  # the default config is what it was before the option
     asl = MLPHead(**common, loss="asl").fit(X, Y)
     assert asl.history_["config"]["loss"] == "asl" and asl.history_["config"]["asl_gamma_neg"] == 4.0
+    # the output biases start at the prior for the paper's loss (and asl at 0/0/0, which is it), at
+    # PyTorch's init for a real asl: a prior start would leave every negative below the clip
+    assert [h.history_["output_bias_init"] for h in (bce, same, asl)] == ["prior", "prior", "default"]
     assert not np.allclose(asl.predict_proba(X), bce.predict_proba(X), atol=1e-3)
     asl.save(tmp_path / "m")
     loaded = MLPHead.load(tmp_path / "m")
@@ -132,3 +135,18 @@ def test_mlp_with_asl_at_zero_trains_as_the_paper_loss_and_asl_is_recorded(tmp_p
 def test_bad_loss_settings_are_one_line_errors(params, needle):
     with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         make_head("mlp", **params)
+
+
+def test_prior_started_negatives_give_asl_no_gradient_and_the_default_start_does():
+    """Why a real asl does not start from the prior: at the log-odds of a rare tag's frequency
+    every negative sits below the clip, so its gradient is exactly 0; near p = 0.5 it is not."""
+    from hashtagkit.heads.mlp import output_bias_init
+
+    y = torch.zeros(4, 3, dtype=torch.float64)
+    for start, expect_zero in ((np.log(0.01 / 0.99), True), (0.0, False)):
+        x = torch.full((4, 3), start, dtype=torch.float64, requires_grad=True)
+        asymmetric_loss(x, y, 0.0, 4.0, 0.05).backward()
+        assert (x.grad.abs().max().item() == 0) is expect_zero
+    assert output_bias_init({}) == "prior"
+    assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 0, "asl_clip": 0}) == "prior"
+    assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 1.0, "asl_clip": 0}) == "default"
