@@ -177,12 +177,14 @@ def cli() -> None:
     The steps hand over one store (a Zarr folder):
       hashtagkit prepare harrison|posts|demo ... -o STORE   labels, vocabulary, split
       hashtagkit extract STORE                                image features (VGG-16 object + scene)
-      hashtagkit fit STORE --head mlp|knn|ovr|popularity -o RUN   fit a head on the train split
+      hashtagkit fit STORE --head mlp|knn|... -o RUN          fit a head on the train split
+                                                              heads: mlp, knn, ovr, tagprop, fusion, popularity
       hashtagkit evaluate RUN                                 P@K, R@K, A@K, mAP on the test split
       hashtagkit bench STORE -o DIR                           every head x view x seed, Table-1 style
       hashtagkit recommend RUN IMAGE...                       top hashtags for new photos
       hashtagkit info STORE                                   what a store holds and how it was made
       hashtagkit upgrade STORE                                a store of an older format to the current one
+      hashtagkit serve RUN                                    a JSON API and an upload page
     """
 
 
