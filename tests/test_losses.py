@@ -119,7 +119,7 @@ def test_mlp_with_asl_at_zero_trains_as_the_paper_loss_and_asl_is_recorded(tmp_p
     asl = MLPHead(**common, loss="asl").fit(X, Y)
     assert asl.history_["config"]["loss"] == "asl" and asl.history_["config"]["asl_gamma_neg"] == 4.0
     # the output biases start at the prior for the paper's loss (and asl at 0/0/0, which is it), at
-    # PyTorch's init for a real asl: a prior start would leave every negative below the clip
+    # PyTorch's init for asl with a clip: a prior start would leave every negative below it
     assert [h.history_["output_bias_init"] for h in (bce, same, asl)] == ["prior", "prior", "default"]
     assert not np.allclose(asl.predict_proba(X), bce.predict_proba(X), atol=1e-3)
     asl.save(tmp_path / "m")
@@ -149,4 +149,6 @@ def test_prior_started_negatives_give_asl_no_gradient_and_the_default_start_does
         assert (x.grad.abs().max().item() == 0) is expect_zero
     assert output_bias_init({}) == "prior"
     assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 0, "asl_clip": 0}) == "prior"
-    assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 1.0, "asl_clip": 0}) == "default"
+    # without a shift a negative keeps a gradient (p^gamma- weighted), and the prior start measured better
+    assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 1.0, "asl_clip": 0}) == "prior"
+    assert output_bias_init({"loss": "asl", "asl_gamma_pos": 0, "asl_gamma_neg": 0.0, "asl_clip": 0.05}) == "default"
