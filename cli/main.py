@@ -728,6 +728,11 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="How JPEGs become pixels. fast: decoded reduced (DCT scaling) down to the resize, other pixels; "
                    "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
                    "decode on a sample of the photos, and are part of the blocks' preprocessing.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Compile the backbones with torch.compile (inductor, frozen weights) and run one batch at a "
+                   "time on all threads: ~1.4x the model's rate on a 2-core AMX CPU (benchmarks/results/"
+                   "roofline_extract.md), after a compile of a minute or two (cached for the next run). Worth it "
+                   "from a few thousand photos; not with --lanes above 1 or on Dask.")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
@@ -753,7 +758,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
                    "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
-            workers: int | None, lanes: int | None, decode_mode: str, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
+            workers: int | None, lanes: int | None, decode_mode: str, compile_model: bool, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
             allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
     """Compute image features for every row of STORE, resumably.
@@ -766,7 +771,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
     coordinating (see the README's "Extraction on Dask").
     """
     from hashtagkit.backbones import DEFAULT_BACKBONES, load_backbone, parse_backbone_option
-    from hashtagkit.extract import check_decode_option
+    from hashtagkit.extract import check_compile_option, check_decode_option
     from hashtagkit.extract import extract as run_extract
     from hashtagkit.stores import open_store
 
@@ -778,6 +783,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
         distributed.parse_cluster(cluster) if cluster is not None else distributed.parse_scheduler(scheduler)
     open_store(store)  # a missing store fails before any weights are loaded
     check_decode_option(decode_mode, device, cluster is not None or scheduler is not None)
+    check_compile_option(compile_model, lanes, cluster is not None or scheduler is not None)
     chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
     asked = {}
     for item in preprocessings:
@@ -787,7 +793,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
         asked[name] = value
     loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
     run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
-                workers=workers, lanes=lanes, decode=decode_mode, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
+                workers=workers, lanes=lanes, decode=decode_mode, compile=compile_model, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
                 allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
                 allow_other_images=allow_other_images, progress=not no_progress, log=echo_err,
                 cluster=cluster, scheduler=scheduler)

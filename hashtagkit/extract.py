@@ -183,7 +183,8 @@ class Extractor:
     extractor's from then on (moved, cast and set to channels_last in place). Calls may come from
     several threads at once (the engine's lanes): nothing here changes state after __init__."""
 
-    def __init__(self, backbones: Sequence[LoadedBackbone], device: torch.device, precision: str):
+    def __init__(self, backbones: Sequence[LoadedBackbone], device: torch.device, precision: str,
+                 compile_batch: int | None = None):
         self.backbones = list(backbones)
         self.device, self.precision = device, precision
         self.dtype = compute_dtype(precision)
@@ -194,6 +195,13 @@ class Extractor:
             raise ValueError("fp32 asked for backbones whose weights an earlier Extractor cast to bf16/fp16: "
                              "load them again")
         self.dim = sum(b.spec.dim for b in self.backbones)
+        # `extract --compile`: the model compiled for one batch shape (inductor, weights frozen as
+        # constants: oneDNN prepacking, conv+ReLU fusion); a shorter batch is padded to it, so the
+        # last batch of a run never compiles a second graph. Called from one thread only.
+        self.compile_batch = compile_batch
+        self.forward = self.model
+        if compile_batch:
+            self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
 
     @property
     def transforms(self) -> list[Preprocessing]:
@@ -204,7 +212,17 @@ class Extractor:
         """One tensor per preprocessing (`transforms`): uint8 pixels (a decode worker's) or
         already normalised float32 -> (N, dim) float32 features."""
         inputs = [self.prepare(x, t) for x, t in zip(inputs, self.transforms, strict=True)]
-        return self.model(inputs).float().cpu().numpy()
+        if not self.compile_batch:
+            return self.model(inputs).float().cpu().numpy()
+        n, size, out = len(inputs[0]), self.compile_batch, []
+        for start in range(0, n, size):
+            part = [x[start : start + size] for x in inputs]
+            m = len(part[0])
+            if m < size:  # zeros after the photos: their rows are dropped below
+                part = [torch.cat([x, x.new_zeros((size - m, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+                        for x in part]
+            out.append(self.forward(part)[:m].float().cpu())
+        return torch.cat(out).numpy()
 
     def prepare(self, x: torch.Tensor, transform: Preprocessing) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -214,7 +232,8 @@ class Extractor:
 
     def describe(self) -> str:
         """How the model computes, for the run's record."""
-        return f"{self.precision} weights, channels_last" if self.dtype else "fp32, channels_last"
+        how = f"{self.precision} weights, channels_last" if self.dtype else "fp32, channels_last"
+        return how + (f", torch.compile (batch {self.compile_batch})" if self.compile_batch else "")
 
     def columns(self) -> list[tuple[int, int]]:
         out, start = [], 0
@@ -542,6 +561,15 @@ def check_decode_option(decode: str, device: str, distributed: bool) -> None:
                          + " (use --decode default or fast)")
 
 
+def check_compile_option(compile: bool, lanes: int | None, distributed: bool) -> None:
+    """Refuse --compile where it cannot run, before any weights are loaded: a compiled model runs
+    one batch at a time (it is not called from several lanes' threads), in this process."""
+    if compile and lanes is not None and lanes > 1:
+        raise InputError("--compile runs one batch at a time on all threads: drop --lanes (or use --lanes 1)")
+    if compile and distributed:
+        raise InputError("--compile is for an in-process extraction; Dask workers run the model uncompiled")
+
+
 def extract(
     store_path: str | Path,
     backbones: Sequence[LoadedBackbone],
@@ -553,6 +581,7 @@ def extract(
     workers: int | None = None,
     lanes: int | None = None,
     decode: str = "default",
+    compile: bool = False,
     dtype: str = "float16",
     chunk_rows: int | None = None,
     overwrite: bool = False,
@@ -578,6 +607,7 @@ def extract(
     if dtype not in ("float16", "float32"):
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
     check_decode_option(decode, device, bool(cluster or scheduler))
+    check_compile_option(compile, lanes, bool(cluster or scheduler))
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     blocks_names = [b.spec.block for b in backbones]
@@ -590,12 +620,14 @@ def extract(
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     log(f"device {dev} ({'chosen automatically' if device == 'auto' else 'as asked'}), precision {prec}")
-    engine = Extractor(backbones, dev, prec)
+    engine = Extractor(backbones, dev, prec, compile_batch=batch_size if compile else None)
+    if compile:
+        log("--compile: the first batch compiles the model (a minute or two on a CPU, cached for later runs)")
     blocks = [b.describe(cols) | {"dtype": dtype} for b, cols in zip(backbones, engine.columns(), strict=True)]
     if decode != "default":  # other pixels: part of each block's preprocessing (a resume must agree)
         for b in blocks:
             b["preprocessing"] = b["preprocessing"] | {"decode": decode_record(decode)}
-    budget = extraction_budget(dev, lanes=lanes, workers=workers)
+    budget = extraction_budget(dev, lanes=1 if compile else lanes, workers=workers)
     workers = budget.workers
     with store.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was

@@ -1,0 +1,98 @@
+"""`extract --compile` (issue #16, item 4): the backbones compiled with torch.compile for one batch
+shape give the features of the uncompiled model, a short last batch is padded instead of
+compiling a second graph, and the option is refused where it cannot run."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from hashtagkit.backbones import IMAGENET, load_backbone
+from hashtagkit.cli.main import cli
+from hashtagkit.errors import InputError
+from hashtagkit.extract import Extractor, check_compile_option, extract
+from hashtagkit.stores import open_store
+
+
+def tiny_conv_backbone() -> None:
+    """A small convolutional 'object' backbone: weights to freeze, a conv+ReLU to fuse, compiled in seconds."""
+    from hashtagkit.backbones import BACKBONES, BackboneSpec, register
+
+    if "tiny-conv" not in BACKBONES:
+        register(BackboneSpec(
+            name="tiny-conv", block="object", dim=32, layer="conv, 2x2 average pool", preprocessing=IMAGENET,
+            build=lambda state: nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                              nn.Flatten()),
+            default_source=lambda: None,
+        ))
+
+
+def backbone():
+    tiny_conv_backbone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights, said loudly elsewhere
+        return load_backbone("tiny-conv", "random", seed=3)
+
+
+def test_compiled_model_gives_the_uncompiled_features_and_compiles_one_graph():
+    from torch._dynamo.utils import counters
+
+    pixels = torch.randint(0, 256, (7, 3, 64, 64), dtype=torch.uint8)
+    plain = Extractor([backbone()], torch.device("cpu"), "fp32")
+    compiled = Extractor([backbone()], torch.device("cpu"), "fp32", compile_batch=4)
+    assert "torch.compile (batch 4)" in compiled.describe() and "compile" not in plain.describe()
+    graphs = counters["stats"]["unique_graphs"]
+    expected = plain([pixels])
+    got = compiled([pixels])  # a batch of 4, then 3 padded to 4
+    got_short = compiled([pixels[:2]])  # shorter again: still the same graph
+    assert got.shape == expected.shape == (7, 32)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_short, expected[:2], rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+
+
+def test_compile_is_refused_with_lanes_or_on_dask():
+    check_compile_option(False, 4, True)  # without --compile nothing is checked
+    check_compile_option(True, 1, False)
+    with pytest.raises(InputError, match="drop --lanes"):
+        check_compile_option(True, 2, False)
+    with pytest.raises(InputError, match="in-process"):
+        check_compile_option(True, None, True)
+
+
+@pytest.mark.parametrize("args, needle", [(["--compile", "--lanes", "2"], "drop --lanes"),
+                                          (["--compile", "--cluster", "local:1"], "in-process")])
+def test_cli_refuses_compile_where_it_cannot_run(tmp_path, args, needle):
+    store = tmp_path / "s.zarr"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["prepare", "demo", "-o", str(store), "--n", "12"]).exit_code == 0
+    res = runner.invoke(cli, ["extract", str(store), "--backbone", "tiny-conv=random", *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_extract_with_compile_writes_the_uncompiled_features_and_records_it(tmp_path):
+    tiny_conv_backbone()
+    runner = CliRunner()
+    stores = {}
+    for name in ("plain", "compiled"):
+        stores[name] = tmp_path / f"{name}.zarr"
+        assert runner.invoke(cli, ["prepare", "demo", "-o", str(stores[name]), "--n", "20"]).exit_code == 0
+    common = dict(device="cpu", precision="fp32", batch_size=8, workers=0, progress=False, log=lambda s: None)
+    extract(stores["plain"], [backbone()], **common)
+    res = runner.invoke(cli, ["extract", str(stores["compiled"]), "--backbone", "tiny-conv=random", "--seed", "3",
+                              "--compile", "--device", "cpu", "--precision", "fp32", "--batch-size", "8",
+                              "--workers", "0", "--no-progress"])  # 20 rows: batches of 8, 8 and 4
+    assert res.exit_code == 0, res.output
+    assert "--compile: the first batch compiles" in res.output
+    a, b = open_store(stores["plain"]), open_store(stores["compiled"])
+    rows = np.arange(a.n_rows)
+    np.testing.assert_allclose(np.asarray(b.features("both", rows), np.float32),
+                               np.asarray(a.features("both", rows), np.float32), rtol=2e-3, atol=2e-3)  # float16 storage
+    run = b.group.attrs["extraction"]["runs"][-1]
+    assert "torch.compile (batch 8)" in run["compute"] and run["budget"]["lanes"] == 1
