@@ -105,7 +105,8 @@ class Ceiling:
 
 
 def end_to_end(folder: Path, names: list[str], nets, work: Path, device: torch.device, precision: str, batch: int,
-               workers: int | None, lanes: int | None = None, decode: str = "default") -> tuple[float, Path]:
+               workers: int | None, lanes: int | None = None, decode: str = "default",
+               compile: bool = False) -> tuple[float, Path]:
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store
 
@@ -117,7 +118,7 @@ def end_to_end(folder: Path, names: list[str], nets, work: Path, device: torch.d
                  kind="benchmark", image_root=str(folder))
     t0 = time.perf_counter()
     extract(store, nets, device=device.type, precision=precision, batch_size=batch, workers=workers, lanes=lanes,
-            decode=decode, progress=False, log=lambda s: None)
+            decode=decode, compile=compile, progress=False, log=lambda s: None)
     return n / (time.perf_counter() - t0), store
 
 

@@ -159,7 +159,7 @@ def decode_core_seconds(photos: Path, names: list[str], transforms, mode: str) -
 
 
 def engine_rate(photos: Path, names: list[str], nets, work: Path, dev: torch.device, precision: str, batch: int,
-                quick: bool, decode: str = "default", rounds: int = 2) -> tuple[float, float, float]:
+                quick: bool, decode: str = "default", rounds: int = 2, compile: bool = False) -> tuple[float, float, float]:
     """(steady-state images/s, fixed start-up s, images/s of the small run alone): `hashtagkit
     extract` over the first n1 and then all n2 photos, `rounds` times each (interleaved), the
     best time of each size as `timeit` takes it (another job can only slow a run down, and a
@@ -168,7 +168,8 @@ def engine_rate(photos: Path, names: list[str], nets, work: Path, dev: torch.dev
     seconds: dict[int, float] = {}
     for _ in range(rounds):
         for n in (n1, n2):
-            rate, _ = end_to_end(photos, names[:n], nets, work, dev, precision, batch, None, decode=decode)
+            rate, _ = end_to_end(photos, names[:n], nets, work, dev, precision, batch, None, decode=decode,
+                                 compile=compile)
             seconds[n] = min(seconds.get(n, math.inf), n / rate)
     steady = (n2 - n1) / (seconds[n2] - seconds[n1])
     return steady, seconds[n1] - n1 / steady, n1 / seconds[n1]
@@ -201,12 +202,18 @@ def extraction_rows(device: str, quick: bool) -> list[dict]:
                       f"thread(s); {flops / 1e9:.2f} GFLOP/image counted; random weights")
             rows += pair(f"extract model-only {which}", f"VGG-16 to fc7 x{len(nets)}, pre-decoded pixels", rate,
                          flops, peak, peak_name, common)
-            for decode in ("default", "fast") if which == "both" else ("default",):
-                steady, fixed, small = engine_rate(photos, all_names, nets, work, dev, precision, batch, quick, decode)
+            ways = [("default", False), ("fast", False), ("default", True)] if which == "both" else [("default", False)]
+            for decode, compiled in ways:
+                if compiled:
+                    nets = load_nets(which)  # fresh modules: the compiled engine casts its own
+                steady, fixed, small = engine_rate(photos, all_names, nets, work, dev, precision, batch, quick, decode,
+                                                   compile=compiled)
                 dec_s = decode_core_seconds(photos, names, engine.transforms, decode)
                 bound = 1 / (1 + rate * dec_s / cores) if dev.type == "cpu" else 1.0
-                label = "" if decode == "default" else " --decode fast (other pixels: cosine in extract_throughput.md)"
-                rows += pair(f"extract engine {which}{' fast' if decode == 'fast' else ''}",
+                label = " --compile (1 lane x all threads)" if compiled else "" if decode == "default" else \
+                    " --decode fast (other pixels: cosine in extract_throughput.md)"
+                tag = " compile" if compiled else " fast" if decode == "fast" else ""
+                rows += pair(f"extract engine {which}{tag}",
                              f"`hashtagkit extract{label}`: decode + model + store writes, steady state", steady, flops,
                              peak, peak_name, common + f"; {budget.workers} decode worker(s); **{steady / rate:.2f}x "
                              f"model-only**; decoding takes {dec_s * 1e3:.1f} CPU ms/photo, which on {cores} busy "
