@@ -221,8 +221,21 @@ class Extractor:
             if m < size:  # zeros after the photos: their rows are dropped below
                 part = [torch.cat([x, x.new_zeros((size - m, *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
                         for x in part]
-            out.append(self.forward(part)[:m].float().cpu())
+            out.append(self.compiled(part)[:m].float().cpu())
         return torch.cat(out).numpy()
+
+    def compiled(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The compiled model's forward; a compile that fails here (inductor on the CPU needs a
+        C++ compiler, Triton on CUDA a supported GPU) is the user's to avoid: one line, not the
+        compiler's traceback."""
+        try:
+            return self.forward(inputs)
+        except Exception as e:
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise InputError(f"--compile: torch.compile could not build the model on this machine ({first}); "
+                             "run without --compile") from None
 
     def prepare(self, x: torch.Tensor, transform: Preprocessing) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)

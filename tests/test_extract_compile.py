@@ -96,3 +96,26 @@ def test_extract_with_compile_writes_the_uncompiled_features_and_records_it(tmp_
                                np.asarray(a.features("both", rows), np.float32), rtol=2e-3, atol=2e-3)  # float16 storage
     run = b.group.attrs["extraction"]["runs"][-1]
     assert "torch.compile (batch 8)" in run["compute"] and run["budget"]["lanes"] == 1
+
+
+def test_a_compile_that_fails_is_one_line_for_the_user():
+    """No C++ compiler for inductor (or no Triton GPU): InputError (exit 2 in the CLI), not a traceback."""
+    class BackendCompilerFailed(Exception):
+        pass
+
+    BackendCompilerFailed.__module__ = "torch._dynamo.exc"
+
+    def fails(inputs):
+        raise BackendCompilerFailed("backend='inductor' raised:\nCppCompileError: C++ compile error")
+
+    engine = Extractor([backbone()], torch.device("cpu"), "fp32", compile_batch=2)
+    engine.forward = fails
+    with pytest.raises(InputError, match=r"--compile: torch.compile could not build .*inductor.*run without --compile"):
+        engine([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)])
+
+    def our_bug(inputs):
+        raise ValueError("a bug of ours")
+
+    engine.forward = our_bug  # anything else keeps its traceback
+    with pytest.raises(ValueError, match="a bug of ours"):
+        engine([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)])
