@@ -39,12 +39,11 @@ def fusion_choice(report: dict) -> tuple[str, str]:
     weights = report.get("weights") or {}
     names = list(weights)
     w = ", ".join(f"{weights[n]:g}" for n in names) if names else "?"
-    val = report.get("validation") or report
-    metric = next((k.removeprefix("val_").removesuffix("_fused") for k in val if k.endswith("_fused")), None)
+    metric = next((k.removeprefix("val_").removesuffix("_fused") for k in report if k.endswith("_fused")), None)
     if metric is None:
         return w, "?"
-    alone = val.get(f"val_{metric}_alone") or {}
-    fused = val.get(f"val_{metric}_fused")
+    alone = report.get(f"val_{metric}_alone") or {}
+    fused = report.get(f"val_{metric}_fused")
     parts = ", ".join(f"{100 * float(alone[n]):.2f}" for n in names if n in alone)
     return w, f"{metric}: {parts} -> {100 * float(fused):.2f}"
 

@@ -53,12 +53,11 @@ from hashtagkit.devices import Budget, compute_dtype, extraction_budget, pick_de
 from hashtagkit.errors import InputError
 from hashtagkit.images import (
     DECODE_MODES,
-    DRAFT_SIDE,
-    FAST_DRAFT_SIDE,
     MAX_PIXELS,
     DecodeError,
     decode,
     decode_jpegs_on,
+    draft_side,
     jpeg_for_device,
     orient,
 )
@@ -80,7 +79,7 @@ class ImageReader(torch.utils.data.Dataset):
                  decode_mode: str = "default"):
         self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
         self.decode_mode = decode_mode
-        self.draft_side = FAST_DRAFT_SIDE if decode_mode == "fast" else DRAFT_SIDE
+        self.draft_side = draft_side(decode_mode)
         self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     def __len__(self) -> int:
@@ -742,7 +741,7 @@ def decode_record(mode: str) -> dict:
     if mode == "gpu":
         return {"mode": "gpu", "jpeg": "nvJPEG (torchvision.io.decode_jpeg), torchvision antialiased resize",
                 "other_formats": "Pillow"}
-    return {"mode": mode, "jpeg_draft_min_side": FAST_DRAFT_SIDE if mode == "fast" else DRAFT_SIDE}
+    return {"mode": mode, "jpeg_draft_min_side": draft_side(mode)}
 
 
 class ChunkBuffer:

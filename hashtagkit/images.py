@@ -186,12 +186,18 @@ def decode_image(source: Image.Image | str | os.PathLike | bytes | bytearray | m
     raise TypeError(f"an image is a path, bytes or a PIL image, not {type(source).__name__}")
 
 
+def draft_side(mode: str) -> int:
+    """The shorter side a JPEG is reduced to at most, for a decode mode (DECODE_MODES): only
+    `fast` reduces further than the default (`gpu`'s Pillow fallback decodes the default way)."""
+    return FAST_DRAFT_SIDE if mode == "fast" else DRAFT_SIDE
+
+
 def draft_side_of(blocks: list[dict]) -> int:
     """The JPEG reduction a store's features were extracted with (`extract --decode fast` records
     it in the blocks' preprocessing), so photos scored later are decoded the same way: a head
-    was trained on those pixels. `gpu` and the default decode at the default side here."""
+    was trained on those pixels. Blocks decoded in different ways get the default."""
     modes = {((b.get("preprocessing") or {}).get("decode") or {}).get("mode", "default") for b in blocks}
-    return FAST_DRAFT_SIDE if modes == {"fast"} else DRAFT_SIDE
+    return draft_side(modes.pop()) if len(modes) == 1 else DRAFT_SIDE
 
 
 def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True,

@@ -54,7 +54,7 @@ from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
 from hashtagkit.heads.base import Head, InvalidParameterError, Param
 from hashtagkit.heads.data import VAL_ROWS, TrainingData
-from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, training_loss
+from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, sigmoid_cross_entropy, training_loss
 
 PRESETS = {
     "paper": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100,
@@ -69,8 +69,6 @@ MODEL_FILE, HISTORY_FILE = "model.pt", "history.json"
 # above it. 4 GB is HARRISON four times over (57,383 x 8,192 float16 = 0.9 GB) and leaves room
 # on a 16 GB laptop; the cached path only saves the block reads (benchmarks/results/mlp_stream.md).
 CACHE_LIMIT_GB = 4.0
-# Validation rows for early stopping: val_fraction of the training rows, at most this many, held
-# in memory as float16 (160 MB at 8,192 columns): Recall@5 on 10,000 rows varies by ~0.4 points.
 
 
 class Standardize(nn.Module):
@@ -321,10 +319,7 @@ def timed(batches, waits: list[float]):
         yield item
 
 
-def caffe_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Caffe's SigmoidCrossEntropyLoss: summed over classes, averaged over the batch (torch's
-    default mean over classes too would shrink the paper's lr 0.1 by C)."""
-    return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(logits)
+caffe_loss = sigmoid_cross_entropy  # the paper's loss, as Caffe computes it (heads/losses.py)
 
 
 class Validation:
