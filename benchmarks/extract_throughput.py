@@ -202,8 +202,7 @@ def decode_modes(sets: dict[str, tuple[Path, list[str]]]) -> list[dict]:
     out = []
     with torch_threads(1):
         for label, (folder, names) in sets.items():
-            exact = ImageReader(folder, names, engine.transforms, allow_truncated=True)
-            exact.draft_side = 1 << 30
+            exact = ImageReader.exact(folder, names, engine.transforms, allow_truncated=True)
             rows = list(range(len(names)))
             t0 = time.perf_counter()
             reference = collate([exact.decoded(r) for r in rows])

@@ -82,6 +82,15 @@ class ImageReader(torch.utils.data.Dataset):
         self.draft_side = draft_side(decode_mode)
         self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
+    @classmethod
+    def exact(cls, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing],
+              allow_truncated: bool) -> ImageReader:
+        """A reader that never reduces a JPEG (Pillow at full size): the reference a
+        pixel-changing decode is measured against."""
+        reader = cls(root, paths, transforms, allow_truncated)
+        reader.draft_side = 1 << 30
+        return reader
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -721,8 +730,7 @@ def decode_check(reader: ImageReader, engine: Extractor, rows: list[int]) -> dic
     """The fc7 cosine between `reader`'s pixels and the exact decode's (Pillow, full size, never
     reduced) on `rows`, computed by the run's own model: what a pixel-changing decode costs in
     features, on the run's own photos (rows that either way fails to decode are left out)."""
-    exact = ImageReader(reader.root, reader.paths, reader.transforms, reader.allow_truncated)
-    exact.draft_side = 1 << 30
+    exact = ImageReader.exact(reader.root, reader.paths, reader.transforms, reader.allow_truncated)
     a = collate([exact.decoded(r) for r in rows])
     b = reader.on_device(collate([reader[r] for r in rows]), engine.device)
     keep = [i for i in range(len(rows)) if not a[2][i] and not b[2][i]]
