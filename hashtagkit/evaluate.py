@@ -220,8 +220,7 @@ def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> di
         return None
     if raw:
         return {"applied": False}
-    r, t = post.record.get("rerank") or {}, post.record.get("threshold") or {}
-    return {"applied": True, "rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
+    return {"applied": True, **post.describe()}
 
 
 def format_table(result: dict) -> str:

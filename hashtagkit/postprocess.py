@@ -82,6 +82,12 @@ class Postprocess:
         self.alpha = float(r.get("alpha", 0.0)) if cond is not None else 0.0
         self.top_m = int(r.get("top_m", cooc.TOP_M))
 
+    def describe(self) -> dict:
+        """What the run applies, for `evaluate`'s result and `recommend`/`serve`'s info: the
+        re-ranking kind and strength and the threshold kind (None where there is none)."""
+        r, t = self.record.get("rerank") or {}, self.record.get("threshold") or {}
+        return {"rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
+
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """The scores the run answers with: re-ranked, or the head's own when a = 0 / no re-ranking."""
         if self.cond is None or self.alpha == 0:

@@ -164,10 +164,7 @@ class Recommender:
 
     def postprocess_info(self) -> dict | None:
         """The run's re-ranking strength and threshold kind (None: the head's scores, top-K only)."""
-        if self.post is None:
-            return None
-        r, t = self.post.record.get("rerank") or {}, self.post.record.get("threshold") or {}
-        return {"rerank": r.get("kind"), "alpha": r.get("alpha"), "threshold": t.get("kind")}
+        return None if self.post is None else self.post.describe()
 
     def _scores(self) -> dict | None:
         path = self.run_dir / METRICS_FILE
