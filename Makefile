@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
+.PHONY: install system-deps test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
         bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract
 
 $(STAMP): setup.py
@@ -18,7 +18,12 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+# WordNet and Chromium from Debian for the lemmatisation and upload-page tests (root + apt-get;
+# elsewhere it says what is missing and those tests skip with the reason).
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q
 
 # The main job end to end on the embedded synthetic data, ending in result tables. No pretrained

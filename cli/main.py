@@ -59,15 +59,40 @@ def _on_sigterm(signum, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    from hashtagkit.outputs import request_stop
+
+    request_stop(signum)  # remembered: if this exception is swallowed, the next commit point raises
     raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    from hashtagkit.outputs import request_stop
+
+    request_stop(signum)
+    signal.default_int_handler(signum, frame)
+
+
+STOPPED = {signal.SIGINT: ("interrupted (Ctrl-C)", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
+
+
+def _stopped(signum: int, after: bool = False) -> Stopped:
+    _quiet_abandoned_tasks()
+    what, code = STOPPED.get(signum, STOPPED[signal.SIGTERM])
+    tail = "the command had already finished (its output is complete)" if after else "half-written output was removed"
+    return Stopped(f"{what}; {tail}", code)
 
 
 def _quiet_abandoned_tasks() -> None:
     """zarr's I/O tasks abandoned by an interruption would each log 'Task was destroyed but
-    it is pending!' at exit, burying the one line that says what happened."""
+    it is pending!' at exit, burying the one line that says what happened; interrupted while
+    zarr starts its event loop, Python also reports a coroutine never awaited and the half-made
+    loop's `__del__` failing. None of it is news to a user who pressed Ctrl-C: silenced."""
     import logging
+    import warnings
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    sys.unraisablehook = lambda unraisable: None
 
 
 def debugging() -> bool:
@@ -83,8 +108,12 @@ class Group(click.Group):
     """Turns a user's mistake into one line and exit 2, and an interruption into one line."""
 
     def invoke(self, ctx: click.Context):
+        from hashtagkit.outputs import StopRequested, stop_requested
+
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+        except StopRequested as e:
+            raise _stopped(e.signum) from None
         except InputError as e:
             if debugging():
                 raise
@@ -94,11 +123,12 @@ class Group(click.Group):
                 raise
             raise OneLineUsage(e) from None
         except KeyboardInterrupt:
-            _quiet_abandoned_tasks()
-            raise Stopped("interrupted (Ctrl-C); half-written output was removed", 130) from None
+            raise _stopped(signal.SIGINT) from None
         except Terminated:
-            _quiet_abandoned_tasks()
-            raise Stopped("terminated (SIGTERM); half-written output was removed", 143) from None
+            raise _stopped(signal.SIGTERM) from None
+        if stop_requested() is not None:  # its exception was swallowed and no commit point came after
+            raise _stopped(stop_requested(), after=True)
+        return result
 
 
 class FiniteFloat(click.ParamType):
@@ -264,9 +294,10 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     from hashtagkit.outputs import refuse_existing
 
     refuse_existing(out, overwrite, kind="store", inputs=[posts, images])
+    raw = read_posts(posts)  # a bad posts file is reported before a missing WordNet
     lemma = noun_lemmatizer() if lemmatize else None
     data = build_dataset(
-        read_posts(posts), vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemma,
+        raw, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemma,
         log=echo_err, image_root=str(images.resolve()), source=posts_source(posts),
     )
     write_store(data, out, test_size, val_size, seed, "posts", overwrite)
@@ -610,6 +641,9 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
         run_server(recommender, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                    max_upload_mb=max_upload_mb)
     except (KeyboardInterrupt, Terminated):  # uvicorn re-raises the signal after its graceful shutdown
+        from hashtagkit.outputs import clear_stop
+
+        clear_stop()  # a signal is how serve ends: not an interruption of its work
         echo_err("hashtagkit serve: stopped")
 
 
@@ -974,6 +1008,8 @@ def main() -> None:
 
     warnings.showwarning = _show_warning  # one readable line, not a source location
     signal.signal(signal.SIGTERM, _on_sigterm)  # so `finally` blocks remove half-written outputs
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, &)
+        signal.signal(signal.SIGINT, _on_sigint)
     cli(prog_name="hashtagkit")
 
 

@@ -38,6 +38,43 @@ _DIR_KINDS = {"store", "run", "bench", "images"}
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)(?P<suffix>(\.[^./]*)?)$")
 
 
+class StopRequested(BaseException):
+    """The process was asked to stop (Ctrl-C, SIGTERM) and the exception its signal handler
+    raised was lost: Python drops an exception raised inside a C extension's import (numpy.random
+    on its first use) or a `__del__`. Raised again at the next commit point, so the output is
+    not put in place after all. A BaseException, like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_stop_signal: int | None = None
+
+
+def request_stop(signum: int) -> None:
+    """Record that a stop signal arrived (the CLI's handlers call it before they raise)."""
+    global _stop_signal
+    _stop_signal = signum
+
+
+def clear_stop() -> None:
+    """Forget a stop signal: for a command whose normal end is a signal (`serve`)."""
+    global _stop_signal
+    _stop_signal = None
+
+
+def stop_requested() -> int | None:
+    """The stop signal that arrived, if any."""
+    return _stop_signal
+
+
+def raise_if_stop_requested() -> None:
+    """A commit point: an output is not renamed into place once a stop was asked for."""
+    if _stop_signal is not None:
+        raise StopRequested(_stop_signal)
+
+
 def _remove(path: Path, tries: int = 100) -> None:
     """Delete a file or a folder. An interrupted writer (zarr writes from its own I/O thread)
     may still add files to a folder for a moment after the exception: retry until it is gone."""
@@ -244,6 +281,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
         yield tmp
+        raise_if_stop_requested()
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -276,6 +314,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, kind: str | None = N
         raise InputError(f"cannot write in {parent}: {e.strerror}") from None
     try:
         yield tmp
+        raise_if_stop_requested()
     except BaseException:
         _settle_background_writes()
         _remove(tmp)

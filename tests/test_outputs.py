@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,18 +155,40 @@ def test_a_new_store_clears_stale_temporaries(tmp_path):
     assert not stale.exists()
 
 
+def stopped_mid_write(tmp_path, n: int) -> subprocess.Popen | None:
+    """`prepare planted` frozen (SIGSTOP) while its temporary output exists and the output does not:
+    a moment the test chose, not a timer's, however loaded the machine. None if it finished first."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashtagkit.cli.main", "prepare", "planted", "-o", str(tmp_path / "p.zarr"),
+         "--n", str(n), "--dim", "256"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.name.startswith(".p.zarr.tmp-") for p in tmp_path.iterdir()):
+            proc.send_signal(signal.SIGSTOP)
+            break
+        time.sleep(0.005)
+    mid = (proc.poll() is None and not (tmp_path / "p.zarr").exists()
+           and any(p.name.startswith(".p.zarr.tmp-") for p in tmp_path.iterdir()))
+    if mid:
+        return proc
+    proc.send_signal(signal.SIGCONT) if proc.poll() is None else None
+    proc.communicate(timeout=120)
+    for p in tmp_path.iterdir():  # it finished (or failed) before it could be stopped
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_prepare_leaves_nothing(tmp_path, sig, code):
     """Ctrl-C or SIGTERM in the middle of writing: one line, exit 130/143, no temporaries."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hashtagkit.cli.main", "prepare", "planted", "-o", str(tmp_path / "p.zarr"),
-         "--n", "60000", "--dim", "256"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".p.zarr.tmp-") for p in tmp_path.iterdir()):
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    for n in (60_000, 240_000, 960_000):
+        proc = stopped_mid_write(tmp_path, n)
+        if proc is not None:
+            break
+    assert proc is not None, "prepare planted finished each time before the test could stop it"
+    proc.send_signal(sig)  # delivered when the process continues, in the middle of its writing
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-500:]
     assert "Traceback" not in err and "Task was destroyed" not in err
     assert err.count("Error") == 1

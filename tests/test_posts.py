@@ -78,7 +78,7 @@ def lemma():
     try:
         return wordnet.noun_lemmatizer()
     except InputError as e:
-        need_data(False, f"no WordNet on this machine: {e}")
+        need_data(False, f"no WordNet on this machine ({e}); install it: make system-deps")
 
 
 def test_lemmatisation_matches_harrison_vocabulary(lemma):
@@ -93,7 +93,7 @@ def test_lemmatisation_matches_harrison_vocabulary(lemma):
 
 def test_lexnames_match_the_manual_page():
     man = Path("/usr/share/man/man5/lexnames.5WN.gz")
-    need_data(man.is_file(), "the lexnames(5WN) manual page is not installed (Debian package wordnet-base)")
+    need_data(man.is_file(), "the lexnames(5WN) manual page is not installed (Debian wordnet-base); install it: make system-deps")
     rows = re.findall(r"^(\d\d)\s+(\S+)\s", gzip.open(man, "rt").read(), re.M)
     assert [(int(i), name) for i, name in rows] == list(enumerate(wordnet.LEXNAMES))
     assert len(wordnet.lexnames_text().splitlines()) == 45
@@ -108,7 +108,7 @@ def test_missing_wordnet_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_corpus_built_from_system_files_is_a_copy(tmp_path, monkeypatch):
     dirs = wordnet.system_dirs()
-    need_data(bool(dirs), "no system WordNet (Debian: apt-get install wordnet-base)")
+    need_data(bool(dirs), "no system WordNet (Debian wordnet-base); install it: make system-deps")
     root = wordnet.build_nltk_corpus(dirs[0], tmp_path / "nltk_data")
     corpus = root / "corpora" / "wordnet"
     assert (corpus / "lexnames").read_text() == wordnet.lexnames_text() or (dirs[0] / "lexnames").is_file()

@@ -45,7 +45,7 @@ def need_browser() -> None:
     except ImportError:
         reason = "playwright is not installed (pip install -e '.[test]')"
     else:
-        reason = None if CHROMIUM.is_file() else f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+        reason = None if CHROMIUM.is_file() else f"no Chromium at {CHROMIUM}; install it: make system-deps"
     if reason is None:
         return
     if os.environ.get(REQUIRE_SHARED) == "1":
