@@ -492,6 +492,11 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
         return  # under torchrun only rank 0 speaks (and writes)
     record = read_run(out)
     echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
+    joined = (record.get("fit_report") or {}).get("feature_blocks")
+    if joined:
+        from hashtagkit.heads.blocks import BlockCombiner
+
+        echo_err(f"joined the {view} view's blocks: {BlockCombiner.from_dict(joined).describe()}")
     post = record.get("postprocess")
     if post:
         chosen = [f"re-ranking strength {post['rerank']['alpha']:g}"] if post.get("rerank") else []

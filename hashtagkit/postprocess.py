@@ -154,7 +154,8 @@ def held_out_parts(data: TrainingData, seed: int) -> tuple[TrainingData, Trainin
     held = np.sort(rng.choice(data.n_rows, min(max(1, int(VAL_FRACTION * data.n_rows)), data.n_rows - 1),
                               replace=False))
     rest = np.setdiff1d(np.arange(data.n_rows), held)
-    return ArrayData(*data.take(rest)), ArrayData(*data.take(held)), held
+    return (ArrayData(*data.take(rest), layout=data.layout), ArrayData(*data.take(held), layout=data.layout),
+            held)
 
 
 def validation_scores(store, head, data: TrainingData, view: str | None, seed: int):

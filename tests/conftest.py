@@ -68,10 +68,12 @@ def run_cli(*commands: list[str]) -> None:
 
 
 def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: bool = True, test: int = 15,
-               kind: str = "test", invalid: tuple[int, ...] = (), chunk_rows: int = 16):
+               kind: str = "test", invalid: tuple[int, ...] = (), chunk_rows: int = 16,
+               block_scales: tuple[float, float] = (1.0, 1.0)):
     """A small store with random labels and (optionally) two feature blocks of 4 columns each,
     written as `extract` writes them (init_features + write_chunk: features, valid, reason,
-    done); rows in `invalid` are recorded as images that failed to decode (zero features)."""
+    done); rows in `invalid` are recorded as images that failed to decode (zero features).
+    `block_scales` multiplies each block (backbones whose features differ in scale)."""
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store, open_store
 
@@ -85,6 +87,8 @@ def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: boo
     if features:
         store = open_store(path, mode="r+")
         X = rng.random((n, 8)).astype(np.float32) + labels[:, :1] * 2  # class 0 is visible
+        X[:, :4] *= np.float32(block_scales[0])
+        X[:, 4:] *= np.float32(block_scales[1])
         valid = np.ones(n, bool)
         valid[list(invalid)] = False
         X[~valid] = 0

@@ -33,7 +33,7 @@ def test_store_blocks_build_the_same_index_as_arrays(tmp_path):
     for pca in (None, 4):
         data = Watched(store, "both", rows)  # fails if read whole
         streamed = KNNHead(k=5, pca=pca).fit_data(data)
-        whole = KNNHead(k=5, pca=pca).fit(X, Y)
+        whole = KNNHead(k=5, pca=pca).fit(X, Y, blocks=data.layout)  # the same blocks, joined alike
         np.testing.assert_array_equal(streamed.kneighbors(Q)[1], whole.kneighbors(Q)[1])
         np.testing.assert_allclose(streamed.predict_proba(Q), whole.predict_proba(Q), atol=1e-6)
         np.testing.assert_allclose(streamed.predict_proba(Q), dense_votes(streamed, Q, Y), atol=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 
 from hashtagkit import metrics
 from hashtagkit.heads import OVRHead
+from hashtagkit.heads.blocks import layout_of
 from hashtagkit.heads.data import ArrayData
 
 from .conftest import make_store
@@ -21,7 +22,8 @@ def test_store_blocks_fit_the_same_models_as_arrays(tmp_path):
     Q = store.features("both", store.split_rows("test"))
     for pca in (None, 4):
         streamed = OVRHead(pca=pca, n_jobs=1).fit_data(Watched(store, "both", rows))  # fails if read whole
-        whole = OVRHead(pca=pca, n_jobs=1).fit(store.features("both", rows), store.labels(rows))
+        whole = OVRHead(pca=pca, n_jobs=1).fit(store.features("both", rows), store.labels(rows),
+                                               blocks=layout_of(store.blocks, "both"))
         np.testing.assert_allclose(streamed.coef_, whole.coef_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(streamed.predict_proba(Q), whole.predict_proba(Q), atol=1e-6)
         assert streamed.fit_report()["rows_fitted"] == len(rows)

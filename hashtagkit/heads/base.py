@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hashtagkit.errors import InputError
+from hashtagkit.heads.blocks import EQUAL, Block, BlockCombiner, parse_block_weights
 
 HEAD_FILE = "head.json"
 STATE_FILE = "state.npz"
@@ -119,6 +121,20 @@ class Param:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
 
+@dataclass(frozen=True)
+class BlockWeights(Param):
+    """`equal` or NAME:WEIGHT per block of the view (`hashtagkit.heads.blocks`)."""
+
+    def describe(self) -> str:
+        return "equal, or NAME:WEIGHT for each block of the view (object:2,scene:1), weights >= 0"
+
+    def admits(self, value: Any) -> bool:
+        return parse_block_weights(value) is not None
+
+
+BLOCK_WEIGHTS = EQUAL  # the default of a `block_weights` parameter
+
+
 def nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
     """Indices of rows holding NaN or inf, checked in row batches (a float16 feature matrix
     is never expanded whole into a boolean copy)."""
@@ -160,6 +176,9 @@ class Head:
     needs_features: ClassVar[bool] = True
     state_attrs: ClassVar[tuple[str, ...]] = ()
     param_spec: ClassVar[dict[str, Param]] = {}
+    # how this head joins a view's feature blocks ('l2', 'std'; None: it takes the columns as
+    # they come, e.g. the MLP, which standardises every column); such a head has `block_weights`
+    block_rule: ClassVar[str | None] = None
 
     # --- parameters (scikit-learn style) ------------------------------------------------
     @classmethod
@@ -213,6 +232,20 @@ class Head:
         self.n_features_in_ = int(data.n_features)
         self.classes_ = np.arange(data.n_classes)
 
+    def _fit_blocks(self, data, sample: np.ndarray | None = None) -> None:
+        """The join of `data.layout`'s blocks by `block_rule` (None for one block), as `blocks_`;
+        the `std` rule measures the blocks on `sample` (training rows)."""
+        try:
+            self.blocks_ = BlockCombiner.fit(self.block_rule, data.layout, self.block_weights, sample)
+        except ValueError as e:
+            raise InvalidParameterError(f"{self.name} parameter {e}") from None
+
+    def _combine(self, X: np.ndarray) -> np.ndarray:
+        """X with its blocks joined as fitted (float32), or X itself when there is nothing to join
+        (one block, or a head saved before blocks were joined: it scores as it was trained)."""
+        combiner = getattr(self, "blocks_", None)
+        return X if combiner is None else combiner.transform(X)
+
     @property
     def n_classes_(self) -> int:
         return len(self.classes_)
@@ -250,12 +283,14 @@ class Head:
         return X
 
     # --- the protocol -----------------------------------------------------------------------
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> Head:
-        """Fit on in-memory arrays: checked whole here, then `fit_data` on them."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, blocks: Sequence[Block] = ()) -> Head:
+        """Fit on in-memory arrays: checked whole here, then `fit_data` on them. `blocks` names
+        the backbones' column ranges in X (`hashtagkit.heads.blocks.layout_of(store.blocks,
+        view)`), which a head that compares rows joins by its rule; none: X is one block."""
         from hashtagkit.heads.data import ArrayData
 
         X, Y = self._check_xy(X, Y)
-        return self.fit_data(ArrayData(X, Y))
+        return self.fit_data(ArrayData(X, Y, layout=tuple(blocks)))
 
     def fit_data(self, data) -> Head:
         """Fit on a `hashtagkit.heads.data.TrainingData` (a store's rows, read block by block,
@@ -270,7 +305,10 @@ class Head:
         """What fitting decided and measured that a reader of the run should see (run.json's
         `fit_report`): e.g. the index kNN chose and its recall, whether the MLP streamed. A head
         that measures something keeps it in `report_`."""
-        return dict(getattr(self, "report_", {}))
+        report = dict(getattr(self, "report_", {}))
+        if getattr(self, "blocks_", None) is not None:
+            report["feature_blocks"] = self.blocks_.to_dict()
+        return report
 
     def save(self, directory: str | Path) -> None:
         self._check_fitted()
@@ -278,6 +316,8 @@ class Head:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"head": self.name, "params": self.get_params(),
                 "n_classes_": int(self.n_classes_), "n_features_": int(self.n_features_)}
+        if getattr(self, "blocks_", None) is not None:
+            meta["blocks"] = self.blocks_.to_dict()
         (directory / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self._save_state(directory)
 
@@ -297,6 +337,8 @@ class Head:
             raise InputError(f"{directory} holds a {meta['head']!r} head, not {cls.name!r}")
         head = klass(**meta["params"])
         head.n_features_in_, head.classes_ = int(meta["n_features_"]), np.arange(int(meta["n_classes_"]))
+        # saved before blocks were joined (no "blocks"): the raw columns, as it was trained
+        head.blocks_ = BlockCombiner.from_dict(meta["blocks"]) if "blocks" in meta else None
         head._load_state(directory)
         return head
 

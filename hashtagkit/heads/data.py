@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hashtagkit.heads.base import refuse_nonfinite_features
+from hashtagkit.heads.blocks import Block, layout_of
 
 # A validation part's rows at most (the MLP's early stopping, fusion, a run's calibration): held in
 # memory as float16 (160 MB at 8,192 columns); Recall@5 on 10,000 rows varies by ~0.4 points.
@@ -37,8 +38,11 @@ class TrainingData:
     """Features X (n_rows, n_features) and multi-hot labels Y (n_rows, n_classes), by block.
 
     X comes as stored (float16 from a store; a head converts per batch), Y as uint8. A head
-    that ignores the image gets X of width 0."""
+    that ignores the image gets X of width 0. `layout` names the feature blocks X's columns
+    hold (a store's view: both backbones, or one); a head that compares rows joins them by its
+    rule (`hashtagkit.heads.blocks`). Empty for arrays given without one: a single block."""
 
+    layout: tuple[Block, ...] = ()
     n_rows: int
     n_features: int
     n_classes: int
@@ -127,10 +131,11 @@ class TrainingData:
 class ArrayData(TrainingData):
     """In-memory X and Y as TrainingData (views, no copy)."""
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, block_rows: int = BLOCK_ROWS) -> None:
+    def __init__(self, X: np.ndarray, Y: np.ndarray, block_rows: int = BLOCK_ROWS,
+                 layout: tuple[Block, ...] = ()) -> None:
         if len(X) != len(Y):
             raise ValueError(f"X has {len(X)} rows, Y {len(Y)}")
-        self.X, self.Y = X, Y
+        self.X, self.Y, self.layout = X, Y, tuple(layout)
         self.n_rows, self.n_features, self.n_classes = len(X), int(X.shape[1]), int(Y.shape[1])
         self.bounds = np.unique(np.r_[np.arange(0, self.n_rows, max(1, block_rows)), self.n_rows]).astype(np.int64)
 
@@ -151,7 +156,7 @@ class ArrayData(TrainingData):
 
     def subset(self, blocks: Sequence[int]) -> ArrayData:
         idx = self.positions(blocks)
-        out = ArrayData(self.X[idx], self.Y[idx])
+        out = ArrayData(self.X[idx], self.Y[idx], layout=self.layout)
         sizes = [self.bounds[b + 1] - self.bounds[b] for b in blocks]
         out.bounds = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         return out
@@ -174,6 +179,7 @@ class StoreData(TrainingData):
             self.bounds = np.zeros(1, np.int64)
         self.n_rows, self.n_classes = len(self.rows), store.n_classes
         self.n_features = int(store.group["features"].shape[1]) if view is not None else 0
+        self.layout = layout_of(store.blocks, view) if view is not None else ()
         self._dtype = np.dtype(store.group["features"].dtype) if view is not None else np.dtype(np.float32)
 
     @property

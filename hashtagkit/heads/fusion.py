@@ -224,7 +224,7 @@ class FusionHead(Head):
         """(data, fit part, validation part): the validation part is seeded whole blocks holding
         val_fraction of the rows (at most VAL_ROWS, at least one row, never every block)."""
         if data.n_blocks < MIN_BLOCKS:
-            data = ArrayData(*data.to_arrays(), block_rows=math.ceil(data.n_rows / MIN_BLOCKS))
+            data = ArrayData(*data.to_arrays(), block_rows=math.ceil(data.n_rows / MIN_BLOCKS), layout=data.layout)
         val = data.held_out_blocks(self.val_fraction, VAL_ROWS, np.random.default_rng([self.random_state, 2]))
         return data, data.subset(np.setdiff1d(np.arange(data.n_blocks), val)), data.subset(val)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashtagkit.heads.base import Head, Laps, Param
+from hashtagkit.heads.base import BLOCK_WEIGHTS, BlockWeights, Head, Laps, Param
 from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
@@ -88,11 +88,14 @@ class KNNHead(Head):
         "target_recall": Param(float, low=0, low_open=True, high=1, none=True,
                                none_means="the default search breadth, not tuned"),
         "random_state": Param(int, low=0, high=2**32 - 1),
+        "block_weights": BlockWeights(str),
     }
+    block_rule = "l2"  # each backbone's block unit-normalised, so cosine weighs them by their shares
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
                  batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, index_mb: float = INDEX_MB,
-                 target_recall: float | None = TARGET_RECALL, random_state: int = 0) -> None:
+                 target_recall: float | None = TARGET_RECALL, random_state: int = 0,
+                 block_weights: str = BLOCK_WEIGHTS) -> None:
         self.k = k
         self.temperature = temperature
         self.pca = pca
@@ -102,10 +105,11 @@ class KNNHead(Head):
         self.index_mb = index_mb
         self.target_recall = target_recall
         self.random_state = random_state
+        self.block_weights = block_weights
 
     # --- fitting ------------------------------------------------------------------------------
     def _embed(self, X: np.ndarray) -> np.ndarray:
-        Z = _normalised(X)
+        Z = _normalised(self._combine(X))
         if self.projection_["components"].size:
             Z = _normalised(project(Z, self.projection_))
         return Z
@@ -195,7 +199,8 @@ class KNNHead(Head):
         laps, n = Laps(), data.n_rows
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
-        Zs = _normalised(data.take(sample)[0])
+        self._fit_blocks(data)
+        Zs = _normalised(self._combine(data.take(sample)[0]))
         self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:
             Zs = _normalised(project(Zs, self.projection_))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashtagkit.heads.base import Head, Laps, Param
+from hashtagkit.heads.base import BLOCK_WEIGHTS, BlockWeights, Head, Laps, Param
 from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
@@ -47,14 +47,17 @@ class OVRHead(Head):
         "max_rows": Param(int, low=1),
         "n_jobs": Param(int, low=-1, exclude=(0,), none=True, none_means="one job"),
         "random_state": Param(int, low=0, high=2**32 - 1),
+        "block_weights": BlockWeights(str),
     }
+    block_rule = "std"  # each backbone's block scaled to its share of the variance before the PCA
 
     @property
     def _projection(self) -> dict[str, np.ndarray]:
         return {"mean": self.pca_mean_, "components": self.pca_components_, "scale": self.pca_scale_}
 
     def __init__(self, estimator: str = "logistic", C: float = 1.0, pca: int | None = 256, max_iter: int = 100,
-                 max_rows: int = MAX_ROWS, n_jobs: int | None = -1, random_state: int = 0) -> None:
+                 max_rows: int = MAX_ROWS, n_jobs: int | None = -1, random_state: int = 0,
+                 block_weights: str = BLOCK_WEIGHTS) -> None:
         self.estimator = estimator
         self.C = C
         self.pca = pca
@@ -62,6 +65,7 @@ class OVRHead(Head):
         self.max_rows = max_rows
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.block_weights = block_weights
 
     def _make_estimator(self):
         from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -86,7 +90,10 @@ class OVRHead(Head):
         laps, n = Laps(), data.n_rows
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
-        p = fit_projection(data.take(sample)[0], self.pca or 0, whiten=True, random_state=self.random_state)
+        Xs = data.take(sample)[0]
+        self._fit_blocks(data, Xs)
+        p = fit_projection(self._combine(Xs), self.pca or 0, whiten=True, random_state=self.random_state)
+        del Xs
         self.pca_mean_, self.pca_components_, self.pca_scale_ = p["mean"], p["components"], p["scale"]
         laps.lap("sample_and_pca")
         keep = np.arange(n) if n <= self.max_rows else np.sort(rng.choice(n, self.max_rows, replace=False))
@@ -96,7 +103,7 @@ class OVRHead(Head):
         for i, (Xb, Yb) in enumerate(data.blocks()):
             lo, hi = np.searchsorted(keep, data.bounds[i : i + 2])
             local = keep[lo:hi] - data.bounds[i]
-            Z[lo:hi], Y[lo:hi] = project(Xb[local], self._projection), Yb[local] != 0
+            Z[lo:hi], Y[lo:hi] = project(self._combine(Xb[local]), self._projection), Yb[local] != 0
         laps.lap("read_project")
         positives = Y.sum(axis=0)
         trainable = np.flatnonzero((positives > 0) & (positives < len(Y)))
@@ -117,7 +124,7 @@ class OVRHead(Head):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_x(X)
-        margin = project(X, self._projection) @ self.coef_.T + self.intercept_
+        margin = project(self._combine(X), self._projection) @ self.coef_.T + self.intercept_
         scores = 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50)))
         fixed = ~np.isnan(self.constant_)
         scores[:, fixed] = self.constant_[fixed]

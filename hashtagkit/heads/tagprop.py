@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit.heads.base import Param
+from hashtagkit.heads.base import BLOCK_WEIGHTS, Param
 from hashtagkit.heads.data import TrainingData
 from hashtagkit.heads.knn import EXACT_LIMIT, INDEX_MB, TARGET_RECALL, KNNHead
 from hashtagkit.heads.projection import SPREAD
@@ -85,19 +85,20 @@ def fit_sigmoids(votes: np.ndarray, Y: np.ndarray, l2: float = SIGMOID_L2,
 class TagPropHead(KNNHead):
     name = "tagprop"
     param_spec = {
-        **KNNHead.param_spec,
+        **{key: spec for key, spec in KNNHead.param_spec.items() if key != "block_weights"},
         "weighting": Param(str, choices=("learned", "fixed")),
         "sigmoid": Param(str, choices=("fit", "identity")),
         "loo_rows": Param(int, low=1),
+        "block_weights": KNNHead.param_spec["block_weights"],  # last, as in the signature
     }
 
     def __init__(self, k: int = 50, temperature: float = 0.05, pca: int | None = 256, index: str = "auto",
                  batch_size: int = 1024, exact_limit: int = EXACT_LIMIT, index_mb: float = INDEX_MB,
                  target_recall: float | None = TARGET_RECALL, random_state: int = 0, weighting: str = "learned",
-                 sigmoid: str = "fit", loo_rows: int = LOO_ROWS) -> None:
+                 sigmoid: str = "fit", loo_rows: int = LOO_ROWS, block_weights: str = BLOCK_WEIGHTS) -> None:
         super().__init__(k=k, temperature=temperature, pca=pca, index=index, batch_size=batch_size,
                          exact_limit=exact_limit, index_mb=index_mb, target_recall=target_recall,
-                         random_state=random_state)
+                         random_state=random_state, block_weights=block_weights)
         self.weighting = weighting
         self.sigmoid = sigmoid
         self.loo_rows = loo_rows
