@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,18 +34,18 @@ def expected_chunk(chunk: int, rows: int) -> tuple[np.ndarray, np.ndarray, list[
     return feats, valid, reasons
 
 
-def write_chunks(path: str, chunks: list[int], start_at: float) -> int:
-    """A writer process: `write_chunk` of each of its chunks, from a shared start time, so the
-    two writers of the test overlap. Only the store API, as a distributed worker uses it."""
+def write_chunks(path: str, chunks: list[int], barrier) -> None:
+    """A writer process: `write_chunk` of each of its chunks once both writers are ready (a
+    barrier, not a start time: a loaded machine may start an interpreter late), so the two
+    writers of the test overlap. Only the store API, as a distributed worker uses it."""
     store = open_store(path, mode="r+")
     rows = store.chunk_rows()
-    time.sleep(max(0.0, start_at - time.time()))
+    barrier.wait(timeout=120)
     for c in chunks:
         feats, valid, reasons = expected_chunk(c, rows)
         store.write_chunk(c, feats, valid, reasons,
                           info={"run": 0, "host": "test", "worker": f"w{os.getpid()}", "pid": os.getpid(),
                                 "device": "cpu", "precision": "fp32", "seconds": 0.01})
-    return os.getpid()
 
 
 def shared_store(tmp_path: Path, n_chunks: int, rows: int, single_chunk_done: bool = False) -> Path:
@@ -63,12 +62,18 @@ def shared_store(tmp_path: Path, n_chunks: int, rows: int, single_chunk_done: bo
 
 
 def run_two_writers(path: Path, n_chunks: int) -> list[int]:
-    """Two processes writing interleaved chunks (0, 2, 4... and 1, 3, 5...) at the same time."""
+    """Two processes writing interleaved chunks (0, 2, 4... and 1, 3, 5...) at the same time;
+    their pids."""
     ctx = multiprocessing.get_context("spawn")  # no fork of zarr's I/O thread
-    start_at = time.time() + 4.0  # both interpreters are up by then
-    with ctx.Pool(2) as pool:
-        jobs = [pool.apply_async(write_chunks, (str(path), list(range(k, n_chunks, 2)), start_at)) for k in (0, 1)]
-        return [j.get(timeout=120) for j in jobs]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=write_chunks, args=(str(path), list(range(k, n_chunks, 2)), barrier))
+             for k in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return [p.pid for p in procs]
 
 
 def test_two_processes_writing_different_chunks_lose_nothing(tmp_path):
@@ -92,10 +97,10 @@ def test_two_processes_writing_different_chunks_lose_nothing(tmp_path):
 
 def test_the_concurrency_test_detects_a_shared_done_chunk(tmp_path):
     """The same two writers on a store whose `done` is one chunk (format 1) lose flags: the
-    check above would catch a regression to a shared object. Bounded: at most 3 attempts."""
+    check above would catch a regression to a shared object. Bounded: at most 5 attempts."""
     n_chunks, rows = 48, 3
     lost = []
-    for attempt in range(3):
+    for attempt in range(5):
         (tmp_path / str(attempt)).mkdir()
         path = shared_store(tmp_path / str(attempt), n_chunks, rows, single_chunk_done=True)
         run_two_writers(path, n_chunks)
