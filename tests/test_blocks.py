@@ -147,3 +147,21 @@ def test_a_head_saved_before_the_rule_scores_as_it_was_trained(loud, tmp_path, k
     old = klass.load(tmp_path / "old")
     assert old.blocks_ is None and np.array_equal(old.predict_proba(X), raw.predict_proba(X))
     assert np.array_equal(klass.load(tmp_path / "h").predict_proba(X), joined.predict_proba(X))
+
+
+def test_fit_says_how_it_joined_the_blocks(loud, tmp_path):
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["fit", str(loud[0]), "--head", "knn", "--set", "k=5", "--set",
+                                   "block_weights=object:3,scene:1", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "joined the both view's blocks: l2 per block, object 0.75 + scene 0.25" in res.output
+    res = CliRunner().invoke(cli, ["fit", str(loud[0]), "--head", "knn", "--features", "object", "-o",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 0 and "joined the" not in res.output
+    res = CliRunner().invoke(cli, ["fit", str(loud[0]), "--head", "knn", "--set", "block_weights=object:1",
+                                   "-o", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "block_weights names object, but the view's blocks are object, scene" in res.output
+    assert not (tmp_path / "bad").exists()
