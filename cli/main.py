@@ -8,9 +8,11 @@ the hidden temporaries of the interrupted write are removed.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -72,6 +74,9 @@ def _on_sigint(signum, frame) -> None:
     signal.default_int_handler(signum, frame)
 
 
+RESOURCES = ("outputs are written whole or not at all, so nothing half-written was left: "
+             "free some, or ask for less, and run the same command again")
+
 STOPPED = {signal.SIGINT: ("interrupted (Ctrl-C)", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
 
 
@@ -122,6 +127,19 @@ class Group(click.Group):
             if isinstance(e, OneLineUsage):
                 raise
             raise OneLineUsage(e) from None
+        except MemoryError:
+            raise Stopped("out of memory; " + RESOURCES, 1) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debugging():
+                raise
+            where = f" writing {os.fsdecode(e.filename)}" if e.filename else ""
+            raise Stopped(f"no space left on the device{where}; " + RESOURCES, 1) from None
+        except RuntimeError as e:  # torch's allocator says it in a RuntimeError
+            if not re.search(r"can't allocate memory|out of memory", str(e)) or debugging():
+                raise
+            tried = re.search(r"allocate (\d+) bytes", str(e))
+            size = f" (an allocation of {int(tried.group(1)) / 2**30:,.1f} GiB)" if tried else ""
+            raise Stopped(f"out of memory{size}; " + RESOURCES, 1) from None
         except KeyboardInterrupt:
             raise _stopped(signal.SIGINT) from None
         except Terminated:
@@ -129,6 +147,18 @@ class Group(click.Group):
         if stop_requested() is not None:  # its exception was swallowed and no commit point came after
             raise _stopped(stop_requested(), after=True)
         return result
+
+
+class OutputPath(click.Path):
+    """An output path (-o): a path that names a file or folder, so `-o ''` or `-o ..` is a
+    one-line usage error, not a traceback from whatever first takes its name."""
+
+    def convert(self, value, param, ctx):
+        path = super().convert(value, param, ctx)
+        raw = os.fsdecode(value)
+        if not raw.strip() or os.path.basename(raw.rstrip(os.sep)) in ("", ".", ".."):
+            self.fail(f"{os.fsdecode(value)!r} names no file or folder to create", param, ctx)
+        return path
 
 
 class FiniteFloat(click.ParamType):
@@ -225,7 +255,7 @@ def split_options(default_test: str):
         f = click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random split.")(f)
         f = click.option("--val-size", default="0", show_default=True, type=SplitSize(), help="Validation rows: a count or a fraction.")(f)
         f = click.option("--test-size", default=default_test, show_default=True, type=SplitSize(), help="Test rows: a count or a fraction.")(f)
-        f = click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create (a folder, e.g. harrison.zarr).")(f)
+        f = click.option("-o", "--out", "out", required=True, type=OutputPath(path_type=Path), help="The store to create (a folder, e.g. harrison.zarr).")(f)
         return f
 
     return wrap
@@ -331,7 +361,7 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
 
 
 @prepare.command("planted")
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), help="The store to create.")
+@click.option("-o", "--out", "out", required=True, type=OutputPath(path_type=Path), help="The store to create.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="HARRISON label files (ROOT or ROOT/HARRISON) to take the label matrix from [default: Zipf-shaped].")
 @click.option("--n", type=click.IntRange(min=10, max=2_000_000),
@@ -462,7 +492,7 @@ def postprocess_choice(rerank: str, rerank_m: int, rerank_smoothing: float, thre
               help="Feature view; a single view zero-pads the other block, as the paper does.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for everything random in fitting.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
+@click.option("-o", "--out", required=True, type=OutputPath(path_type=Path), help="The run directory to create.")
 @click.option("--overwrite", is_flag=True, help="Replace RUN if it exists.")
 @postprocess_options
 def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int, out: Path, overwrite: bool,
@@ -666,7 +696,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False),
               help="Image folder [default: the one extraction read].")
 @click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-o", "--out", required=True, type=OutputPath(path_type=Path, dir_okay=False),
               help="The sheet to write: .png, .pdf, .svg or .jpg.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: int, images: Path | None,
@@ -713,7 +743,7 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
               help="Comma-separated feature views; views the store lacks are skipped.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (mean ± std over them).")
 @click.option("--set", "sets", multiple=True, metavar="HEAD.KEY=VALUE", help="A head hyper-parameter (repeatable).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+@click.option("-o", "--out", required=True, type=OutputPath(path_type=Path, file_okay=False),
               help="Results folder: new, empty, or an earlier bench folder to resume (any other folder is refused).")
 @postprocess_options
 def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...], out: Path, rerank: str,
@@ -843,7 +873,7 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
 @click.option("--arch", default="vgg16", show_default=True, type=click.Choice(["vgg16", "raw"]),
               help="vgg16: torchvision vgg16 state dict; raw: <layer>.weight/<layer>.bias for any net.")
 @click.option("--keep-fc8", is_flag=True, help="vgg16: keep the classification layer (fc8 / fc8a).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="The .pth file to write.")
+@click.option("-o", "--out", required=True, type=OutputPath(path_type=Path), help="The .pth file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--preprocessing", "preprocessing", type=click.Choice(["places365-caffe", "imagenet", "none"]),
               help="The pixels these weights expect, recorded in OUT [default: places365-caffe for vgg16 (Caffe "

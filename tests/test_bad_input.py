@@ -200,6 +200,13 @@ CASES = [
     case("fit {x}/s.zarr --head popularity --set alpha=1 -o {x}/new", "alpha"),
     case("fit {x}/s.zarr --head knn --set k=NaN -o {x}/new", "not a finite number"),
     case("fit {x}/s.zarr --head knn --set temperature=1e999 -o {x}/new", "not a finite number"),
+    case("fit {x}/s.zarr --head popularity -o {x}/..", "'-o' / '--out'"),  # names no folder to create
+    case("prepare demo -o {x}/. --n 10", "names no file or folder"),
+    # a value whose cost is known before the work: refused with the size and the limit (issue #23)
+    case("fit {x}/s.zarr --head mlp --set hidden=1000000000 -o {x}/new", "hidden=1000000000 needs"),
+    case("fit {x}/s.zarr --head fusion --set grid_step=1e-9 -o {x}/new", "1,000,000,001 weight vectors"),
+    case("fit {x}/s.zarr --head fusion --set grid_step=5e-324 --set components=knn,ovr,mlp -o {x}/new",
+         "about 10^615 weight vectors"),
     case("bench {x}/s.zarr --heads knn --set knn.k=-Infinity -o {x}/new", "not a finite number"),
     # evaluate
     case("evaluate {x}/nothing", "not a run directory"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,31 @@ class BlockWeights(Param):
 
 
 BLOCK_WEIGHTS = EQUAL  # the default of a `block_weights` parameter
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable; the physical memory where that is not
+    known): what a parameter's cost is checked against before the work starts."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_memory(head: str, setting: str, nbytes: float, what: str) -> None:
+    """An InvalidParameterError naming the setting, the size and the limit, when `what` would need
+    more memory than is available: refused before the work, not ended by the OOM killer later."""
+    limit = available_memory()
+    if nbytes > limit:
+        raise InvalidParameterError(f"{head} parameter {setting} needs {nbytes / 2**30:,.1f} GiB for {what}, "
+                                    f"more than the {limit / 2**30:,.1f} GiB of memory available; choose a smaller value")
 
 
 def nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:

@@ -138,6 +138,20 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
     return np.divide(s - low, span, out=np.zeros_like(s), where=span > 0)
 
 
+MAX_GRID_POINTS = 1_000_000  # each point is a metric over the validation rows: ~10 ms at 10,000 x 997
+
+
+def grid_points(n: int, step: float) -> int:
+    """How many weight vectors `weight_grid(n, step)` holds: C(m + n - 1, n - 1), m = round(1/step)."""
+    inv = 1 / step
+    m = max(1, round(inv)) if math.isfinite(inv) else 10**308
+    return math.comb(m + n - 1, n - 1)
+
+
+def _count(points: int) -> str:
+    return f"{points:,}" if points < 10**15 else f"about 10^{len(str(points)) - 1}"
+
+
 def weight_grid(n: int, step: float) -> np.ndarray:
     """Every weight vector of n non-negative multiples of 1/round(1/step) summing to 1 (stars and
     bars), as rows; the equal split of two components is among them at the default step."""
@@ -201,6 +215,11 @@ class FusionHead(Head):
         if self.weights != "auto" and len(parse_weights(self.weights)) != len(names):
             raise InvalidParameterError(f"fusion parameter weights must be one weight per component "
                                         f"({len(names)}: {', '.join(names)}), got {self.weights!r}")
+        points = grid_points(len(names), self.grid_step)
+        if self.weights == "auto" and len(names) > 1 and points > MAX_GRID_POINTS:
+            raise InvalidParameterError(f"fusion parameter grid_step={self.grid_step:g} gives {_count(points)} weight vectors "
+                                        f"for {len(names)} components, more than {MAX_GRID_POINTS:,} (each is scored "
+                                        "on the validation rows); choose a larger grid_step")
         for head, kv in (self.component_params or {}).items():
             if head not in names:
                 raise InvalidParameterError(f"fusion parameter component_params must be for the components only "

@@ -52,7 +52,7 @@ from torch import nn
 
 from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
-from hashtagkit.heads.base import Head, InvalidParameterError, Param
+from hashtagkit.heads.base import Head, InvalidParameterError, Param, check_memory
 from hashtagkit.heads.data import VAL_ROWS, TrainingData
 from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, sigmoid_cross_entropy, training_loss
 
@@ -441,6 +441,10 @@ class MLPHead(Head):
         self._begin_fit(data)
         cfg = self.config()
         device = pick_device(self.device)
+        if device.type == "cpu":  # weights, their gradients and the optimizer's two moments, float32
+            d, h, c = data.n_features, self.hidden, data.n_classes
+            check_memory(self.name, f"hidden={h}", 16 * (d * h + h * h + h * c + 2 * h + c),
+                         f"a {d} -> {h} -> {h} -> {c} network's weights, gradients and optimizer state")
         precision = pick_precision(self.precision, device, training=True)
         world = ddp.current()
         gen = torch.Generator().manual_seed(self.random_state)
