@@ -113,6 +113,7 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
     fit_seconds = time.perf_counter() - t0
     if not world.writer:
         return Path(out)
+    check_scores(head, data)
     post = None
     if options is not None and options.active:
         t0 = time.perf_counter()
@@ -150,6 +151,20 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
             record["postprocess"] = post.record
         (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out)
+
+
+PROBE_ROWS = 64
+
+
+def check_scores(head: Head, data) -> None:
+    """A fitted head must score: the first training rows are scored before the run is written,
+    so a model that answers NaN (a setting that made it diverge) is refused, never saved for
+    evaluate, recommend and serve to fail on later."""
+    X, _ = data.take(np.arange(min(PROBE_ROWS, data.n_rows)))
+    scores = np.asarray(head.predict_proba(X))
+    if not np.isfinite(scores).all():
+        raise InputError(f"the fitted {head.name} head scores NaN or infinity on training rows, so the run was not "
+                         f"written; its parameters ({head.get_params()}) made it diverge: choose gentler ones")
 
 
 def distributed_record(world: ddp.World, head: Head) -> dict | None:

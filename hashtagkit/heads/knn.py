@@ -277,7 +277,11 @@ class KNNHead(Head):
         exp(similarity / T), divided by the weights' sum (missing neighbours, id -1, weigh 0)."""
         if sims.shape[1] == 0:
             return np.zeros((len(sims), self.n_classes_), dtype=np.float32)
-        weights = np.exp((sims - sims[:, :1]) / temperature)  # shifted: no overflow, same ratios
+        # shifted (no overflow, same ratios) and in float64: a float32 difference divided by a tiny T
+        # (1e-300 rounds to 0 in float32) is 0/0 = NaN for the nearest neighbour
+        sims = np.asarray(sims, dtype=np.float64)
+        with np.errstate(over="ignore"):  # -inf for a far neighbour at a tiny T: weight 0, as it should be
+            weights = np.exp((sims - sims[:, :1]) / float(temperature))
         weights[ids < 0] = 0
         return self._votes(ids, weights) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
 

@@ -536,6 +536,12 @@ class MLPHead(Head):
                     bar.set_postfix(loss=f"{running / seen:.4f}")
                 if step >= total:
                     break
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                bar.close()
+                lr = cfg.get("lr")
+                raise InvalidParameterError(
+                    f"mlp training diverged in epoch {len(history) + 1}: its weights are NaN or infinite "
+                    f"(training loss {running / max(1, seen):.4g}); lower lr" + (f" (now {lr:g})" if lr else ""))
             record = {"epoch": len(history) + 1, "step": step, "loss": running / max(1, seen),
                       "train_s": round(time.perf_counter() - started, 3),  # the steps, data waits included
                       "data_wait_s": round(sum(waits), 3), "first_batch_s": round(waits[0] if waits else 0.0, 3)}
