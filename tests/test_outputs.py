@@ -160,7 +160,10 @@ def stopped_mid_write(tmp_path, n: int) -> subprocess.Popen | None:
     a moment the test chose, not a timer's, however loaded the machine. None if it finished first."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hashtagkit.cli.main", "prepare", "planted", "-o", str(tmp_path / "p.zarr"),
-         "--n", str(n), "--dim", "256"], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+         "--n", str(n), "--dim", "256"], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        # Ctrl-C as a terminal sends it: a suite started in the background (`make test &`, nohup)
+        # passes SIGINT on ignored, and the command rightly keeps ignoring it then
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if any(p.name.startswith(".p.zarr.tmp-") for p in tmp_path.iterdir()):
