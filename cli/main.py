@@ -981,12 +981,19 @@ def verify_store(path: Path) -> int:
     not done (under the store's writer lock), so the next `extract` redoes exactly them."""
     from hashtagkit.stores import open_store
 
-    store = open_store(path, mode="r+")
+    store = open_store(path, mode="r+", check=False)  # damage is what it reports, not a reason to stop
+    base = store.damaged_base()
+    for line in base:
+        click.echo(line)
+    if base:
+        click.echo(f"{path}: its labels, split or paths are damaged: restore the store from a copy or make it "
+                   "again with `hashtagkit prepare` (extract cannot repair them)")
+        return 1
     if not store.has_features():
-        click.echo(f"{path}: no features to verify")
+        click.echo(f"{path}: labels, split and paths present; no features to verify")
         return 0
     with store.lock("verified"):
-        store = open_store(path, mode="r+")  # re-read under the lock (the store may have been replaced)
+        store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
         damaged = store.damaged_chunks(decode=True)
         store.mark_not_done(sorted(damaged))
     done, total = store.completeness()

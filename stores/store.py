@@ -30,6 +30,7 @@ an error naming it, never rows of zeros (`damaged_chunks`, `hashtagkit info --ve
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import warnings
@@ -56,6 +57,9 @@ FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_al
 UPGRADING = "upgrading_to_format_2"  # group attr while `upgrade_store` rewrites a format-1 store
 ROW_ARRAYS = ("features", "labels", "valid")  # what iter_rows reads by default
 PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks for its rows
+BASE_ARRAYS = ("labels", "split", "paths")  # written whole by `prepare`: every chunk is there
+ALL_CHUNKS_MARK = "every_chunk_has_a_file"  # attr of a base array written with its empty chunks too
+DTYPES = {"labels": "uint8", "split": "uint8", "valid": "bool", "done": "bool"}  # what each array must hold
 
 
 def is_url(path: str | Path) -> bool:
@@ -117,7 +121,9 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
 
 
 def _compressors() -> list:
-    return [zarr.codecs.ZstdCodec(level=3)]
+    """zstd, then a CRC32C checksum of each chunk object: bit rot in a file is an error when it
+    is read, not other numbers (without it most single-bit flips decoded to other values)."""
+    return [zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()]
 
 
 def feature_compressors() -> list:
@@ -125,7 +131,7 @@ def feature_compressors() -> list:
     features it compressed best (2.2x) and wrote about twice as fast as Blosc zstd-3 + shuffle
     (2.0x) and well ahead of lz4 (1.1-1.3x); benchmarks/extract_throughput.py measures it
     against .npy on every run."""
-    return [zarr.codecs.ZstdCodec(level=1)]
+    return [zarr.codecs.ZstdCodec(level=1), zarr.codecs.Crc32cCodec()]
 
 
 def create_store(
@@ -171,15 +177,19 @@ def create_store(
             atomic_dir(path, overwrite=overwrite, kind="store") as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         c = max(1, len(vocab))
+        every = {"write_empty_chunks": True}  # a chunk of zeros gets its file too: a missing one is damage
+        marked = {ALL_CHUNKS_MARK: True}
         lab = group.create_array(
-            "labels", shape=labels.shape, dtype="uint8",
-            chunks=(min(max(n, 1), rows_per_chunk(c)), c), compressors=_compressors(),
+            "labels", shape=labels.shape, dtype="uint8", chunks=(min(max(n, 1), rows_per_chunk(c)), c),
+            compressors=_compressors(), config=every, attributes=marked,
         )
         for a in range(0, n, lab.chunks[0]):  # a chunk at a time: labels may be made on demand
             lab[a : a + lab.chunks[0]] = np.asarray(labels[a : a + lab.chunks[0]], dtype=np.uint8)
-        sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors())
+        sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors(),
+                                config=every, attributes=marked)
         sp[...] = split.astype(np.uint8)
-        pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),))
+        pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),),
+                                compressors=_compressors(), config=every, attributes=marked)
         for a in range(0, n, PATH_CHUNK_ROWS):
             pa[a : a + PATH_CHUNK_ROWS] = np.asarray(list(paths[a : a + PATH_CHUNK_ROWS]), dtype=str)
         group.attrs.update(
@@ -202,8 +212,9 @@ def create_store(
     return open_store(path)
 
 
-def open_store(path: str | Path, mode: str = "r") -> Store:
-    """Open an existing store; a path that is not a hashtagkit store is a clear user error.
+def open_store(path: str | Path, mode: str = "r", check: bool = True) -> Store:
+    """Open an existing store; a path that is not a hashtagkit store is a clear user error, and
+    so (with `check`) is one whose arrays' metadata or base chunks are damaged (`damaged_base`).
 
     `path` may be an fsspec URL (s3://...): Zarr opens it (a worker needs nothing else), but
     the local-file parts (lock, chunk files' presence, upgrade) are skipped or refused there."""
@@ -219,7 +230,10 @@ def open_store(path: str | Path, mode: str = "r") -> Store:
         raise InputError(f"{path} is a Zarr group but not a hashtagkit store (no labels/split)")
     if meta.get("format", 0) > FORMAT:
         raise InputError(f"{path} was written by a newer hashtagkit (format {meta['format']}); upgrade")
-    return Store(path, group)
+    store = Store(path, group)
+    if check:
+        store.refuse_damaged_base()
+    return store
 
 
 def mask_view(data: np.ndarray, blocks: Sequence[dict], view: str) -> np.ndarray:
@@ -372,6 +386,39 @@ class Store:
         rows = self.chunk_rows()
         return chunk * rows, min((chunk + 1) * rows, self.n_rows)
 
+    def damaged_base(self) -> list[str]:
+        """What is wrong with the arrays every store holds, one line each: an array whose dtype
+        is not what hashtagkit wrote (its zarr.json edited), and, in a local store written with
+        every chunk's file (`ALL_CHUNKS_MARK`), a labels, split or paths chunk whose file is
+        missing (Zarr would read it as zeros: labels silently empty). A stat per chunk file."""
+        out = []
+        for name, want in DTYPES.items():
+            if name in self.group and np.dtype(self.group[name].dtype) != np.dtype(want):
+                out.append(f"{name} holds {np.dtype(self.group[name].dtype)}, not {want} (its zarr.json was edited)")
+        if "features" in self.group and np.dtype(self.group["features"].dtype) not in (np.float16, np.float32):
+            out.append(f"features holds {np.dtype(self.group['features'].dtype)}, not float16/float32 "
+                       "(its zarr.json was edited)")
+        if is_url(self.path):
+            return out
+        folder = Path(self.path) / self.group.path
+        for name in BASE_ARRAYS:
+            arr = self.group[name]
+            if not arr.attrs.get(ALL_CHUNKS_MARK, False):
+                continue  # written before the mark: a chunk of zeros may rightly have no file
+            grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape, arr.chunks, strict=True)]
+            for coords in itertools.product(*grid):
+                key = arr.metadata.encode_chunk_key(coords)
+                if not (folder / name / key).is_file():
+                    out.append(f"{name} chunk {name}/{key} is missing")
+                    break  # one per array says enough
+        return out
+
+    def refuse_damaged_base(self) -> None:
+        damaged = self.damaged_base()
+        if damaged:
+            raise InputError(f"{self.path} is damaged: {'; '.join(damaged)}; restore it from a copy or make it again "
+                             "with `hashtagkit prepare`")
+
     def verify_split(self) -> str:
         """Recompute the split's sha256 and check it against the recorded one."""
         actual = split_sha256(self.split())
@@ -396,12 +443,12 @@ class Store:
         rows = max(1, min(rows, max(n, 1)))
         g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
                        fill_value=0)
-        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False)
-        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,))
+        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False, compressors=_compressors())
+        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,), compressors=_compressors())
         n_chunks = max(1, -(-n // rows))
         create_chunk_log(g, n_chunks)
         g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False,
-                       attributes={FILES_MARK: True})
+                       attributes={FILES_MARK: True}, compressors=_compressors())
         g.attrs["blocks"] = blocks
         return rows
 
@@ -735,4 +782,4 @@ class _SliceReader:
 
 def create_chunk_log(group: zarr.Group, n_chunks: int) -> zarr.Array:
     """The per-chunk log array: one JSON string per chunk, each its own object."""
-    return group.create_array("chunk_log", shape=(n_chunks,), dtype=str, chunks=(1,))
+    return group.create_array("chunk_log", shape=(n_chunks,), dtype=str, chunks=(1,), compressors=_compressors())
