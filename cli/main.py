@@ -304,8 +304,8 @@ def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, over
 
 @prepare.command("posts")
 @click.argument("posts", type=click.Path(path_type=Path))
-@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder the posts' image paths are relative to.")
+@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Folder the posts' image paths are relative to (it must exist).")
 @click.option("--vocab-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Classes kept: the most frequent hashtags.")
 @click.option("--min-tags", default=1, show_default=True, type=click.IntRange(min=0), help="Drop posts left with fewer hashtags.")
 @click.option("--max-tags", default=10, show_default=True, type=click.IntRange(min=0), help="Drop posts left with more hashtags (likely commercial).")
@@ -688,9 +688,9 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 @click.option("--n", "n", default=12, show_default=True, type=click.IntRange(min=1, max=200), help="Images on the sheet.")
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Which random sample, or which of the tied worst/best images.")
-@click.option("--worst", "mode", flag_value="worst", help="The images with the lowest Recall@TOP (failure cases).")
-@click.option("--best", "mode", flag_value="best", help="The images with the highest Recall@TOP (successes).")
-@click.option("--random", "mode", flag_value="random", default=True, help="A seeded random sample (the default).")
+@click.option("--worst", is_flag=True, help="The images with the lowest Recall@TOP (failure cases).")
+@click.option("--best", is_flag=True, help="The images with the highest Recall@TOP (successes).")
+@click.option("--random", "random_sample", is_flag=True, help="A seeded random sample (the default).")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1, max=20), help="Predicted hashtags per image.")
 @click.option("--cols", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Images per row.")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False),
@@ -699,8 +699,8 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 @click.option("-o", "--out", required=True, type=OutputPath(path_type=Path, dir_okay=False),
               help="The sheet to write: .png, .pdf, .svg or .jpg.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: int, images: Path | None,
-         store: Path | None, out: Path, overwrite: bool) -> None:
+def show(run: Path, split: str, n: int, seed: int, worst: bool, best: bool, random_sample: bool, top: int, cols: int,
+         images: Path | None, store: Path | None, out: Path, overwrite: bool) -> None:
     """Draw a contact sheet of RUN's predictions, like the paper's Figures 6-8.
 
     Each photo of the split gets its top predicted hashtags with scores and its ground truth;
@@ -714,6 +714,10 @@ def show(run: Path, split: str, n: int, seed: int, mode: str, top: int, cols: in
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.show import draw_sheet, image_folder, select_rows, sheet_entries, write_sheet
 
+    given = [flag for flag, on in (("--worst", worst), ("--best", best), ("--random", random_sample)) if on]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} cannot be used together: choose one")
+    mode = given[0].lstrip("-") if given else "random"
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
     refuse_existing(out, overwrite, kind="sheet", inputs=[run, store, images])

@@ -201,6 +201,9 @@ CASES = [
     case("fit {x}/s.zarr --head knn --set k=NaN -o {x}/new", "not a finite number"),
     case("fit {x}/s.zarr --head knn --set temperature=1e999 -o {x}/new", "not a finite number"),
     case("fit {x}/s.zarr --head popularity -o {x}/..", "'-o' / '--out'"),  # names no folder to create
+    case("fit {x}/s.zarr --head popularity -o {x}/s.zarr/sub", "lies inside the input"),
+    case("prepare posts {x}/posts.jsonl --images {x}/nothing -o {x}/new.zarr --no-lemmatize", "does not exist"),
+    case("show {x}/run --best --worst -o {x}/new.png", "--worst and --best cannot be used together"),
     case("prepare demo -o {x}/. --n 10", "names no file or folder"),
     # a value whose cost is known before the work: refused with the size and the limit (issue #23)
     case("fit {x}/s.zarr --head mlp --set hidden=1000000000 -o {x}/new", "hidden=1000000000 needs"),
