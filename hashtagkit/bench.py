@@ -148,8 +148,21 @@ def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: 
               sets: dict[str, dict] | None = None, log: Callable[[str], None] = print, postprocess=None) -> list[dict]:
     sets = with_component_sets(sets, heads)
     store = open_store(store_path)
+    for head in heads:  # every head's settings checked before anything is written
+        make_head(head, **(sets or {}).get(head, {}))
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_bench(store, out, heads, views, seeds, sets, log, postprocess)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # a failed first step leaves no empty folder
+            out.rmdir()
+        raise
+
+
+def _run_bench(store, out: Path, heads: list[str], views: list[str], seeds: list[int], sets: dict[str, dict] | None,
+               log: Callable[[str], None], postprocess) -> list[dict]:
     results_path = out / RESULTS
     records = json.loads(results_path.read_text())["records"] if results_path.is_file() else []
     combos = plan(store, heads, views, seeds, log)

@@ -204,6 +204,7 @@ CASES = [
     case("fit {x}/s.zarr --head popularity -o {x}/s.zarr/sub", "lies inside the input"),
     case("prepare posts {x}/posts.jsonl --images {x}/nothing -o {x}/new.zarr --no-lemmatize", "does not exist"),
     case("show {x}/run --best --worst -o {x}/new.png", "--worst and --best cannot be used together"),
+    case("bench {x}/s.zarr --heads popularity,knn --set knn.k=0 -o {x}/newbench", "k must be"),  # and no empty folder
     case("prepare demo -o {x}/. --n 10", "names no file or folder"),
     # a value whose cost is known before the work: refused with the size and the limit (issue #23)
     case("fit {x}/s.zarr --head mlp --set hidden=1000000000 -o {x}/new", "hidden=1000000000 needs"),
