@@ -652,9 +652,12 @@ def recommend(run: Path, images: tuple[Path, ...], top: int | None, threshold: b
               help="A file holding a token: every /v1 call must then send 'Authorization: Bearer <token>'.")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(min=0, max=4096, min_open=True),
               help="Largest request body (MiB); larger is refused with 413 while it is read.")
+@click.option("--grace", default=30.0, show_default=True, type=FiniteFloat(min=0, max=3600),
+              help="On Ctrl-C/SIGTERM: stop accepting, answer what is queued for half of this many seconds, "
+                   "refuse the rest with 503 + Retry-After, and let the running batch finish within it.")
 @run_model_options
 def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, token_file: Path | None,
-          max_upload_mb: float, device: str, precision: str, weights: tuple[str, ...]) -> None:
+          max_upload_mb: float, grace: float, device: str, precision: str, weights: tuple[str, ...]) -> None:
     """Serve RUN's hashtags over HTTP: a JSON API and an upload page.
 
     The models are loaded once, before the port opens; concurrent requests are batched into one
@@ -674,7 +677,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
     try:
         run_server(recommender, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   max_upload_mb=max_upload_mb)
+                   max_upload_mb=max_upload_mb, grace=grace)
     except (KeyboardInterrupt, Terminated):  # uvicorn re-raises the signal after its graceful shutdown
         from hashtagkit.outputs import clear_stop
 

@@ -488,3 +488,90 @@ def test_cli_serves_until_sigterm(run, tmp_path):
             proc.wait(timeout=10)
     output = proc.stdout.read()
     assert "Traceback" not in output and "hashtagkit serve: stopped" in output, output
+
+
+# ---------------------------------------------------------------- draining on SIGTERM (issue #23)
+
+
+def test_the_batcher_drains_queued_work_then_refuses_with_503():
+    """Draining: what is queued keeps being answered for the drain window, then what has not
+    started is refused with 503 + Retry-After; no other error, and new work is refused at once."""
+    from hashtagkit.serve.batcher import MicroBatcher, ShuttingDown
+
+    def slow_predict(photos, top):
+        time.sleep(0.1)
+        return [[(f"tag{p}", 1.0)] for p in photos]
+
+    async def scenario():
+        batcher = MicroBatcher(slow_predict, max_batch=1, max_wait_ms=0)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.submit([i], 1)) for i in range(20)]
+        await asyncio.sleep(0.15)  # one batch done, the second running
+        batcher.request_drain(0.35)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(ShuttingDown):
+            await batcher.submit([99], 1)
+        await batcher.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    answered = [o for o in outcomes if isinstance(o, list)]
+    refused = [o for o in outcomes if isinstance(o, ShuttingDown)]
+    assert len(answered) + len(refused) == 20, [o for o in outcomes if not isinstance(o, list | ShuttingDown)]
+    assert 2 <= len(answered) <= 10 and refused, (len(answered), len(refused))
+    assert answered == [[[(f"tag{i}", 1.0)]] for i in range(len(answered))]  # in order, the first ones
+    assert all(r.status_code == 503 and r.headers["Retry-After"] for r in refused)
+
+
+def test_sigterm_under_load_answers_every_request_200_or_503(run, tmp_path):
+    """`hashtagkit serve` in its own process, 16 clients uploading 12 photos each, one photo a
+    batch, then SIGTERM: every request gets its answer or a JSON 503 with Retry-After, never a 500;
+    /healthz says draining; the server exits 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("import sys; from tests.test_extract import tiny_scene_backbone; tiny_scene_backbone(); "
+            "from hashtagkit.cli.main import main; sys.argv = ['hashtagkit'] + sys.argv[1:]; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", str(run[0] / "run"), "--port", str(port),
+                             "--max-batch", "1", "--max-wait-ms", "0", "--grace", "3"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    url = f"http://127.0.0.1:{port}"
+    photos = [(p.name, p.read_bytes()) for p in run[1]]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(post, url, photos) for _ in range(16)]
+            while httpx.get(f"{url}/v1/info", timeout=10).json()["server"]["batching"]["images"] < 12:
+                assert not all(f.done() for f in futures)
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=5)
+                assert health.status_code == 503 and health.json()["status"] == "draining"
+            except httpx.TransportError:
+                pass  # the listening socket may already be closed: no new connection is accepted
+            responses = [f.result() for f in futures]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 503 in statuses, statuses  # 192 photos one at a time do not fit in the 1.5 s drain window
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "5" and "shutting down" in r.json()["detail"]
+        else:
+            assert len(r.json()["results"]) == 12
+    output = proc.stdout.read()
+    assert "Traceback" not in output and "hashtagkit serve: stopped" in output, output

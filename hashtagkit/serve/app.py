@@ -119,7 +119,8 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(authorized)],
               openapi_extra=multipart_body, tags=["api"],
               responses={400: {"description": "no files"}, 401: {"description": "token missing or wrong"},
-                         413: {"description": "upload too large"}, 415: {"description": "no file is an image"}})
+                         413: {"description": "upload too large"}, 415: {"description": "no file is an image"},
+                         503: {"description": "the server is shutting down (Retry-After says when to try again)"}})
     async def recommend(request: Request,
                         top: int | None = Query(None, ge=1, le=10_000, description="Hashtags per photo [default 5]; "
                                                 "with threshold=true at most this many [default: no cap]."),
@@ -164,9 +165,11 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> JSONResponse:
-        """200 while the model's batcher runs, 503 if it died (no token needed)."""
-        ok = batcher.alive()
-        return JSONResponse({"status": "ok" if ok else "batcher stopped"}, status_code=200 if ok else 503)
+        """200 while the model's batcher runs; 503 if it died or the server is draining for a
+        shutdown, so a load balancer stops sending to it (no token needed)."""
+        ok = batcher.alive() and not batcher.draining
+        status = "ok" if ok else "draining" if batcher.draining else "batcher stopped"
+        return JSONResponse({"status": status}, status_code=200 if ok else 503)
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:

@@ -16,6 +16,16 @@ from fastapi import HTTPException
 log = logging.getLogger("hashtagkit.serve")
 
 DECODE_WAIT_S = 1.0  # the most a gathering batch waits, beyond max_wait, for photos being decoded
+RETRY_AFTER_S = 5  # what a client refused while the server drains is told to wait
+
+
+class ShuttingDown(HTTPException):
+    """503 with Retry-After: the server is draining (a restart, a deploy) and will not start this
+    work; another instance, or this one once restarted, will. Never a 500."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the server is shutting down: send the request again in a few seconds",
+                         headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @dataclass
@@ -56,13 +66,40 @@ class MicroBatcher:
         self.decoding = 0  # requests whose photos are being decoded now
         self.wake: asyncio.Event | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="hashtagkit-model")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self.last_start: float | None = None  # while draining: no batch starts after this loop time
 
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.queue, self.wake = asyncio.Queue(), asyncio.Event()
         self.task = asyncio.create_task(self._run(), name="hashtagkit-batcher")
 
     def alive(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    def request_drain(self, seconds: float) -> None:
+        """Begin draining (from any thread, or a signal handler): new requests get 503; what is
+        queued keeps being answered for `seconds`, then whatever has not started gets 503 too, so
+        the batch running then can finish inside the server's grace period."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._drain, seconds)
+
+    def _drain(self, seconds: float) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.last_start = self.loop.time() + seconds
+        self.loop.call_at(self.last_start, self._refuse_queued)
+        log.info("draining: answering what is queued for %.1f s, refusing new work with 503", seconds)
+
+    def _refuse_queued(self) -> None:
+        while self.queue is not None and not self.queue.empty():
+            _, _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(ShuttingDown())
+        if self.wake is not None:
+            self.wake.set()
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -74,7 +111,7 @@ class MicroBatcher:
         while self.queue is not None and not self.queue.empty():
             _, _, future = self.queue.get_nowait()
             if not future.done():
-                future.set_exception(RuntimeError("the server is shutting down"))
+                future.set_exception(ShuttingDown())
         self.model_thread.shutdown(wait=True)
 
     @asynccontextmanager
@@ -90,6 +127,8 @@ class MicroBatcher:
 
     async def submit(self, prepared: list, top: int) -> list[list[tuple[str, float]]]:
         """The top hashtags of each prepared photo, in order (they may run in several batches)."""
+        if self.draining:
+            raise ShuttingDown()
         if not self.alive():
             raise HTTPException(503, "the model's batcher is not running")
         loop = asyncio.get_running_loop()
@@ -128,6 +167,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
+            if batch and self.draining and loop.time() >= self.last_start:  # too late to start it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(ShuttingDown())
+                continue
             if not batch:
                 continue
             top = max(t for _, t, _ in batch)  # ranking is deterministic: a shorter top is a prefix

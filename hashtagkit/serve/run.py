@@ -61,9 +61,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+GRACE_S = 30.0  # default drain on SIGTERM/Ctrl-C: queued work is started for half of it
+
+
+def draining_server(config, batcher, grace: float):
+    """A uvicorn Server whose first stop signal also drains the batcher: queued photos are still
+    answered for grace/2 seconds, then refused with 503 + Retry-After, so the batch running then
+    finishes inside uvicorn's graceful shutdown (`grace`) and no request in flight gets a 500."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            batcher.request_drain(grace / 2)
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
+
+
 def run_server(recommender, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
-               log_level: str = "info", **options) -> None:
-    """Serve until Ctrl-C/SIGTERM; `options` go to `create_app` (max_batch, max_wait_ms, max_upload_mb)."""
+               log_level: str = "info", grace: float = GRACE_S, **options) -> None:
+    """Serve until Ctrl-C/SIGTERM, then drain for at most `grace` seconds (see `draining_server`);
+    `options` go to `create_app` (max_batch, max_wait_ms, max_upload_mb)."""
     import uvicorn
 
     warning = exposure_warning(host, token)
@@ -76,9 +94,9 @@ def run_server(recommender, host: str = "127.0.0.1", port: int = 8000, *, token:
     print(f"hashtagkit serve: {url}/ (API {url}/v1/recommend, documentation {url}/docs"
           f"{', token required' if token else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
     # at most MAX_CONNECTIONS requests at once (503 beyond): bounds the memory uploads can hold
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, server_header=False,
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace, server_header=False,
                             limit_concurrency=MAX_CONNECTIONS)
-    uvicorn.Server(config).run(sockets=[sock])
+    draining_server(config, app.state.batcher, grace).run(sockets=[sock])
 
 
 @contextmanager
