@@ -71,6 +71,20 @@ class Prepared:
     inputs: tuple[torch.Tensor, ...] = field(repr=False)
 
 
+def check_moved_weights(weights: dict[str, str], record: dict, head) -> None:
+    """Every moved weights file must be for a backbone this run loads from a file: a name the run
+    does not have, or one with random weights, is an error, not silently ignored."""
+    blocks = record["store"].get("blocks") or []
+    from_files = [b["backbone"] for b in blocks if (b.get("weights") or {}).get("source") != "random"]
+    for name in weights:
+        if not head.needs_features:
+            raise InputError(f"weights {name}=...: this run's {head.name} head ignores the image and loads no backbone")
+        if name not in from_files:
+            known = ", ".join(from_files) or "none"
+            raise InputError(f"weights {name}=...: this run loads no backbone {name!r} from a file "
+                             f"(backbones with weights files: {known})")
+
+
 def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precision: str) -> Extractor:
     """The extractor of the run's store: same backbones, weights (sha256 checked), preprocessing."""
     from hashtagkit.backbones import load_backbone
@@ -131,6 +145,7 @@ class Recommender:
         if not record["store"].get("vocab"):
             raise InputError(f"{run_dir}: run.json has no vocabulary (made by an older hashtagkit); fit it again")
         head = Head.load(run_dir / MODEL_DIR)
+        check_moved_weights(weights or {}, record, head)
         # a head that ignores the image (the popularity floor) needs no extractor, only real photos
         extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
         if allow_truncated is None:

@@ -254,6 +254,7 @@ CASES = [
     case("recommend {x}/nothing {x}/imgs/a.jpg", "not a run directory"),
     case("recommend {x}/run {x}/imgs/a.jpg --top 0", "--top"),
     case("recommend {x}/run {x}/imgs/a.jpg --weights nonsense", "--weights takes"),
+    case("recommend {x}/run {x}/imgs/a.jpg --weights vgg16-object={x}/notes.txt", "ignores the image"),
     # the command line itself
     case("nope", "No such command"),
     case("prepare", ""),

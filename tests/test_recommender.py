@@ -450,3 +450,12 @@ def test_photos_are_decoded_as_the_stores_photos_were(run, rec, tmp_path):
     assert draft_side_of(blocks) == FAST_DRAFT_SIDE
     assert draft_side_of(blocks[:1] + rec.record["store"]["blocks"][1:]) == DRAFT_SIDE
     assert draft_side_of([]) == DRAFT_SIDE
+
+
+@pytest.mark.parametrize("name", ["tiny-scene", "vgg16-object"])
+def test_weights_for_a_backbone_the_run_does_not_load_are_refused(run, tmp_path, name):
+    """--weights naming a random-weights backbone, or one the run does not have, was silently
+    ignored (issue #23): now it is an error naming what the run does load."""
+    (tmp_path / "w.pth").write_bytes(b"not used")
+    with pytest.raises(InputError, match=f"loads no backbone '{name}' from a file \\(backbones with weights files: none\\)"):
+        Recommender.from_run(run[0] / "run", device="cpu", weights={name: str(tmp_path / "w.pth")})
