@@ -55,6 +55,9 @@ SCHEDULER = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z
 CONNECT_TIMEOUT = "15s"  # to reach a --scheduler
 WAIT_FOR_WORKERS = 60  # seconds a --scheduler run waits for its first worker
 IN_FLIGHT = 1000  # tasks submitted ahead (at least 2 per worker thread): the scheduler holds these, not all
+NO_WORKER_S = 60.0  # a run whose scheduler has had no worker this long ends (it would wait forever)
+STALL_S = 1800.0  # ... and one where no chunk finished this long, workers or not
+POLL_S = 0.5  # how often the coordinator looks at the workers while it waits for a chunk
 TEST_CHUNK_SECONDS = "HASHTAGKIT_TEST_CHUNK_SECONDS"  # test-only: a task takes at least this long
 
 
@@ -354,6 +357,60 @@ def check_workers(client, log=print) -> dict:
     return facts
 
 
+class Watchdog:
+    """Ends a run that would wait forever: one whose scheduler has had no worker for NO_WORKER_S
+    (every worker killed, none coming back), or where no chunk finished for STALL_S. `check`
+    raises the one-line error; the done chunks stay, so the same command resumes."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.last_done = self.last_worker = self.checked = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_done = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.checked >= 2 * POLL_S:
+            self.checked = now
+            try:
+                workers = len(self.client.nthreads())
+            except Exception:  # noqa: BLE001 - the scheduler itself is gone: no worker either
+                workers = 0
+            if workers:
+                self.last_worker = now
+        if now - self.last_worker >= NO_WORKER_S:
+            raise InputError(f"the Dask scheduler has had no worker for {NO_WORKER_S:g} s (all of them died or "
+                             "left); the done chunks are kept: run the same command again once workers are back")
+        if now - self.last_done >= STALL_S:
+            raise InputError(f"no chunk finished in {STALL_S:g} s; the done chunks are kept: check the workers "
+                             "(the dashboard), then run the same command again")
+
+
+def _watched(running, client):
+    """(future, result) of each task of `running` (a distributed.as_completed) as it finishes,
+    under a `Watchdog`: waiting for the next task and fetching its result both give up when the
+    cluster has no worker (a result held only by a worker that died is recomputed, which with no
+    worker never happens). A task's own error is raised by the result."""
+    from distributed import TimeoutError as DaskTimeout
+
+    dog = Watchdog(client)
+    while not running.is_empty():
+        if not running.has_ready():
+            dog.check()
+            time.sleep(POLL_S)
+            continue
+        for fut in running.next_batch(block=False):
+            while True:
+                try:
+                    result = fut.result(timeout=POLL_S)
+                    break
+                except (TimeoutError, DaskTimeout):
+                    dog.check()
+            dog.progressed()
+            yield fut, result
+
+
 def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncated: bool, run: dict, run_index: int,
                cluster: str | None, scheduler: str | None, progress: bool, log=print) -> tuple[int, Counter, float]:
     """The distributed stand-in for `extract.run_chunks`: one task per pending chunk, submitted
@@ -398,12 +455,15 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
         for _ in range(max(IN_FLIGHT, 2 * sum(client.nthreads().values()))):
             submit_next()
         bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-        for fut in running:
-            try:
-                entry = fut.result()  # a task's error (e.g. weights missing on a worker) ends the run here
-            except KilledWorker:
+        results = _watched(running, client)
+        while True:
+            try:  # a task's error (e.g. weights missing on a worker) ends the run here
+                fut, entry = next(results)
+            except StopIteration:
+                break
+            except KilledWorker as e:
                 raise InputError(
-                    f"chunk {int(fut.key.rsplit('-', 1)[1])} killed every worker that ran it (Dask's "
+                    f"chunk {int(str(e.task).rsplit('-', 1)[1])} killed every worker that ran it (Dask's "
                     "allowed-failures; a photo that crashes the decoder, or too little memory); the done chunks are "
                     "kept: an in-process `hashtagkit extract` of this store isolates a crashing photo as an invalid "
                     "row") from None

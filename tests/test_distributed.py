@@ -265,6 +265,50 @@ def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path,
     assert open_store(store).paths()[5] == "poison.jpg" and not open_store(store).valid()[5]
 
 
+def test_a_run_whose_workers_all_die_ends_with_one_line(tmp_path, tiny, monkeypatch):
+    """A scheduler whose only worker (`dask worker --no-nanny`, a real process) is SIGKILLed
+    mid-run (issue #23: the command waited forever, silently): once it has had no worker for
+    NO_WORKER_S the run ends with one line, the done chunks kept, and the same command in
+    process finishes the store."""
+    monkeypatch.setattr(dist, "NO_WORKER_S", 3.0)
+    monkeypatch.setattr(dist, "IN_FLIGHT", 1)
+    store = make_image_store(tmp_path, n=16)
+    kw = dict(precision="fp32", chunk_rows=2, batch_size=2, progress=False, log=QUIET)
+    with local_cluster(n=0) as c:
+        worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address,
+                                   "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                  cwd=REPO, env={**os.environ, dist.TEST_CHUNK_SECONDS: "0.4", "PYTHONPATH": str(REPO)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            outcome = {}
+
+            def run():
+                try:
+                    outcome["summary"] = extract(store, tiny, scheduler=c.scheduler_address, **kw)
+                except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
+                    outcome["error"] = e
+
+            t = threading.Thread(target=run)
+            t.start()
+            deadline = time.monotonic() + 90
+            while done_count(store) < 1 and time.monotonic() < deadline and t.is_alive():
+                time.sleep(0.05)
+            worker.kill()
+            killed = time.monotonic()
+            t.join(timeout=60)
+            assert not t.is_alive(), "the run still waits for a worker"
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(timeout=30)
+    assert time.monotonic() - killed < 30
+    assert isinstance(outcome.get("error"), InputError), outcome
+    assert "no worker for 3 s" in str(outcome["error"]) and "done chunks are kept" in str(outcome["error"])
+    kept = done_count(store)
+    assert 1 <= kept < 8
+    assert extract(store, tiny, workers=0, **kw).extracted == 16 - 2 * kept
+
+
 def alive(procs: list) -> list:
     out = []
     for p in procs:
