@@ -99,10 +99,16 @@ def stop(world: World) -> None:
             dist.destroy_process_group()
 
 
-def share(n_blocks: int, world: World) -> np.ndarray:
-    """The blocks rank `world.rank` trains on: every world.size-th, so shares differ by at most
-    one block and each block belongs to exactly one rank."""
-    return np.arange(world.rank, n_blocks, world.size)
+def row_share(train_mask: np.ndarray, world: World) -> tuple[int, int]:
+    """The positions [start, stop) rank `world.rank` trains on: contiguous ranges cut so each
+    holds the same number of training rows (`train_mask` True) to within one, whatever the
+    blocks: every training row is in exactly one share, and an epoch of equal steps on every
+    rank sees all of them but less than a global batch (the shares' last partial batches)."""
+    counts = np.cumsum(np.asarray(train_mask, dtype=np.int64))
+    n_train = int(counts[-1]) if len(counts) else 0
+    cuts = [0] + [int(np.searchsorted(counts, round(k * n_train / world.size))) + 1
+                  for k in range(1, world.size)] + [len(train_mask)]
+    return cuts[world.rank], cuts[world.rank + 1]
 
 
 def all_sum(values: np.ndarray, world: World) -> np.ndarray:

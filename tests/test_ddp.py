@@ -199,3 +199,35 @@ def test_other_head_under_torchrun(store, tmp_path):
     assert "Error: only the mlp head trains on several processes; 'knn'" in res.stderr  # the other may be killed first
     assert "exitcode  : 2" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_readmes_command_on_a_store_of_one_chunk_sees_every_row(tmp_path):
+    """The README's torchrun command, verbatim but for K=2 and the batch, on `prepare planted --n 3000
+    --dim 64 --classes 50` (its training rows in one feature chunk: it once failed with a
+    traceback, and at 3 chunks trained each epoch on 1,024 of ~2,160 rows): every epoch sees
+    every training row but less than one global batch, counted from the run's record."""
+    store = tmp_path / "p.zarr"
+    res = CliRunner().invoke(cli, ["prepare", "planted", "-o", str(store), "--n", "3000", "--dim", "64",
+                                   "--classes", "50"])
+    assert res.exit_code == 0, res.output
+    assert open_store(store).completeness() == (1, 1)  # one chunk holds every row
+    res = torchrun(["fit", store, "--head", "mlp", "--set", "batch_size=512", "--set", "hidden=32", "--set",
+                    "epochs=2", "--set", "precision=fp32", "-o", tmp_path / "run"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    report = read_run(tmp_path / "run")["fit_report"]
+    n_train = report["training_rows"]
+    assert 0 <= n_train - report["rows_per_epoch"] < 512, report  # all but less than one global batch
+    assert report["rows_per_epoch"] == report["steps_per_epoch"] * 512
+
+
+@pytest.mark.parametrize("n, size", [(10, 2), (7, 3), (2160, 2), (5, 5)])
+def test_row_shares_are_equal_and_cover_every_training_row(n, size):
+    rng = np.random.default_rng(n)
+    mask = rng.random(n) < 0.8
+    mask[:size] = True  # at least one training row a rank
+    shares = [ddp.row_share(mask, ddp.World(rank, size, rank, "gloo")) for rank in range(size)]
+    assert shares[0][0] == 0 and shares[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))  # contiguous, disjoint
+    counts = [int(mask[a:b].sum()) for a, b in shares]
+    assert sum(counts) == mask.sum() and max(counts) - min(counts) <= 1

@@ -114,6 +114,11 @@ class TrainingData:
         validation part); blocks keep their boundaries."""
         raise NotImplementedError
 
+    def rows_between(self, start: int, stop: int) -> TrainingData:
+        """Positions start..stop-1 as TrainingData of the same kind (a DDP rank's share of rows:
+        its blocks are those of the range, the first and last possibly partial)."""
+        raise NotImplementedError
+
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Everything in memory: the fast path when it fits (`nbytes` says how much that is)."""
         return self.take(np.arange(self.n_rows))
@@ -153,6 +158,9 @@ class ArrayData(TrainingData):
 
     def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self.X, np.asarray(self.Y, dtype=np.uint8)
+
+    def rows_between(self, start: int, stop: int) -> ArrayData:
+        return ArrayData(self.X[start:stop], self.Y[start:stop], layout=self.layout)
 
     def subset(self, blocks: Sequence[int]) -> ArrayData:
         idx = self.positions(blocks)
@@ -228,6 +236,9 @@ class StoreData(TrainingData):
     def labels(self) -> Iterator[np.ndarray]:
         for _, got in self._store().iter_rows(self.rows, what=("labels",)):
             yield got["labels"]
+
+    def rows_between(self, start: int, stop: int) -> StoreData:
+        return StoreData(self._store(), self.view, self.rows[start:stop], self.block_chunks)
 
     def subset(self, blocks: Sequence[int]) -> StoreData:
         return StoreData(self._store(), self.view, self.rows[self.positions(blocks)], self.block_chunks)

@@ -455,12 +455,11 @@ class MLPHead(Head):
         train_mask = np.ones(n, bool)
         train_mask[val_rows] = False
         n_train = n - n_val
-        if world.distributed:  # this rank's blocks only, from here on
-            if data.n_blocks < world.size:  # every rank decides alike, before any collective call
-                raise ValueError(f"the training rows lie in {data.n_blocks} block(s) (feature chunks) of the store: "
-                                 f"fewer than the {world.size} processes, which train on whole blocks; use fewer")
-            mine = ddp.share(data.n_blocks, world)
-            data, train_mask = data.subset(mine), train_mask[data.positions(mine)]
+        if world.distributed:  # this rank's rows only, from here on: equal shares, whatever the blocks
+            if n_train < world.size:  # every rank decides alike, before any collective call
+                raise InvalidParameterError(f"{n_train} training row(s) for {world.size} processes: use fewer processes")
+            start, stop = ddp.row_share(train_mask, world)
+            data, train_mask = data.rows_between(start, stop), train_mask[start:stop]
         stream = self.cache == "stream" or (self.cache == "auto" and input_bytes(data, precision) > self.cache_limit_gb * 2**30)
         mean, std, prior, (Xv, Yv) = training_stats(data, train_mask, world)
         model = build_mlp(data.n_features, self.hidden, data.n_classes, cfg["dropout"])
@@ -488,8 +487,6 @@ class MLPHead(Head):
                                                 "(it is the global batch, split evenly over the processes)")
                 batch -= batch % world.size
             # every rank runs the same number of steps an epoch: the smallest share's full batches
-            if ddp.all_min(int(train_mask.sum()), world) == 0:
-                raise ValueError("a process's share of the blocks holds only validation rows; use fewer processes")
             per_epoch = max(1, ddp.all_min(int(train_mask.sum()) // (batch // world.size), world))
         total = int(cfg["iterations"] or cfg["epochs"] * per_epoch)
         if cfg["schedule"] == "step":
@@ -568,7 +565,8 @@ class MLPHead(Head):
                          "iterations": step, "n_val": n_val, "data": "stream" if stream else "memory",
                          "data_gb": round(data.nbytes / 2**30, 3), "world_size": world.size}
         if world.distributed:  # per process: its part of the global batch, the steps every rank ran an epoch
-            self.history_.update({"batch_per_process": step_rows, "steps_per_epoch": per_epoch})
+            self.history_.update({"batch_per_process": step_rows, "steps_per_epoch": per_epoch,
+                                  "rows_per_epoch": per_epoch * batch, "training_rows": n_train})
         if stream:
             self.history_.update({"buffer_blocks": self.buffer_blocks, "workers": workers, "blocks": data.n_blocks})
         if n_val:
@@ -578,7 +576,8 @@ class MLPHead(Head):
     def fit_report(self) -> dict:
         h = self.history_
         return {key: h[key] for key in ("data", "data_gb", "batch_size", "iterations", "n_val", "best_epoch",
-                                        "device", "precision", "world_size", "batch_per_process", "steps_per_epoch")
+                                        "device", "precision", "world_size", "batch_per_process", "steps_per_epoch",
+                                        "rows_per_epoch", "training_rows")
                 if key in h}
 
     @torch.inference_mode()
