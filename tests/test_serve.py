@@ -575,3 +575,36 @@ def test_sigterm_under_load_answers_every_request_200_or_503(run, tmp_path):
             assert len(r.json()["results"]) == 12
     output = proc.stdout.read()
     assert "Traceback" not in output and "hashtagkit serve: stopped" in output, output
+
+
+def test_big_uploads_are_decoded_within_a_pixel_budget(run):
+    """Six concurrent 64-megapixel PNGs of ~200 KB each (issue #23: 16 of them took the server from
+    1.3 to 2.9 GB): with four decode threads at most two are decoded at once (the budget is two
+    such photos), counted by the decoder's own calls, and every photo is still answered."""
+    from hashtagkit.serve.budget import DECODE_PIXELS
+
+    big = io.BytesIO()
+    Image.new("RGB", (7990, 7990), (90, 140, 200)).save(big, format="PNG")
+    assert big.tell() < 400_000  # small on the wire, 192 MB as pixels
+    rec = Recommender.from_run(run[0] / "run", device="cpu")
+    decode, lock, state = rec.prepare, threading.Lock(), {"now": 0, "most": 0}
+
+    def counted(data, name=None):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            return decode(data, name)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    rec.prepare = counted
+    app = create_app(rec, max_upload_mb=2)
+    with serve_in_thread(app) as url, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda i: post(url, [(f"big{i}.png", big.getvalue())]), range(6)))
+        info = httpx.get(f"{url}/v1/info", timeout=TIMEOUT).json()["server"]["decode_pixels"]
+    assert [r.status_code for r in responses] == [200] * 6
+    assert all(r.json()["results"][0]["error"] is None for r in responses)
+    assert state["most"] <= DECODE_PIXELS // (7990 * 7990) == 2
+    assert info["peak"] <= info["limit"] == DECODE_PIXELS

@@ -24,6 +24,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.images import DecodeError
 from hashtagkit.recommend import Recommendation
 from hashtagkit.serve.batcher import MicroBatcher
+from hashtagkit.serve.budget import PixelBudget, header_pixels
 from hashtagkit.serve.uploads import MAX_FILES, Upload, read_uploads
 
 log = logging.getLogger("hashtagkit.serve")
@@ -70,6 +71,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
     limit = int(max_upload_mb * 2**20)
     batcher = MicroBatcher(recommender.predict, max_batch, max_wait_ms)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="hashtagkit-decode")
+    pixels = PixelBudget()
     files = page_files()
     started = time.time()
 
@@ -85,6 +87,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
     app = FastAPI(title="hashtagkit", version=__version__, lifespan=lifespan,
                   description="Hashtags for photos: a fitted hashtagkit run served with its models loaded once.")
     app.state.batcher = batcher
+    app.state.pixels = pixels
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
     expected = token.strip().encode() if token is not None else None
 
@@ -101,15 +104,19 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         if not upload.data:
             return "empty file"
         loop = asyncio.get_running_loop()
+        data = bytes(upload.data)
+        upload.data = bytearray()
+        taken = await pixels.acquire(header_pixels(data))  # decoded pixels in flight stay bounded
         try:
-            return await loop.run_in_executor(decoder, recommender.prepare, bytes(upload.data), upload.name)
+            return await loop.run_in_executor(decoder, recommender.prepare, data, upload.name)
         except DecodeError as e:
             return str(e) or "unreadable"
         except Exception:  # a decoder bug must cost this photo, not the request or the server
             log.exception("decoding %r failed unexpectedly", upload.name)
             return "unreadable"
         finally:
-            upload.data = bytearray()
+            del data
+            await pixels.release(taken)
 
     multipart_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["files"],
@@ -161,7 +168,8 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         return {**recommender.info(), "server": {
             "version": __version__, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
             "max_upload_mb": max_upload_mb, "max_files": MAX_FILES, "token_required": expected is not None,
-            "uptime_s": round(time.time() - started, 1), "batching": batcher.stats.as_json()}}
+            "uptime_s": round(time.time() - started, 1), "batching": batcher.stats.as_json(),
+            "decode_pixels": {"limit": pixels.limit, "peak": pixels.peak}}}
 
     @app.get("/healthz", tags=["server"])
     def healthz() -> JSONResponse:
