@@ -608,3 +608,32 @@ def test_big_uploads_are_decoded_within_a_pixel_budget(run):
     assert all(r.json()["results"][0]["error"] is None for r in responses)
     assert state["most"] <= DECODE_PIXELS // (7990 * 7990) == 2
     assert info["peak"] <= info["limit"] == DECODE_PIXELS
+
+
+def test_requests_beyond_the_limit_get_a_json_503(rec):
+    """One request held open (its body still streaming) with max_requests=1: the next gets a JSON
+    503 with Retry-After (uvicorn's own limit answered plain text), and once the first is done
+    the server answers again."""
+    release = threading.Event()
+
+    def slow_body():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.jpg\"\r\n\r\n"
+        release.wait(30)
+        yield b"not an image\r\n--b--\r\n"
+
+    with serve_in_thread(create_app(rec, max_requests=1)) as url, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(httpx.post, f"{url}/v1/recommend", content=slow_body(), timeout=TIMEOUT,
+                           headers={"Content-Type": "multipart/form-data; boundary=b"})
+        deadline = time.monotonic() + 30
+        while True:  # until the held request occupies the one slot
+            busy = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
+            if busy.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        release.set()
+        first = held.result()
+        after = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert "busy" in busy.json()["detail"]
+    assert first.status_code == 415  # the held request itself was served to its end
+    assert after.status_code == 200

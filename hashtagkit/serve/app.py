@@ -60,12 +60,38 @@ def page_files() -> dict[str, Any]:
     return {f.name: f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")}
 
 
+MAX_REQUESTS = 64  # requests served at once: at most 64 x the upload limit held in memory
+
+
+class RequestLimit:
+    """At most `limit` HTTP requests at once; beyond, a JSON 503 with Retry-After (uvicorn's own
+    `limit_concurrency` answers plain text, which clients of a JSON API cannot read)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            busy = JSONResponse({"detail": f"the server is busy ({self.limit} requests at once): try again shortly"},
+                                status_code=503, headers={"Retry-After": "1"})
+            await busy(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, token: str | None = None,
-               max_upload_mb: float = 20) -> FastAPI:
+               max_upload_mb: float = 20, max_requests: int = MAX_REQUESTS) -> FastAPI:
     """The API around a loaded `Recommender`: POST /v1/recommend, GET /v1/info, GET /healthz,
     the upload page at GET /; with a token, every /v1 call needs `Authorization: Bearer <token>`."""
-    if max_batch < 1 or max_wait_ms < 0 or max_upload_mb <= 0:
-        raise InputError("max_batch must be >= 1, max_wait_ms >= 0 and max_upload_mb > 0")
+    if max_batch < 1 or max_wait_ms < 0 or max_upload_mb <= 0 or max_requests < 1:
+        raise InputError("max_batch must be >= 1, max_wait_ms >= 0, max_upload_mb > 0 and max_requests >= 1")
     if token is not None and not token.strip():
         raise InputError("the token is empty")
     limit = int(max_upload_mb * 2**20)
@@ -86,6 +112,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
 
     app = FastAPI(title="hashtagkit", version=__version__, lifespan=lifespan,
                   description="Hashtags for photos: a fitted hashtagkit run served with its models loaded once.")
+    app.add_middleware(RequestLimit, limit=max_requests)
     app.state.batcher = batcher
     app.state.pixels = pixels
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
@@ -127,7 +154,8 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
               openapi_extra=multipart_body, tags=["api"],
               responses={400: {"description": "no files"}, 401: {"description": "token missing or wrong"},
                          413: {"description": "upload too large"}, 415: {"description": "no file is an image"},
-                         503: {"description": "the server is shutting down (Retry-After says when to try again)"}})
+                         503: {"description": "the server is busy or shutting down (Retry-After says when to try "
+                                               "again)"}})
     async def recommend(request: Request,
                         top: int | None = Query(None, ge=1, le=10_000, description="Hashtags per photo [default 5]; "
                                                 "with threshold=true at most this many [default: no cap]."),

@@ -16,8 +16,6 @@ from fastapi import FastAPI
 from hashtagkit.errors import InputError
 from hashtagkit.serve.app import create_app
 
-MAX_CONNECTIONS = 64  # open connections `run_server` accepts: at most 64 x the upload limit in memory
-
 
 def read_token(path) -> str:
     """The bearer token from a file (surrounding whitespace removed); empty or unreadable is an error."""
@@ -93,9 +91,8 @@ def run_server(recommender, host: str = "127.0.0.1", port: int = 8000, *, token:
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
     print(f"hashtagkit serve: {url}/ (API {url}/v1/recommend, documentation {url}/docs"
           f"{', token required' if token else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
-    # at most MAX_CONNECTIONS requests at once (503 beyond): bounds the memory uploads can hold
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace, server_header=False,
-                            limit_concurrency=MAX_CONNECTIONS)
+    # requests at once are bounded by the app (a JSON 503 beyond MAX_REQUESTS): the memory uploads can hold
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace, server_header=False)
     draining_server(config, app.state.batcher, grace).run(sockets=[sock])
 
 
