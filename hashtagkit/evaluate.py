@@ -112,7 +112,12 @@ def open_split(run_dir: str | Path, split: str = "test", store_path: str | Path 
     record, head, store = load_run(run_dir, store_path)
     rows, skipped = evaluation_rows(store, split)
     if len(rows) == 0:
-        raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate")
+        n = len(store.split_rows(split))
+        said = {"no_ground_truth": "have no hashtag (nothing to score them against)",
+                "invalid_image": "have an image that failed to decode"}
+        why = ("it is empty" if n == 0 else f"of its {n:,} row(s), "
+               + " and ".join(f"{count:,} {said.get(key, key)}" for key, count in skipped.items()))
+        raise InputError(f"{store.path}: the {split!r} split has no rows to evaluate: {why}")
     return SplitScorer(record, head, store, split, rows, skipped, None if raw else load_postprocess(run_dir, record))
 
 

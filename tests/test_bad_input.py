@@ -83,6 +83,7 @@ def fx(tmp_path_factory) -> Path:
     posts_file(root / "dup.jsonl", good + [{"image": "./a.jpg", "hashtags": ["love"]}])
     posts_file(root / "notjson.jsonl", good + ['{"image": "x.jpg", "hashtags": [}'])
     posts_file(root / "list.jsonl", good + ['["x.jpg", ["sea"]]'])
+    posts_file(root / "digits.jsonl", [{"image": f"{i}.jpg", "hashtags": ["#123"]} for i in range(6)])
     posts_file(root / "noimage.jsonl", good + [{"image": 3, "hashtags": ["sea"]}])
     posts_file(root / "tagstr.jsonl", good + [{"image": "x.jpg", "hashtags": "#sea #sky"}])
     posts_file(root / "deep.jsonl", good + ["[" * 100000 + "]" * 100000])
@@ -376,3 +377,14 @@ def test_any_posts_file_makes_a_store_or_one_line(tmp_path_factory, content):
     else:
         check_user_error(res, "", progress_allowed=True)
         assert sorted(p.name for p in tmp.iterdir()) == ["p.jsonl"]
+
+
+def test_posts_whose_every_hashtag_is_cleaned_away_are_refused(fx):
+    """`--min-tags 0` kept posts with no hashtag left: the store had 0 classes and evaluate later
+    said only that the test split had no rows (issue #23). Now prepare refuses it, after the
+    cleaning's counts."""
+    before = tree_digest(fx)
+    res = CliRunner().invoke(cli, ["prepare", "posts", str(fx / "digits.jsonl"), "--images", str(fx / "imgs"), "-o",
+                                   str(fx / "new.zarr"), "--no-lemmatize", "--min-tags", "0"])
+    check_user_error(res, "no hashtag is left after cleaning", progress_allowed=True)
+    assert tree_digest(fx) == before

@@ -142,3 +142,21 @@ def test_k_above_the_vocabulary_is_labelled_as_computed(tmp_path):
     table = run("evaluate", tmp_path / "run", "--k", "1000").output
     assert "K = 1000 exceed(s) the vocabulary: computed at K = 7" in table
     assert "\n   7 " in table and "1000 " not in table.split("K = 1000")[0]
+
+
+def test_a_split_of_untagged_rows_says_so(tmp_path):
+    """A test split whose rows have no hashtag was reported as 'has no rows to evaluate' alone
+    (issue #23): the reason is named."""
+    from hashtagkit.data.split import random_split
+    from hashtagkit.stores import create_store
+
+    split, info = random_split(12, 4, 0, 0)
+    labels = np.zeros((12, 3), np.uint8)
+    labels[split == SPLIT_CODES["train"], 0] = 1  # only the training rows are tagged
+    store = create_store(tmp_path / "s.zarr", paths=[f"{i}.jpg" for i in range(12)], labels=labels,
+                         vocab=["a", "b", "c"], split=split, split_info=info, kind="test", image_root=None)
+    res = CliRunner().invoke(cli, ["fit", str(store.path), "--head", "popularity", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "the 'test' split has no rows to evaluate: of its 4 row(s), 4 have no hashtag" in res.output

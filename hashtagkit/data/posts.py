@@ -155,6 +155,9 @@ def build_dataset(
     _report(log, f"posts outside {min_tags}..{max_tags} tags dropped", tag_lists)
     if not tag_lists:
         raise InputError("no post is left after filtering: check --min-tags/--max-tags/--vocab-size")
+    if not any(tag_lists):  # --min-tags 0 kept posts, but no hashtag survived the cleaning
+        raise InputError("no hashtag is left after cleaning (every one was rejected or dropped): there is nothing "
+                         "to learn; check the posts' hashtags")
     # a class whose every post was dropped by the tag-count filter stays in the vocabulary, as
     # in the paper (vocabulary first, then image filter); report it so nobody is surprised
     present = {t for tags in tag_lists for t in tags}
