@@ -61,7 +61,7 @@ from hashtagkit.images import (
     jpeg_for_device,
     orient,
 )
-from hashtagkit.stores import Store, open_store
+from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_store
 from hashtagkit.stores.store import SWAPPING, is_url, read_done
 from hashtagkit.stores.upgrade import upgrade_store
 
@@ -281,10 +281,10 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
         same = Store.block_signatures_of(store.blocks) == Store.block_signatures_of(blocks) \
             and str(g["features"].dtype) == dtype
         if not same and not overwrite:
-            have = ", ".join(f"{b['backbone']} ({str(b['weights'].get('sha256') or b['weights'].get('source'))[:12]})"
-                             for b in store.blocks)
-            raise InputError(f"{store.path} already has features from {have or 'another extraction'} "
-                             f"({g['features'].dtype}); pass --overwrite to replace them")
+            raise InputError(f"{store.path} already has features from "
+                             f"{describe_blocks(store.blocks, str(g['features'].dtype))}, not "
+                             f"{describe_blocks(blocks, dtype)}{blocks_differ_in(store.blocks, blocks)}; pass "
+                             "--overwrite to replace them")
         if not same:
             store.drop_features()
     fresh = "features" not in g

@@ -28,7 +28,7 @@ from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.postprocess import Options, Postprocess, calibrate
-from hashtagkit.stores import Store, open_store
+from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_store
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
@@ -221,14 +221,9 @@ def check_store_fits(store: Store, record: dict, head: Head) -> None:
         return
     ran_on = Store.block_signatures_of(trained.get("blocks") or [])
     if store.block_signatures() != ran_on:
-        raise InputError(f"{store.path}: its features ({_describe(store.blocks)}) are not those the run was "
-                         f"trained on ({_describe(trained.get('blocks') or [])})")
+        raise InputError(f"{store.path}: its features ({describe_blocks(store.blocks)}) are not those the run was "
+                         f"trained on ({describe_blocks(trained.get('blocks') or [])})"
+                         f"{blocks_differ_in(store.blocks, trained.get('blocks') or [])}")
     width = int(store.group["features"].shape[1]) if "features" in store.group else 0
     if width != head.n_features_:
         raise InputError(f"{store.path} has {width} feature columns, the run's head expects {head.n_features_}")
-
-
-def _describe(blocks: list[dict]) -> str:
-    return ", ".join(f"{b.get('name')}: {b.get('backbone')} "
-                     f"{str((b.get('weights') or {}).get('sha256') or (b.get('weights') or {}).get('source'))[:12]}"
-                     for b in blocks) or "none"

@@ -6,8 +6,18 @@ flag and chunk log its own object, so several workers can write one store), and
 `hashtagkit.stores.upgrade` for the in-place upgrade of format-1 stores.
 """
 
-from hashtagkit.stores.store import FORMAT, SPLIT_CODES, SPLIT_NAMES, Store, create_store, open_store, store_lock
+from hashtagkit.stores.store import (
+    FORMAT,
+    SPLIT_CODES,
+    SPLIT_NAMES,
+    Store,
+    blocks_differ_in,
+    create_store,
+    describe_blocks,
+    open_store,
+    store_lock,
+)
 from hashtagkit.stores.upgrade import upgrade_store
 
-__all__ = ["FORMAT", "SPLIT_CODES", "SPLIT_NAMES", "Store", "create_store", "open_store", "store_lock",
-           "upgrade_store"]
+__all__ = ["FORMAT", "SPLIT_CODES", "SPLIT_NAMES", "Store", "blocks_differ_in", "create_store", "describe_blocks",
+           "open_store", "store_lock", "upgrade_store"]

@@ -236,6 +236,27 @@ def open_store(path: str | Path, mode: str = "r", check: bool = True) -> Store:
     return store
 
 
+def describe_blocks(blocks: Sequence[dict], dtype: str | None = None) -> str:
+    """'object: vgg16-object (random, seed 3), scene: vgg16-scene (sha256 5c1f0a...) as float16':
+    enough to tell two extractions apart in one line (a random block's seed included)."""
+    def one(b: dict) -> str:
+        w = b.get("weights") or {}
+        made = f"random, seed {w.get('seed')}" if w.get("source") == "random" else \
+            f"sha256 {str(w.get('sha256'))[:12]}" if w.get("sha256") else str(w.get("source") or "unknown weights")
+        return f"{b.get('name')}: {b.get('backbone')} ({made})"
+    return (", ".join(one(b) for b in blocks) or "no features") + (f" as {dtype}" if dtype else "")
+
+
+def blocks_differ_in(have: Sequence[dict], want: Sequence[dict]) -> str:
+    """' (they differ in their preprocessing)' when `describe_blocks` alone shows no difference."""
+    if describe_blocks(have) != describe_blocks(want):
+        return ""
+    fields = ("name", "backbone", "columns", "weights", "seed", "preprocessing")
+    pairs = zip(Store.block_signatures_of(list(have)), Store.block_signatures_of(list(want)), strict=False)
+    names = sorted({fields[i] for a, b in pairs for i in range(len(fields)) if a[i] != b[i]})
+    return f" (they differ in their {', '.join(names)})" if names else ""
+
+
 def mask_view(data: np.ndarray, blocks: Sequence[dict], view: str) -> np.ndarray:
     """Zero the columns of every block but `view` (a copy; `both` keeps all): how a one-view
     head sees features, in training (the store's blocks) and in recommend (the run's record)."""

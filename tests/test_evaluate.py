@@ -107,8 +107,9 @@ def test_a_run_refuses_a_store_it_does_not_fit(tmp_path):
     cases = [
         ("knn", renamed, "its vocabulary differs from the run's (class 0 is 'tag1' here, 'tag0' in the run)"),
         ("floor", renamed, "its vocabulary differs"),  # the floor ranks classes too
-        ("knn", reweighted, "its features (object: test-object aaaaaaaaaaaa, scene: test-scene cccccccccccc) "
-                            "are not those the run was trained on"),
+        ("knn", reweighted, "its features (object: test-object (sha256 aaaaaaaaaaaa), scene: test-scene "
+                            "(sha256 cccccccccccc)) are not those the run was trained on (object: test-object "
+                            "(sha256 aaaaaaaaaaaa), scene: test-scene (sha256 bbbbbbbbbbbb))"),
     ]
     for run_dir, path, message in cases:
         for command in ("evaluate", "show"):

@@ -275,3 +275,20 @@ def test_a_store_that_cannot_be_locked_is_a_one_line_error(tmp_path, monkeypatch
     res = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "s.zarr")])
     assert res.exit_code == 2 and "cannot be verified: Permission denied" in res.output
     assert "Traceback" not in res.output
+
+
+def test_two_extractions_that_differ_are_described_apart():
+    """A refusal once printed two identical descriptions for features that differed only in a random
+    seed or in preprocessing (issue #23): the seed is shown, and what else differs is named."""
+    from hashtagkit.stores import blocks_differ_in, describe_blocks
+
+    def block(seed, size=224):
+        return {"name": "object", "backbone": "vgg16-object", "columns": [0, 4096],
+                "weights": {"source": "random", "seed": seed, "sha256": None}, "preprocessing": {"resize": size}}
+
+    assert describe_blocks([block(0)], "float16") == "object: vgg16-object (random, seed 0) as float16"
+    assert describe_blocks([block(0)]) != describe_blocks([block(1)])
+    assert blocks_differ_in([block(0)], [block(1)]) == ""  # the descriptions already differ
+    assert blocks_differ_in([block(0)], [block(0, 256)]) == " (they differ in their preprocessing)"
+    real = {**block(0), "weights": {"source": "file", "sha256": "5c1f0a" + "0" * 58}}
+    assert "sha256 5c1f0a000000" in describe_blocks([real])
