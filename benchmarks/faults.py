@@ -1,6 +1,6 @@
 """Fault injection: does a store survive the crashes it will meet? (issue #11)
 
-Three faults, each on a scratch copy of one small demo store, through the installed CLI
+Five faults, each on a scratch copy of one small demo store, through the installed CLI
 (`python -m hashtagkit.cli.main`) in subprocesses, as a user would meet them:
 
   1. `extract` SIGKILLed at --trials random moments (a seeded RNG over the measured duration
@@ -11,6 +11,9 @@ Three faults, each on a scratch copy of one small demo store, through the instal
      (exit 0 without a resume), and does a resume then complete it exactly?
   3. a process rewriting the store group's attributes in a loop (zarr), SIGKILLed at random
      moments: the store must still open with its vocabulary and split intact.
+  4. `serve` of a kNN run on the extracted store SIGTERMed while 24 uploads are in flight: every
+     request answered 200 or a JSON 503 with Retry-After, never a 500 (issue #23).
+  5. a labels, split or paths chunk file deleted: detected by `info --verify` and by `fit`.
 
 Counts: "rows lost" are rows whose features differ from the reference or whose chunk is not
 done after the resume (must be 0); "mismatches" are trials whose final store differs from the
@@ -346,6 +349,110 @@ def attrs_problem(store: Path, vocab: list, split_info: dict, split: np.ndarray)
     return None
 
 
+# --- fault 4: restart `serve` under load --------------------------------------------------------------
+CLIENTS = 24
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_restart_trials(reference_store: Path, work: Path, trials: int, deadline: float) -> Tally:
+    """`hashtagkit serve` of a kNN run on the reference store, CLIENTS concurrent uploads of one
+    photo each, one photo a batch, SIGTERM once the first batches ran: every request must get its
+    answer (200) or a JSON 503 with Retry-After, never a 500 or a dropped connection, and the
+    server must exit 0."""
+    import httpx
+
+    tally = Tally(f"`serve` SIGTERMed under load ({CLIENTS} concurrent uploads)")
+    run_dir = work / "serve-run"
+    if not run_dir.exists():
+        subprocess.run([*CLI, "fit", str(reference_store), "--head", "knn", "--set", "k=5", "-o", str(run_dir)],
+                       check=True, capture_output=True)
+    photos = sorted((reference_store.parent / "pristine_images").rglob("*.jpg"))
+    answered = refused = 0
+    for i in tally.within_budget(trials, deadline):
+        port, reaper = free_port(), Reaper()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([*CLI, "serve", str(run_dir), "--port", str(port), "--max-batch", "1", "--max-wait-ms",
+                                 "0", "--grace", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reaper.track(proc.pid)
+        failed, code = 0, None
+        try:
+            until = time.monotonic() + 120
+            while time.monotonic() < until:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+
+            def upload(k: int, url: str = url):
+                photo = photos[k % len(photos)]
+                try:
+                    return httpx.post(f"{url}/v1/recommend", timeout=60,
+                                      files=[("files", (photo.name, photo.read_bytes(), "image/jpeg"))])
+                except httpx.TransportError as e:
+                    return e
+
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                futures = [pool.submit(upload, k) for k in range(CLIENTS)]
+                while httpx.get(f"{url}/v1/info", timeout=30).json()["server"]["batching"]["batches"] < 2:
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGTERM)
+                results = [f.result() for f in futures]
+            code = proc.wait(timeout=60)
+            for r in results:
+                if isinstance(r, httpx.Response) and r.status_code == 200:
+                    answered += 1
+                elif isinstance(r, httpx.Response) and r.status_code == 503 and r.headers.get("Retry-After") \
+                        and "detail" in r.json():
+                    refused += 1
+                else:
+                    failed += 1
+        finally:
+            reaper.kill_all()
+        tally.add(code == 0 and failed == 0, 0, failed)
+        print(f"  serve restart {i + 1}/{trials}: exit {code}, failed requests {failed}", flush=True)
+    tally.notes.append(f"mismatches = requests answered other than 200 or a JSON 503 with Retry-After (must be 0); "
+                       f"in all, {answered} answered 200 and {refused} got 503 (queued past the drain window)")
+    return tally
+
+
+# --- fault 5: a chunk of labels, split or paths deleted ------------------------------------------------
+def deleted_chunk_trials(reference_store: Path, work: Path, trials: int, seed: int, deadline: float) -> Tally:
+    """One chunk file of labels, split or paths deleted from a copy of the extracted store: `info
+    --verify` must exit 1 naming it, and `fit` must refuse the store (exit 2) naming it, never
+    training on the zeros Zarr would read in its place."""
+    tally = Tally("a labels, split or paths chunk file deleted")
+    rng = np.random.default_rng(seed + 5)
+    for _ in tally.within_budget(trials, deadline):
+        store = work / "deleted.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.copytree(reference_store, store)
+        files = sorted(p for name in ("labels", "split", "paths") for p in (store / name / "c").rglob("*") if p.is_file())
+        victim = files[int(rng.integers(len(files)))]
+        victim.unlink()
+        key = str(victim.relative_to(store))
+        verify = subprocess.run([*CLI, "info", "--verify", str(store)], capture_output=True, text=True)
+        fit = subprocess.run([*CLI, "fit", str(store), "--head", "popularity", "-o", str(work / "deleted-run")],
+                             capture_output=True, text=True)
+        found = verify.returncode == 1 and key in verify.stdout and fit.returncode == 2 and key in fit.stderr \
+            and not (work / "deleted-run").exists()
+        tally.add(found, 0, 0 if found else 1)
+        print(f"  deleted {key}: verify exit {verify.returncode}, fit exit {fit.returncode}: "
+              f"{'detected' if found else 'NOT DETECTED'}", flush=True)
+    tally.notes.append("survived = `info --verify` exited 1 and `fit` 2, both naming the file; mismatches = "
+                       "deletions not detected (must be 0)")
+    return tally
+
+
 # --- report ------------------------------------------------------------------------------------
 def table(tallies: list[Tally], header: list[str]) -> str:
     lines = [*header, "", "| fault | trials | survived | rows lost | mismatches |", "|---|---:|---:|---:|---:|"]
@@ -362,7 +469,8 @@ def header(args: argparse.Namespace, duration: float, n_chunks: int) -> list[str
         "# Fault injection",
         "",
         f"`python benchmarks/faults.py --trials {args.trials} --worker-trials {args.worker_trials} "
-        f"--attr-trials {args.attr_trials} --n {args.n} --seed {args.seed}` (`make bench-faults`), {provenance.now()}.",
+        f"--attr-trials {args.attr_trials} --serve-trials {args.serve_trials} --delete-trials {args.delete_trials} "
+        f"--n {args.n} --seed {args.seed}` (`make bench-faults`), {provenance.now()}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}. Versions: "
         f"torch {v.get('torch')}, torchvision {v.get('torchvision')}, zarr {v.get('zarr')}, numpy {v.get('numpy')}, "
         f"Python {v.get('python')}.",
@@ -387,6 +495,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20, help="random SIGKILLs of extract")
     ap.add_argument("--worker-trials", type=int, default=2, help="SIGKILLs of a decode worker")
     ap.add_argument("--attr-trials", type=int, default=20, help="SIGKILLs of an attribute writer")
+    ap.add_argument("--serve-trials", type=int, default=2, help="SIGTERMs of `serve` under load")
+    ap.add_argument("--delete-trials", type=int, default=3, help="deleted labels/split/paths chunk files")
     ap.add_argument("--n", type=int, default=12, help="demo photos in the store")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=500,
@@ -403,11 +513,14 @@ def main() -> None:
                        check=True, capture_output=True)
         ref, duration = reference(pristine, work)
         print(f"uninterrupted extract: {duration:.1f}s, {len(ref['done'])} chunks", flush=True)
-        reserve = args.worker_trials * (2 * duration + 10) + args.attr_trials * 1.5  # the later faults' share
+        reserve = (args.worker_trials * (2 * duration + 10) + args.attr_trials * 1.5  # the later faults' share
+                   + args.serve_trials * 30 + args.delete_trials * 10)
         tallies = [
             kill_extract_trials(pristine, work, ref, duration, args.trials, args.seed, deadline - reserve),
             kill_worker_trials(pristine, work, ref, duration, args.worker_trials, args.seed, deadline),
             attr_writer_trials(pristine, work, args.attr_trials, args.seed, deadline),
+            serve_restart_trials(work / "reference.zarr", work, args.serve_trials, deadline),
+            deleted_chunk_trials(work / "reference.zarr", work, args.delete_trials, args.seed, deadline),
         ]
     text = table(tallies, header(args, duration, len(ref["done"])))
     print(text)
