@@ -60,6 +60,9 @@ PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks
 BASE_ARRAYS = ("labels", "split", "paths")  # written whole by `prepare`: every chunk is there
 ALL_CHUNKS_MARK = "every_chunk_has_a_file"  # attr of a base array written with its empty chunks too
 DTYPES = {"labels": "uint8", "split": "uint8", "valid": "bool", "done": "bool"}  # what each array must hold
+# each array's dimensions, by name (Zarr v3 `dimension_names`): xarray opens a store by them
+DIMS = {"labels": ("row", "class"), "split": ("row",), "paths": ("row",), "features": ("row", "feature"),
+        "valid": ("row",), "reason": ("row",), "done": ("chunk",), "chunk_log": ("chunk",)}
 
 
 def is_url(path: str | Path) -> bool:
@@ -181,15 +184,16 @@ def create_store(
         marked = {ALL_CHUNKS_MARK: True}
         lab = group.create_array(
             "labels", shape=labels.shape, dtype="uint8", chunks=(min(max(n, 1), rows_per_chunk(c)), c),
-            compressors=_compressors(), config=every, attributes=marked,
+            compressors=_compressors(), config=every, attributes=marked, dimension_names=DIMS["labels"],
         )
         for a in range(0, n, lab.chunks[0]):  # a chunk at a time: labels may be made on demand
             lab[a : a + lab.chunks[0]] = np.asarray(labels[a : a + lab.chunks[0]], dtype=np.uint8)
         sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors(),
-                                config=every, attributes=marked)
+                                config=every, attributes=marked, dimension_names=DIMS["split"])
         sp[...] = split.astype(np.uint8)
         pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),),
-                                compressors=_compressors(), config=every, attributes=marked)
+                                compressors=_compressors(), config=every, attributes=marked,
+                                dimension_names=DIMS["paths"])
         for a in range(0, n, PATH_CHUNK_ROWS):
             pa[a : a + PATH_CHUNK_ROWS] = np.asarray(list(paths[a : a + PATH_CHUNK_ROWS]), dtype=str)
         group.attrs.update(
@@ -463,13 +467,15 @@ class Store:
         rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
         rows = max(1, min(rows, max(n, 1)))
         g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
-                       fill_value=0)
-        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False, compressors=_compressors())
-        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,), compressors=_compressors())
+                       fill_value=0, dimension_names=DIMS["features"])
+        g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False, compressors=_compressors(),
+                       dimension_names=DIMS["valid"])
+        g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,), compressors=_compressors(),
+                       dimension_names=DIMS["reason"])
         n_chunks = max(1, -(-n // rows))
         create_chunk_log(g, n_chunks)
         g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False,
-                       attributes={FILES_MARK: True}, compressors=_compressors())
+                       attributes={FILES_MARK: True}, compressors=_compressors(), dimension_names=DIMS["done"])
         g.attrs["blocks"] = blocks
         return rows
 
@@ -803,4 +809,5 @@ class _SliceReader:
 
 def create_chunk_log(group: zarr.Group, n_chunks: int) -> zarr.Array:
     """The per-chunk log array: one JSON string per chunk, each its own object."""
-    return group.create_array("chunk_log", shape=(n_chunks,), dtype=str, chunks=(1,), compressors=_compressors())
+    return group.create_array("chunk_log", shape=(n_chunks,), dtype=str, chunks=(1,), compressors=_compressors(),
+                              dimension_names=DIMS["chunk_log"])

@@ -72,7 +72,8 @@ def rechunk(folder: Path, group: zarr.Group, name: str, chunks: tuple[int, ...])
     if tuple(arr.chunks) == tuple(chunks):
         return
     new = group.create_array(tmp, shape=arr.shape, dtype=arr.dtype, chunks=chunks, fill_value=arr.fill_value,
-                             compressors=arr.compressors, attributes=dict(arr.attrs))
+                             compressors=arr.compressors, attributes=dict(arr.attrs),
+                             dimension_names=arr.metadata.dimension_names)
     act(f"copy {name}", new.__setitem__, Ellipsis, np.asarray(arr[...]))
     act(f"mark {tmp} complete", new.attrs.__setitem__, COMPLETE, True)
     act(f"move {tmp} to {name}", move_array, folder / tmp, folder / name)

@@ -525,3 +525,22 @@ def test_extract_upgrades_a_format1_store_and_resumes_it(tmp_path):
     logs = store.chunk_log()
     assert logs[:2] == [None, None] and [log["run"] for log in logs[2:]] == [1, 1]
     assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 1, 1]
+
+
+def test_xarray_opens_a_store_by_its_dimension_names(tmp_path):
+    """A plain Zarr v3 reader that needs `dimension_names` (xarray) opens a store: every array
+    under its named dimensions, equal to what the store API reads (issue #25 found it refused)."""
+    import warnings
+
+    import xarray as xr
+
+    store = make_store(tmp_path / "s.zarr", n=50, test=10, chunk_rows=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's note on the extract lock file beside the arrays
+        ds = xr.open_zarr(store.path, consolidated=False)
+        assert ds["labels"].dims == ("row", "class") and ds["features"].dims == ("row", "feature")
+        assert ds["done"].dims == ("chunk",) and ds.sizes["row"] == 50
+        assert np.array_equal(ds["labels"].values, store.labels())
+        assert np.array_equal(ds["features"].values, store.features())
+        assert np.array_equal(ds["split"].values, store.split())
+        assert ds.attrs["vocab"] == store.vocab
