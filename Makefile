@@ -73,7 +73,8 @@ bench-extract-distributed: $(STAMP)
 bench-eval-stream: $(STAMP)
 	$(BIN)/python benchmarks/eval_stream.py
 
-# Fault injection (SIGKILL extract, a decode worker, an attribute writer); < 10 minutes on 2 cores.
+# Fault injection (SIGKILL extract, a decode worker, an attribute writer; SIGTERM serve under load;
+# delete a labels/split/paths chunk); < 10 minutes on 2 cores.
 FAULT_TRIALS ?= 20
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py --trials $(FAULT_TRIALS)

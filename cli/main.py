@@ -130,10 +130,13 @@ class Group(click.Group):
         except MemoryError:
             raise Stopped("out of memory; " + RESOURCES, 1) from None
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debugging():
+            if debugging() or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            where = f" writing {os.fsdecode(e.filename)}" if e.filename else ""
-            raise Stopped(f"no space left on the device{where}; " + RESOURCES, 1) from None
+            where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Stopped(f"no space left on the device{where}; " + RESOURCES, 1) from None
+            raise Stopped(f"cannot write{where}: {e.strerror}; outputs are written whole or not at all, so "
+                          "nothing half-written was left", 1) from None
         except RuntimeError as e:  # torch's allocator says it in a RuntimeError
             if not re.search(r"can't allocate memory|out of memory", str(e)) or debugging():
                 raise
@@ -1002,10 +1005,15 @@ def verify_store(path: Path) -> int:
     with store.lock("verified"):
         store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
         damaged = store.damaged_chunks(decode=True)
-        store.mark_not_done(sorted(damaged))
+        for chunk, why in sorted(damaged.items()):
+            click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
+        try:
+            store.mark_not_done(sorted(damaged))
+        except OSError as e:  # a read-only store: the damage is reported all the same
+            click.echo(f"{path}: {len(damaged)} damaged chunk(s), but they could not be marked not done "
+                       f"({e.strerror}: {os.fsdecode(e.filename or '')}); make the store writable and verify again")
+            return 1
     done, total = store.completeness()
-    for chunk, why in sorted(damaged.items()):
-        click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
     if not damaged:
         click.echo(f"{path}: all {done} done chunk(s) of {total} present and readable")
         return 0

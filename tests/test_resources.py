@@ -78,3 +78,37 @@ def test_other_runtime_errors_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(PopularityHead, "fit_data", fail)
     res = CliRunner().invoke(cli, ["fit", str(store.path), "--head", "popularity", "-o", str(tmp_path / "run")])
     assert isinstance(res.exception, RuntimeError)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a folder read-only for the test (a read-only bind mount: root only, else a skip)."""
+    mounted = []
+
+    def make(folder):
+        if os.geteuid() != 0:
+            pytest.skip("a read-only bind mount needs root (chmod does not stop root)")
+        for cmd in (["mount", "--bind", str(folder), str(folder)], ["mount", "-o", "remount,bind,ro", str(folder)]):
+            done = subprocess.run(cmd, capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_verify_on_a_read_only_store_reports_the_damage(tmp_path, read_only):
+    """`info --verify` that cannot mark a damaged chunk not done (its `done` folder read-only) said
+    so in a 90-line traceback (issue #23): now it lists the damage and says why it could not mark it."""
+    store = make_store(tmp_path / "s.zarr", n=64, chunk_rows=16)
+    chunk = store.path / "features" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    read_only(store.path / "done")
+    res = CliRunner().invoke(cli, ["info", "--verify", str(store.path)])
+    assert res.exit_code == 1 and not isinstance(res.exception, OSError), res.output
+    assert "chunk 1 (rows 16..): features does not decode" in res.output
+    assert "could not be marked not done (Read-only file system" in res.output
