@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.extract import extract
 from hashtagkit.stores import open_store
 
+from .conftest import run_cli
 from .test_extract import make_image_store, tiny_scene_backbone
 
 distributed = pytest.importorskip("distributed")
@@ -307,6 +309,47 @@ def test_a_run_whose_workers_all_die_ends_with_one_line(tmp_path, tiny, monkeypa
     kept = done_count(store)
     assert 1 <= kept < 8
     assert extract(store, tiny, workers=0, **kw).extracted == 16 - 2 * kept
+
+
+def test_the_readmes_worked_example_runs_against_dask_itself(tmp_path):
+    """The README's two-machine example with Dask's own command-line tools, on 127.0.0.1 and the
+    CPU (`dask scheduler`, `dask worker ... --nworkers 1 --nthreads 1`, then `hashtagkit extract
+    ... --scheduler`): it completes, and its features equal an in-process extract of the same
+    photos to within 4 float16 ULP (the worker's torch may run on another number of threads than
+    the in-process lanes; bit for bit where they match). Random VGG-16 weights: real compute."""
+    run_cli(["prepare", "demo", "-o", str(tmp_path / "s.zarr"), "--n", "10"])
+    shutil.copytree(tmp_path / "s.zarr", tmp_path / "ref.zarr")
+    images = tmp_path / "s_images"
+    backbone = ["--backbone", "vgg16-object=random", "--precision", "fp32", "--no-progress"]
+    dask = str(Path(sys.executable).with_name("dask"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], **quiet)]
+    try:
+        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"], **quiet))
+        done = subprocess.run([str(Path(sys.executable).with_name("hashtagkit")), "extract", str(tmp_path / "s.zarr"),
+                               "--images", str(images), "--device", "cpu", "--scheduler", address, *backbone],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "dask: 1 worker(s) on" in done.stderr
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    run_cli(["extract", str(tmp_path / "ref.zarr"), "--images", str(images), "--device", "cpu", *backbone])
+    a, b = open_store(tmp_path / "s.zarr").features(), open_store(tmp_path / "ref.zarr").features()
+    ulps = np.abs(a.view(np.int16).astype(np.int32) - b.view(np.int16).astype(np.int32))
+    assert a.dtype == np.float16 and ulps.max() <= 4, ulps.max()
+    assert np.abs(a.astype(np.float32)).sum() > 0
 
 
 def alive(procs: list) -> list:
