@@ -678,6 +678,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
     moved = moved_weights(weights)
     token = read_token(token_file) if token_file is not None else None
     recommender = Recommender.from_run(run, device=device, precision=precision, weights=moved)
+    recommender.check_scores()  # a run that cannot score is refused before the port opens
     try:
         run_server(recommender, host, port, token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                    max_upload_mb=max_upload_mb, grace=grace)

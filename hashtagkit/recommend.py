@@ -198,12 +198,8 @@ class Recommender:
         rgb = decode_image(image, self.allow_truncated, draft_side=self.draft_side)
         return Prepared(name, tuple(t(rgb) for t in self.transforms))
 
-    def predict(self, prepared: Sequence[Prepared], top: int = 5) -> list[list[tuple[str, float]]]:
-        """Ranked (hashtag, score) lists for prepared photos, in one forward pass. Not thread-safe."""
-        if top < 1:
-            raise InputError(f"top must be at least 1, got {top}")
-        if not prepared:
-            return []
+    def _scores(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """The (n, C) scores of prepared photos: features, the head, the run's re-ranking."""
         if self.extractor is None:
             feats = np.zeros((len(prepared), 0), dtype=np.float32)
         else:
@@ -212,10 +208,32 @@ class Recommender:
             batch = [torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))]
             feats = mask_view(self.extractor(batch).astype(self.dtype), self.blocks, self.view)  # as in training
         scores = self.head.predict_proba(feats)
-        if self.post is not None:
-            scores = self.post.apply(scores)
+        return self.post.apply(scores) if self.post is not None else scores
+
+    def predict(self, prepared: Sequence[Prepared], top: int = 5) -> list[list[tuple[str, float]]]:
+        """Ranked (hashtag, score) lists for prepared photos, in one forward pass. Not thread-safe."""
+        if top < 1:
+            raise InputError(f"top must be at least 1, got {top}")
+        if not prepared:
+            return []
+        scores = self._scores(prepared)
         ranked = metrics.top_k(scores, min(top, len(self.vocab)))
         return [[(self.vocab[c], float(scores[j, c])) for c in ranked[j]] for j in range(len(prepared))]
+
+    def check_scores(self) -> None:
+        """Score one plain grey photo and refuse a model that cannot (NaN or infinite scores, or an
+        error): what `serve` runs before it opens its port, so a broken run is one line at start,
+        not a 500 for every photo while /healthz says ok."""
+        from PIL import Image
+
+        probe = self.prepare(Image.new("RGB", (256, 256), (128, 128, 128)), "probe")
+        try:
+            scores = self._scores([probe])
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"{self.run_dir}: the run cannot score a photo ({str(e).splitlines()[0]}); fit it again") \
+                from None
+        if not np.isfinite(scores).all():
+            raise InputError(f"{self.run_dir}: the run scores NaN or infinity on a plain photo; fit it again")
 
     def above_threshold(self, ranked: list[tuple[str, float]], top: int | None = None) -> list[tuple[str, float]]:
         """The hashtags of a full ranking whose score reaches their threshold, best first, at most

@@ -10,6 +10,7 @@ import io
 import os
 import random
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -637,3 +638,19 @@ def test_requests_beyond_the_limit_get_a_json_503(rec):
     assert "busy" in busy.json()["detail"]
     assert first.status_code == 415  # the held request itself was served to its end
     assert after.status_code == 200
+
+
+def test_serve_refuses_a_run_that_cannot_score(run, tmp_path):
+    """A run whose model scores NaN (saved by an older hashtagkit, or edited) was served, answering
+    500 to every photo while /healthz said ok (issue #23): `serve` now scores a plain photo
+    first and refuses it in one line, before the port opens."""
+    broken = tmp_path / "broken"
+    shutil.copytree(run[0] / "floor", broken)
+    state = broken / "model" / "state.npz"
+    with np.load(state) as data:
+        frequency = data["frequency_"].astype(np.float64)
+    frequency[0] = np.nan
+    np.savez(state, frequency_=frequency)
+    res = CliRunner().invoke(cli, ["serve", str(broken), "--port", "0"])
+    assert res.exit_code == 2 and "scores NaN or infinity on a plain photo" in res.output, res.output
+    Recommender.from_run(run[0] / "floor", device="cpu").check_scores()  # a sound run passes
