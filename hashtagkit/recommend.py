@@ -198,8 +198,9 @@ class Recommender:
         rgb = decode_image(image, self.allow_truncated, draft_side=self.draft_side)
         return Prepared(name, tuple(t(rgb) for t in self.transforms))
 
-    def _scores(self, prepared: Sequence[Prepared]) -> np.ndarray:
-        """The (n, C) scores of prepared photos: features, the head, the run's re-ranking."""
+    def score_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """The (n, C) scores of prepared photos (features, the head, the run's re-ranking), in one
+        forward pass; `predict` ranks them. Not thread-safe."""
         if self.extractor is None:
             feats = np.zeros((len(prepared), 0), dtype=np.float32)
         else:
@@ -216,7 +217,7 @@ class Recommender:
             raise InputError(f"top must be at least 1, got {top}")
         if not prepared:
             return []
-        scores = self._scores(prepared)
+        scores = self.score_prepared(prepared)
         ranked = metrics.top_k(scores, min(top, len(self.vocab)))
         return [[(self.vocab[c], float(scores[j, c])) for c in ranked[j]] for j in range(len(prepared))]
 
@@ -228,7 +229,7 @@ class Recommender:
 
         probe = self.prepare(Image.new("RGB", (256, 256), (128, 128, 128)), "probe")
         try:
-            scores = self._scores([probe])
+            scores = self.score_prepared([probe])
         except (ValueError, RuntimeError) as e:
             raise InputError(f"{self.run_dir}: the run cannot score a photo ({str(e).splitlines()[0]}); fit it again") \
                 from None
