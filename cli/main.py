@@ -223,10 +223,6 @@ class SplitSize(click.ParamType):
         return int(number) if number >= 1 or number == 0 else number
 
 
-def resolve_size(size: int | float, n: int) -> int:
-    return int(round(size * n)) if isinstance(size, float) else int(size)
-
-
 def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
@@ -264,23 +260,33 @@ def split_options(default_test: str):
     return wrap
 
 
-def write_store(data, out: Path, test_size, val_size, seed: int, kind: str, overwrite: bool, synthetic: bool = False):
-    from hashtagkit.data.split import random_split
-    from hashtagkit.data.vocabulary import multi_hot
-    from hashtagkit.stores import create_store
+class LazyBar:
+    """A progress bar that appears with the first progress, not before: a call that refuses its
+    input first (an existing output, a bad path) prints its one line and nothing else."""
 
-    n = len(data.paths)
-    split, info = random_split(n, resolve_size(test_size, n), resolve_size(val_size, n), seed)
-    store = create_store(
-        out, paths=data.paths, labels=multi_hot(data.tags, data.vocab), vocab=data.vocab, split=split,
-        split_info=info, kind=kind, image_root=data.image_root, synthetic=synthetic, source=data.source,
-        overwrite=overwrite,
-    )
+    def __init__(self, **options) -> None:
+        self.options, self.bar = options, None
+
+    def __call__(self, k: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(leave=False, **self.options)
+        self.bar.update(k)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def said_written(store, out: Path, what: str) -> None:
+    """The line every `prepare` ends with."""
     counts = store.split_info["counts"]
-    echo_err(
-        f"wrote {out}: {n:,} images, {len(data.vocab):,} classes; "
-        f"train {counts['train']:,} / test {counts['test']:,} / val {counts['val']:,} (seed {seed})"
-    )
+    echo_err(f"wrote {out}: {what}; train {counts['train']:,} / test {counts['test']:,} / val {counts['val']:,} "
+             f"(seed {store.split_info.get('seed')})")
 
 
 @cli.group(cls=Group)
@@ -298,11 +304,10 @@ def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, over
     52,383 train / 5,000 test, drawn here from --seed. Image paths are kept relative to the
     folder holding data_list.txt.
     """
-    from hashtagkit.data.harrison import read_harrison
-    from hashtagkit.outputs import refuse_existing
+    from hashtagkit.prepare import prepare_harrison
 
-    refuse_existing(out, overwrite, kind="store", inputs=[root])
-    write_store(read_harrison(root), out, test_size, val_size, seed, "harrison", overwrite)
+    store = prepare_harrison(root, out, test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite)
+    said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
 @prepare.command("posts")
@@ -322,18 +327,11 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     {"image": "rel/path.jpg", "hashtags": ["#LOVE", "walks"]} ('#' optional).
     Counts are printed after each cleaning step.
     """
-    from hashtagkit.data.posts import build_dataset, posts_source, read_posts
-    from hashtagkit.data.wordnet import noun_lemmatizer
-    from hashtagkit.outputs import refuse_existing
+    from hashtagkit.prepare import prepare_posts as prepare
 
-    refuse_existing(out, overwrite, kind="store", inputs=[posts, images])
-    raw = read_posts(posts)  # a bad posts file is reported before a missing WordNet
-    lemma = noun_lemmatizer() if lemmatize else None
-    data = build_dataset(
-        raw, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemma,
-        log=echo_err, image_root=str(images.resolve()), source=posts_source(posts),
-    )
-    write_store(data, out, test_size, val_size, seed, "posts", overwrite)
+    store = prepare(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemmatize,
+                    test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite, log=echo_err)
+    said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
 @prepare.command("demo")
@@ -349,18 +347,12 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
     objects, plus hashtags with no visual signal (#love ...) on a long tail. Deterministic
     by --seed.
     """
-    from tqdm import tqdm
+    from hashtagkit.prepare import prepare_demo as prepare
 
-    from hashtagkit.data.demo import make_demo
-    from hashtagkit.outputs import atomic_dir, refuse_existing
-
-    images = images or out.with_name(out.stem + "_images")
-    refuse_existing(out, overwrite, kind="store", inputs=[images])
-    refuse_existing(images, overwrite, kind="images", inputs=[out])
-    with atomic_dir(images, overwrite=overwrite, kind="images") as tmp, tqdm(total=n, desc="drawing", unit="img", leave=False) as bar:
-        data = make_demo(tmp, n=n, seed=seed, progress=bar.update)
-    data.image_root = str(images.resolve())
-    write_store(data, out, test_size, val_size, seed, "demo", overwrite, synthetic=True)
+    with LazyBar(total=n, desc="drawing", unit="img") as bar:
+        store = prepare(out, n=n, seed=seed, images=images, test_size=test_size, val_size=val_size, overwrite=overwrite,
+                        progress=bar)
+    said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
 @prepare.command("planted")
@@ -385,30 +377,12 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     object block, id % 3 == 2 in the scene block, id % 3 == 0 (like #love) nowhere. Features
     are non-negative and half zero, like fc7. Every head and command runs on it unchanged.
     """
-    from tqdm import tqdm
+    from hashtagkit.prepare import prepare_planted as prepare
 
-    from hashtagkit.data.planted import PlantedConfig, PlantedPaths, fill_planted, planted_labels
-    from hashtagkit.data.split import random_split
-    from hashtagkit.outputs import refuse_existing
-    from hashtagkit.stores import create_store
-
-    refuse_existing(out, overwrite, kind="store", inputs=[labels])
-    label_matrix, vocab, source = planted_labels(labels, n, seed, classes)
-    rows = len(label_matrix)
-    if test_size is None:
-        test_size = 5000 if rows > 25000 else 0.2
-    split, info = random_split(rows, resolve_size(test_size, rows), resolve_size(val_size, rows), seed)
-    config = PlantedConfig(dim=dim, strength=strength, seed=seed)
-    with tqdm(total=rows, unit="row", desc="generating", leave=False) as bar:
-        store = create_store(
-            out, paths=PlantedPaths(rows), labels=label_matrix, vocab=vocab, split=split,
-            split_info=info, kind="planted", image_root=None, synthetic=True,
-            source={**source, "generator": "hashtagkit.data.planted"}, overwrite=overwrite,
-            fill=fill_planted(label_matrix, config, bar.update),
-        )
-    counts = store.split_info["counts"]
-    echo_err(f"wrote {out}: {rows:,} rows x {2 * dim:,} planted features, {len(vocab):,} classes; "
-             f"train {counts['train']:,} / test {counts['test']:,} / val {counts['val']:,} (seed {seed})")
+    with LazyBar(total=n or 57_383, unit="row", desc="generating") as bar:
+        store = prepare(out, labels=labels, n=n, classes=classes, dim=dim, strength=strength, test_size=test_size,
+                        val_size=val_size, seed=seed, overwrite=overwrite, progress=bar)
+    said_written(store, out, f"{store.n_rows:,} rows x {2 * dim:,} planted features, {store.n_classes:,} classes")
 
 
 # --- fit / evaluate ----------------------------------------------------------------------------
