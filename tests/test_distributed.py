@@ -175,6 +175,22 @@ def fragile():
         yield c
 
 
+def extract_in_thread(store: Path, backbones, scheduler: str, kw: dict) -> tuple[threading.Thread, dict]:
+    """A distributed extract running in a thread (started): its outcome lands in the dict as
+    'summary' or 'error' (a test kills workers meanwhile, then joins)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["summary"] = extract(store, backbones, scheduler=scheduler, **kw)
+        except BaseException as e:  # noqa: BLE001  (reported by the test's assertions)
+            outcome["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, outcome
+
+
 def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, fragile, monkeypatch):
     monkeypatch.setattr(dist, "IN_FLIGHT", 1)  # 4 of the 8 tasks in flight: the rest submitted as they complete
     store = make_image_store(tmp_path, n=16)
@@ -184,16 +200,7 @@ def test_a_worker_sigkilled_mid_run_its_chunks_are_redone(tmp_path, tiny, fragil
     c = fragile
     with distributed.Client(c) as client:
         pids = client.run(os.getpid)
-        outcome = {}
-
-        def run():
-            try:
-                outcome["summary"] = extract(store, tiny, scheduler=c.scheduler_address, **kw)
-            except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
-                outcome["error"] = e
-
-        t = threading.Thread(target=run)
-        t.start()
+        t, outcome = extract_in_thread(store, tiny, c.scheduler_address, kw)
         deadline = time.monotonic() + 60
         while done_count(store) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -282,16 +289,7 @@ def test_a_run_whose_workers_all_die_ends_with_one_line(tmp_path, tiny, monkeypa
                                   cwd=REPO, env={**os.environ, dist.TEST_CHUNK_SECONDS: "0.4", "PYTHONPATH": str(REPO)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            outcome = {}
-
-            def run():
-                try:
-                    outcome["summary"] = extract(store, tiny, scheduler=c.scheduler_address, **kw)
-                except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
-                    outcome["error"] = e
-
-            t = threading.Thread(target=run)
-            t.start()
+            t, outcome = extract_in_thread(store, tiny, c.scheduler_address, kw)
             deadline = time.monotonic() + 90
             while done_count(store) < 1 and time.monotonic() < deadline and t.is_alive():
                 time.sleep(0.05)

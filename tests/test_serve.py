@@ -453,6 +453,19 @@ def test_cli_refuses_bad_input_in_one_line(run, tmp_path):
     assert res.exit_code == 2 and "cannot listen" in res.output and res.output.count("\n") == 1, res.output
 
 
+def wait_until_healthy(proc: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    """Until the `serve` process answers /healthz with 200 (it loads its models first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"serve did not become healthy within {seconds:g} s")
+
+
 def test_cli_serves_until_sigterm(run, tmp_path):
     """The real command in its own process (the popularity run needs no test backbone): it loads
     the run, answers as the library does, and stops cleanly on SIGTERM."""
@@ -468,14 +481,8 @@ def test_cli_serves_until_sigterm(run, tmp_path):
                              str(tmp_path / "token"), "--max-batch", "4"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(proc, url)
         res = post(url, [(photo.name, photo.read_bytes())], top=3, headers={"Authorization": "Bearer tok"})
         assert res.status_code == 200, res.text
         got = res.json()["results"][0]
@@ -540,14 +547,7 @@ def test_sigterm_under_load_answers_every_request_200_or_503(run, tmp_path):
     url = f"http://127.0.0.1:{port}"
     photos = [(p.name, p.read_bytes()) for p in run[1]]
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(proc, url)
         with ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(post, url, photos) for _ in range(16)]
             while httpx.get(f"{url}/v1/info", timeout=10).json()["server"]["batching"]["images"] < 12:
