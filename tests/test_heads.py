@@ -269,3 +269,40 @@ def test_both_views_beat_one_for_mlp(planted, tmp_path):
     scene, _ = fit_eval(planted, tmp_path, "mlp", "scene", *sets)
     assert run["features"] == "object"
     assert both["recall@5"] >= max(obj["recall@5"], scene["recall@5"])
+
+
+def test_long_fits_show_progress_on_a_terminal():
+    """ovr's per-class fits, kNN's index and fusion's weight grid draw a progress bar when stderr is a
+    terminal (issue #23: a 650 s ovr fit printed nothing), and nothing when it is not (logs, tests)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    code = ("import numpy as np; from hashtagkit.heads import OVRHead, KNNHead, FusionHead; "
+            "rng = np.random.default_rng(0); X = rng.random((300, 8)).astype(np.float32); "
+            "Y = (rng.random((300, 5)) < 0.3).astype(np.uint8); Y[:, 0] = 1 - Y[:, 1]; "
+            "OVRHead(pca=None, n_jobs=1).fit(X, Y); KNNHead(k=3, pca=None).fit(X, Y); "
+            "FusionHead(components='knn,ovr', component_params={'knn': {'k': 3}, 'ovr': {'n_jobs': 1}}).fit(X, Y)")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=follower, stdout=subprocess.DEVNULL)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            part = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not part:
+            break
+        seen += part
+    assert proc.wait(timeout=120) == 0, seen[-2000:]
+    os.close(leader)
+    for bar in (b"ovr classes", b"knn index", b"fusion weights"):
+        assert bar in seen, (bar, seen[-500:])
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert quiet.returncode == 0 and b"ovr classes" not in quiet.stderr

@@ -268,7 +268,10 @@ class FusionHead(Head):
         k = int(self.metric.partition("@")[2])
         S, Yv = [s[tagged] for s in scores], labels[tagged]
         grid = weight_grid(len(fitted), self.grid_step)
-        values = [score(sum(w * s for w, s in zip(ws, S, strict=True) if w), Yv, k) for ws in grid]
+        from tqdm import tqdm
+
+        values = [score(sum(w * s for w, s in zip(ws, S, strict=True) if w), Yv, k)
+                  for ws in tqdm(grid, desc="fusion weights", unit="point", disable=None, leave=False)]
         best = int(np.argmax(values))
         alone = {n: round(float(score(s, Yv, k)), 6) for n, s in zip(names, S, strict=True)}
         return grid[best], {**info, "chosen_by": f"{self.metric} on the tagged validation rows", "grid_points": len(grid),

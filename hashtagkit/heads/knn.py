@@ -214,8 +214,11 @@ class KNNHead(Head):
         queries = Zs[np.sort(rng.choice(len(Zs), min(len(Zs), RECALL_QUERIES), replace=False))] if kind != "flat" else None
         del Zs
         exact = _TopK(queries, min(self.k, n)) if queries is not None else None
+        from tqdm import tqdm
+
         indptr, indices, offset = [np.zeros(1, np.int64)], [], 0
-        for X, Y in data.blocks():
+        for X, Y in tqdm(data.blocks(), total=data.n_blocks, desc=f"{self.name} index", unit="block", disable=None,
+                         leave=False):
             Z = self._embed(X)
             index.add(Z)
             if exact is not None:

@@ -110,8 +110,12 @@ class OVRHead(Head):
         self.constant_ = np.where(positives == 0, 0.0, 1.0).astype(np.float32)
         self.constant_[trainable] = np.nan
         from joblib import Parallel, delayed
+        from tqdm import tqdm
 
-        fits = Parallel(n_jobs=self.n_jobs)(delayed(_fit_one)(estimator, Z, Y[:, j]) for j in trainable)
+        # one model per hashtag (997 at HARRISON's size, minutes on 2 cores): a bar on a terminal
+        jobs = Parallel(n_jobs=self.n_jobs, return_as="generator")(
+            delayed(_fit_one)(estimator, Z, Y[:, j]) for j in trainable)
+        fits = list(tqdm(jobs, total=len(trainable), desc="ovr classes", unit="class", disable=None, leave=False))
         self.coef_ = np.zeros((self.n_classes_, Z.shape[1]), np.float32)
         self.intercept_ = np.zeros(self.n_classes_, np.float32)
         for j, (w, b) in zip(trainable, fits, strict=True):
