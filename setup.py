@@ -50,6 +50,7 @@ setup(
         "serve": SERVE,
         # playwright drives the system's Chromium (/usr/bin/chromium) in the browser tests
         "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80", "httpx>=0.27", "playwright>=1.40", "xarray>=2024.1",
+                 "schemathesis>=4.0",
                  *DISTRIBUTED, *SERVE],
     },
     entry_points={"console_scripts": ["hashtagkit=hashtagkit.cli.main:main"]},

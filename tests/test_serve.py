@@ -184,7 +184,7 @@ def test_nothing_usable_is_400_or_415_with_a_detail(server, run):
     res = post(server, [(run[1][0].name, run[1][0].read_bytes())], top=0)
     assert res.status_code == 422
     res = post(server, [(f"{i}.jpg", b"x") for i in range(257)])  # MAX_FILES + 1
-    assert res.status_code == 413 and "too many files" in res.json()["detail"]
+    assert res.status_code == 400 and "too many files" in res.json()["detail"]  # the schema's maxItems
     assert httpx.get(f"{server}/healthz", timeout=TIMEOUT).status_code == 200
 
 
@@ -654,3 +654,36 @@ def test_serve_refuses_a_run_that_cannot_score(run, tmp_path):
     res = CliRunner().invoke(cli, ["serve", str(broken), "--port", "0"])
     assert res.exit_code == 2 and "scores NaN or infinity on a plain photo" in res.output, res.output
     Recommender.from_run(run[0] / "floor", device="cpu").check_scores()  # a sound run passes
+
+
+@pytest.mark.parametrize("token", [None, "tok"])
+def test_schemathesis_finds_the_service_true_to_its_openapi_schema(run, tmp_path, token):
+    """Schemathesis, the OpenAPI peers' own fuzzer, against `hashtagkit serve` with and without a
+    token, every check but one: no 5xx, status codes, bodies and headers as the schema says, the
+    token asked for only when there is one (issue #25 found 9 kinds of failure). Left out:
+    `positive_data_acceptance`, which expects any schema-valid upload to succeed, while a file of
+    random bytes is schema-valid (OpenAPI cannot say "an image") and is answered 415 by design."""
+    schemathesis = Path(sys.executable).with_name("schemathesis")
+    if not schemathesis.is_file():
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = []
+    if token:
+        (tmp_path / "token").write_text(token + "\n")
+        args = ["--token-file", str(tmp_path / "token")]
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("hashtagkit")), "serve", str(run[0] / "floor"),
+                             "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(proc, url)
+        found = subprocess.run([str(schemathesis), "run", f"{url}/openapi.json", "--checks", "all",
+                                "--exclude-checks", "positive_data_acceptance", "--max-examples", "40", "--seed", "1",
+                                "--no-color", *(["-H", f"Authorization: Bearer {token}"] if token else [])],
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert found.returncode == 0, found.stdout[-4000:]
+    assert "3 selected" in found.stdout or "Operations:" in found.stdout

@@ -47,6 +47,19 @@ class RecommendResponse(BaseModel):
     results: list[ImageResult]
 
 
+class Detail(BaseModel):
+    """An error's body: what went wrong, in one line."""
+
+    detail: str
+
+
+class Unsupported(Detail):
+    """415: the body is not multipart/form-data, or no uploaded file is an image (then each
+    file's reason is in `results`)."""
+
+    results: list[ImageResult] = []
+
+
 def result_json(name: str, hashtags: list[tuple[str, float]], error: str | None = None) -> dict:
     """One image's answer in `recommend --json`'s shape (the Recommendation decides it)."""
     return Recommendation(name, hashtags, error).as_json()
@@ -148,14 +161,23 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
     multipart_body = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["files"],
         "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "minItems": 1, "maxItems": MAX_FILES,
                                  "description": "The photos (repeat the field for several)."}}}}}}}
+    # the token check, and its place in the schema, only where there is a token to check
+    guarded = [Depends(authorized)] if expected is not None else []
+    unauthorized = {401: {"description": "token missing or wrong", "model": Detail}} if expected is not None else {}
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(authorized)],
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=guarded,
               openapi_extra=multipart_body, tags=["api"],
-              responses={400: {"description": "no files"}, 401: {"description": "token missing or wrong"},
-                         413: {"description": "upload too large"}, 415: {"description": "no file is an image"},
+              responses={400: {"description": "no files, more than 256, or threshold=true for a run without thresholds",
+                               "model": Detail},
+                         **unauthorized,
+                         413: {"description": "upload too large", "model": Detail},
+                         415: {"description": "not multipart/form-data, or no file is an image (each file's "
+                                               "reason in `results`)",
+                               "model": Unsupported},
                          503: {"description": "the server is busy or shutting down (Retry-After says when to try "
-                                               "again)"}})
+                                               "again)", "model": Detail}})
     async def recommend(request: Request,
                         top: int | None = Query(None, ge=1, le=10_000, description="Hashtags per photo [default 5]; "
                                                 "with threshold=true at most this many [default: no cap]."),
@@ -189,7 +211,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         ranked = dict(zip(good, answers, strict=True))
         return {"results": [result_json(u.name, ranked.get(i, []), errors.get(i)) for i, u in enumerate(uploads)]}
 
-    @app.get("/v1/info", dependencies=[Depends(authorized)], tags=["api"])
+    @app.get("/v1/info", dependencies=guarded, tags=["api"], responses=unauthorized)
     def info() -> dict:
         """The run being served (head, view, vocabulary, backbones and their weights' sha256, test
         scores) and what the server has done (batches run, images, largest batch)."""
@@ -222,4 +244,16 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         media = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return Response(files[name].read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
+    if not recommender.has_thresholds:  # the schema says what this run accepts: threshold=true is a 400 here
+        generate = app.openapi
+
+        def openapi() -> dict:
+            schema = generate()
+            for param in schema["paths"]["/v1/recommend"]["post"].get("parameters", []):
+                if param["name"] == "threshold":
+                    param["schema"] = {"type": "boolean", "enum": [False], "default": False, "title": "Threshold"}
+                    param["description"] = "Only false: this run was fitted without --threshold."
+            return schema
+
+        app.openapi = openapi
     return app

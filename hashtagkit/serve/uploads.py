@@ -56,7 +56,7 @@ class UploadReader:
         if options.get(b"name") != b"files":
             return
         if len(self.uploads) >= MAX_FILES:
-            raise HTTPException(413, f"too many files in one request (limit {MAX_FILES}); send several requests")
+            raise HTTPException(400, f"too many files in one request (limit {MAX_FILES}); send several requests")
         filename = options.get(b"filename", b"").decode("utf-8", "replace")[:MAX_NAME]
         self.current = Upload(filename or f"upload {len(self.uploads) + 1}", bytearray())
 
