@@ -619,18 +619,17 @@ def test_requests_beyond_the_limit_get_a_json_503(rec):
 
     def slow_body():
         yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.jpg\"\r\n\r\n"
-        release.wait(30)
+        release.wait(120)
         yield b"not an image\r\n--b--\r\n"
 
-    with serve_in_thread(create_app(rec, max_requests=1)) as url, ThreadPoolExecutor(1) as pool:
+    app = create_app(rec, max_requests=1)
+    with serve_in_thread(app) as url, ThreadPoolExecutor(1) as pool:
         held = pool.submit(httpx.post, f"{url}/v1/recommend", content=slow_body(), timeout=TIMEOUT,
                            headers={"Content-Type": "multipart/form-data; boundary=b"})
-        deadline = time.monotonic() + 30
-        while True:  # until the held request occupies the one slot
-            busy = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
-            if busy.status_code == 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        deadline = time.monotonic() + 120
+        while app.state.requests.active < 1 and time.monotonic() < deadline:  # the held one is being served
+            time.sleep(0.02)
+        busy = httpx.get(f"{url}/healthz", timeout=TIMEOUT)
         release.set()
         first = held.result()
         after = httpx.get(f"{url}/healthz", timeout=TIMEOUT)

@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
@@ -76,27 +77,35 @@ def page_files() -> dict[str, Any]:
 MAX_REQUESTS = 64  # requests served at once: at most 64 x the upload limit held in memory
 
 
-class RequestLimit:
-    """At most `limit` HTTP requests at once; beyond, a JSON 503 with Retry-After (uvicorn's own
-    `limit_concurrency` answers plain text, which clients of a JSON API cannot read)."""
+@dataclass
+class RequestCount:
+    """Requests being served now, against the limit (`app.state.requests`; /v1/info shows it)."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit, self.active = app, limit, 0
+    limit: int
+    active: int = 0
+
+
+class RequestLimit:
+    """At most `count.limit` HTTP requests at once; beyond, a JSON 503 with Retry-After (uvicorn's
+    own `limit_concurrency` answers plain text, which clients of a JSON API cannot read)."""
+
+    def __init__(self, app, count: RequestCount) -> None:
+        self.app, self.count = app, count
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
-            busy = JSONResponse({"detail": f"the server is busy ({self.limit} requests at once): try again shortly"},
-                                status_code=503, headers={"Retry-After": "1"})
+        if self.count.active >= self.count.limit:
+            busy = JSONResponse({"detail": f"the server is busy ({self.count.limit} requests at once): try again "
+                                           "shortly"}, status_code=503, headers={"Retry-After": "1"})
             await busy(scope, receive, send)
             return
-        self.active += 1
+        self.count.active += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
+            self.count.active -= 1
 
 
 def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, token: str | None = None,
@@ -125,7 +134,9 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
 
     app = FastAPI(title="hashtagkit", version=__version__, lifespan=lifespan,
                   description="Hashtags for photos: a fitted hashtagkit run served with its models loaded once.")
-    app.add_middleware(RequestLimit, limit=max_requests)
+    requests = RequestCount(max_requests)
+    app.add_middleware(RequestLimit, count=requests)
+    app.state.requests = requests
     app.state.batcher = batcher
     app.state.pixels = pixels
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
