@@ -79,7 +79,7 @@ MAX_REQUESTS = 64  # requests served at once: at most 64 x the upload limit held
 
 @dataclass
 class RequestCount:
-    """Requests being served now, against the limit (`app.state.requests`; /v1/info shows it)."""
+    """Requests being served now, against the limit (`app.state.requests`)."""
 
     limit: int
     active: int = 0
