@@ -135,8 +135,13 @@ class Group(click.Group):
             where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Stopped(f"no space left on the device{where}; " + RESOURCES, 1) from None
-            raise Stopped(f"cannot write{where}: {e.strerror}; outputs are written whole or not at all, so "
+            raise Stopped(f"cannot access{where}: {e.strerror}; outputs are written whole or not at all, so "
                           "nothing half-written was left", 1) from None
+        except ValueError as e:  # a chunk whose checksum fails: damage on disk, found on read
+            if "checksum do not match" not in str(e) or debugging():
+                raise
+            raise Stopped("a chunk of the store does not decode (its checksum does not match: damaged on disk); run "
+                          "`hashtagkit info --verify STORE` to find it", 1) from None
         except RuntimeError as e:  # torch's allocator says it in a RuntimeError
             if not re.search(r"can't allocate memory|out of memory", str(e)) or debugging():
                 raise
@@ -967,7 +972,7 @@ def verify_store(path: Path) -> int:
     from hashtagkit.stores import open_store
 
     store = open_store(path, mode="r+", check=False)  # damage is what it reports, not a reason to stop
-    base = store.damaged_base()
+    base = store.damaged_base(decode=True)
     for line in base:
         click.echo(line)
     if base:
@@ -977,17 +982,33 @@ def verify_store(path: Path) -> int:
     if not store.has_features():
         click.echo(f"{path}: labels, split and paths present; no features to verify")
         return 0
-    with store.lock("verified"):
-        store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
+    try:
+        lock = store.lock("verified")
+        lock.__enter__()
+    except InputError as e:  # a read-only store cannot be locked: report its damage all the same
+        lock, unmarkable = None, str(e)
+    try:
+        if lock is not None:
+            store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
         damaged = store.damaged_chunks(decode=True)
         for chunk, why in sorted(damaged.items()):
             click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
-        try:
-            store.mark_not_done(sorted(damaged))
-        except OSError as e:  # a read-only store: the damage is reported all the same
+        if lock is not None and damaged:
+            try:
+                store.mark_not_done(sorted(damaged))
+            except OSError as e:  # a read-only `done`: the damage is reported all the same
+                unmarkable = f"{e.strerror}: {os.fsdecode(e.filename or '')}"
+                lock.__exit__(None, None, None)
+                lock = None
+            else:
+                unmarkable = None
+        if damaged and lock is None:
             click.echo(f"{path}: {len(damaged)} damaged chunk(s), but they could not be marked not done "
-                       f"({e.strerror}: {os.fsdecode(e.filename or '')}); make the store writable and verify again")
+                       f"({unmarkable}); make the store writable and verify again")
             return 1
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
     done, total = store.completeness()
     if not damaged:
         click.echo(f"{path}: all {done} done chunk(s) of {total} present and readable")

@@ -170,8 +170,8 @@ def _within(inner: Path, outer: Path) -> bool:
 
 def refuse_inputs(target: str | Path, inputs: Iterable[str | Path | None]) -> None:
     """An output may not be a command's input nor contain one (replacing it would delete the
-    input), nor lie inside an input that hashtagkit made (a run inside its store would be part
-    of the store's folder). Inside another input folder is allowed (a store beside the photos):
+    input), nor lie inside an input store (a run inside its store would be part of the store's
+    folder). Inside another input folder is allowed (a store beside the photos, a sheet in its run):
     an existing output there is still replaced only if it is an artefact of the right kind."""
     out = Path(os.path.abspath(target))
     out_real = Path(os.path.realpath(target))
@@ -182,9 +182,8 @@ def refuse_inputs(target: str | Path, inputs: Iterable[str | Path | None]) -> No
         if _within(src, out) or _within(src_real, out_real):
             what = "is" if src_real == out_real or src == out else "contains"
             raise InputError(f"-o {target} {what} the input {given}: choose another output path")
-        if (_within(out, src) or _within(out_real, src_real)) and src_real.is_dir() and artefact_kind(src_real):
-            raise InputError(f"-o {target} lies inside the input {given} (a {_DESCRIPTIONS[artefact_kind(src_real)]}): "
-                             "choose a path outside it")
+        if (_within(out, src) or _within(out_real, src_real)) and src_real.is_dir() and artefact_kind(src_real) == "store":
+            raise InputError(f"-o {target} lies inside the input store {given}: choose a path outside it")
 
 
 def _check_parent(target: Path) -> None:

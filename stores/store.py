@@ -411,31 +411,46 @@ class Store:
         rows = self.chunk_rows()
         return chunk * rows, min((chunk + 1) * rows, self.n_rows)
 
-    def damaged_base(self) -> list[str]:
-        """What is wrong with the arrays every store holds, one line each: an array whose dtype
-        is not what hashtagkit wrote (its zarr.json edited), and, in a local store written with
-        every chunk's file (`ALL_CHUNKS_MARK`), a labels, split or paths chunk whose file is
-        missing (Zarr would read it as zeros: labels silently empty). A stat per chunk file."""
-        out = []
-        for name, want in DTYPES.items():
-            if name in self.group and np.dtype(self.group[name].dtype) != np.dtype(want):
-                out.append(f"{name} holds {np.dtype(self.group[name].dtype)}, not {want} (its zarr.json was edited)")
-        if "features" in self.group and np.dtype(self.group["features"].dtype) not in (np.float16, np.float32):
-            out.append(f"features holds {np.dtype(self.group['features'].dtype)}, not float16/float32 "
-                       "(its zarr.json was edited)")
-        if is_url(self.path):
-            return out
-        folder = Path(self.path) / self.group.path
+    def damaged_base(self, decode: bool = False) -> list[str]:
+        """What is wrong with the arrays every store holds, one line each: a base array missing or
+        whose metadata does not parse, an array whose dtype is not what hashtagkit wrote (its
+        zarr.json edited), and, in a local store written with every chunk's file
+        (`ALL_CHUNKS_MARK`), a labels, split or paths chunk whose file is missing (Zarr would read
+        it as zeros: labels silently empty): a stat per chunk file. With `decode`, every base
+        chunk is read too (a flipped bit fails its checksum): what `info --verify` does."""
+        out, arrays = [], {}
+        for name in (*BASE_ARRAYS, *(n for n in DTYPES if n not in BASE_ARRAYS), "features"):
+            try:
+                if name in self.group:
+                    arrays[name] = self.group[name]
+                elif name in BASE_ARRAYS:
+                    out.append(f"{name} is missing")
+            except Exception as e:  # noqa: BLE001 - zarr raises many types for metadata it cannot parse
+                out.append(f"{name}'s metadata does not parse ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+        for name, arr in arrays.items():
+            want = ("float16", "float32") if name == "features" else (DTYPES.get(name),)
+            if want[0] is not None and np.dtype(arr.dtype) not in [np.dtype(w) for w in want]:
+                out.append(f"{name} holds {np.dtype(arr.dtype)}, not {'/'.join(want)} (its zarr.json was edited)")
+        folder = None if is_url(self.path) else Path(self.path) / self.group.path
         for name in BASE_ARRAYS:
-            arr = self.group[name]
-            if not arr.attrs.get(ALL_CHUNKS_MARK, False):
-                continue  # written before the mark: a chunk of zeros may rightly have no file
+            arr = arrays.get(name)
+            if arr is None:
+                continue
             grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape, arr.chunks, strict=True)]
             for coords in itertools.product(*grid):
                 key = arr.metadata.encode_chunk_key(coords)
-                if not (folder / name / key).is_file():
+                # written before the mark, a chunk of zeros may rightly have no file
+                if folder is not None and arr.attrs.get(ALL_CHUNKS_MARK, False) and not (folder / name / key).is_file():
                     out.append(f"{name} chunk {name}/{key} is missing")
                     break  # one per array says enough
+                if decode:
+                    sel = tuple(slice(c * k, (c + 1) * k) for c, k in zip(coords, arr.chunks, strict=True))
+                    try:
+                        arr[sel]
+                    except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many types
+                        out.append(f"{name} chunk {name}/{key} does not decode "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:60]})")
+                        break
         return out
 
     def refuse_damaged_base(self) -> None:

@@ -112,3 +112,16 @@ def test_verify_on_a_read_only_store_reports_the_damage(tmp_path, read_only):
     assert res.exit_code == 1 and not isinstance(res.exception, OSError), res.output
     assert "chunk 1 (rows 16..): features does not decode" in res.output
     assert "could not be marked not done (Read-only file system" in res.output
+
+
+def test_verify_on_a_wholly_read_only_store_still_lists_the_damage(tmp_path, read_only):
+    """The store's lock file cannot be opened for writing either: the damage is listed all the same."""
+    store = make_store(tmp_path / "s.zarr", n=64, chunk_rows=16)
+    chunk = store.path / "features" / "c" / "2" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    read_only(store.path)
+    res = CliRunner().invoke(cli, ["info", "--verify", str(store.path)])
+    assert res.exit_code == 1, res.output
+    assert "chunk 2 (rows 32..): features does not decode" in res.output and "could not be marked" in res.output

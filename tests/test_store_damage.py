@@ -62,9 +62,24 @@ def test_a_flipped_bit_is_found(tmp_path, name):
     if name == "features":  # a done chunk: marked not done, so the next extract redoes it
         assert code == 1 and "chunk 0" in out and "does not decode" in out
         assert open_store(store.path).completeness()[0] == open_store(store.path).completeness()[1] - 1
-    else:
+    else:  # not repairable by extract: reported, and every read is one line, not a traceback
+        assert code == 1 and "labels chunk labels/c/0/0 does not decode" in out
         with pytest.raises(Exception, match="(?i)checksum|crc"):
             open_store(store.path).labels()
+        res = CliRunner().invoke(cli, ["fit", str(store.path), "--head", "popularity", "-o", str(tmp_path / "r")])
+        assert res.exit_code == 1 and "its checksum does not match" in res.output
+        assert not isinstance(res.exception, ValueError) and not (tmp_path / "r").exists()
+
+
+def test_a_missing_base_array_is_named(tmp_path):
+    import shutil
+
+    store = make_store(tmp_path / "s.zarr")
+    shutil.rmtree(store.path / "paths")
+    with pytest.raises(InputError, match="is damaged: paths is missing"):
+        open_store(store.path)
+    code, out = verify(store.path)
+    assert code == 1 and "paths is missing" in out
 
 
 def test_an_edited_dtype_is_noticed(tmp_path):

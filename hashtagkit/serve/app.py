@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from hashtagkit import __version__
 from hashtagkit.errors import InputError
-from hashtagkit.images import DecodeError
+from hashtagkit.images import MAX_PIXELS, DecodeError
 from hashtagkit.recommend import Recommendation
 from hashtagkit.serve.batcher import MicroBatcher
 from hashtagkit.serve.budget import PixelBudget, header_pixels
@@ -157,7 +157,11 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         loop = asyncio.get_running_loop()
         data = bytes(upload.data)
         upload.data = bytearray()
-        taken = await pixels.acquire(header_pixels(data))  # decoded pixels in flight stay bounded
+        # decoded pixels in flight stay bounded; the header is read in a decode thread (a PNG's text
+        # chunks before its size can take Pillow a while), and an image over the decoder's cap is
+        # refused unread, so it reserves no more than the cap
+        size = await loop.run_in_executor(decoder, header_pixels, data)
+        taken = await pixels.acquire(min(size, MAX_PIXELS))
         try:
             return await loop.run_in_executor(decoder, recommender.prepare, data, upload.name)
         except DecodeError as e:
