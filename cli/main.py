@@ -987,6 +987,7 @@ def verify_store(path: Path) -> int:
         lock.__enter__()
     except InputError as e:  # a read-only store cannot be locked: report its damage all the same
         lock, unmarkable = None, str(e)
+        click.echo(f"note: {e}; reading it without the lock (nothing can be marked)")
     try:
         if lock is not None:
             store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
