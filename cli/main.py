@@ -221,9 +221,12 @@ class SplitSize(click.ParamType):
                 number = float(str(value).strip())
             except ValueError:
                 self.fail(f"{value!r} is neither a row count nor a fraction", param, ctx)
-        if not math.isfinite(number) or number < 0:
+        from hashtagkit.data.split import size_problem
+
+        problem = size_problem(number)
+        if problem == "range":
             self.fail(f"{value!r} must be a row count >= 0 or a fraction below 1", param, ctx)
-        if number >= 1 and number != int(number):
+        if problem == "whole":
             self.fail(f"{value!r}: from 1 up a size is a whole row count; a fraction is below 1", param, ctx)
         return int(number) if number >= 1 or number == 0 else number
 

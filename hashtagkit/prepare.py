@@ -13,7 +13,6 @@ prints (the cleaning counts of `prepare_posts`); `progress(k)` is told of k more
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,25 +24,15 @@ Log = Callable[[str], None] | None
 Progress = Callable[[int], None] | None
 
 
-def resolve_size(size: Size, n: int, name: str = "test_size") -> int:
-    """A split size as a row count: a fraction below 1 of `n` rows, or a whole count from 1 up;
-    anything else is an InputError naming `name`."""
-    if isinstance(size, bool) or not isinstance(size, int | float) or not math.isfinite(size) or size < 0:
-        raise InputError(f"{name} must be a row count >= 0 or a fraction below 1, got {size!r}")
-    if size >= 1 and size != int(size):
-        raise InputError(f"{name} {size!r}: from 1 up a size is a whole row count; a fraction is below 1")
-    return int(round(size * n)) if 0 < size < 1 else int(size)
-
-
 def write_dataset(data, out: str | Path, *, test_size: Size, val_size: Size, seed: int, kind: str,
                   overwrite: bool = False, synthetic: bool = False) -> Store:
     """A dataset (`hashtagkit.data.vocabulary.Dataset`: paths, tags, vocab, image_root, source)
     written as a store with a seeded split."""
-    from hashtagkit.data.split import random_split
+    from hashtagkit.data.split import sized_split
     from hashtagkit.data.vocabulary import multi_hot
 
     n = len(data.paths)
-    split, info = random_split(n, resolve_size(test_size, n, "test_size"), resolve_size(val_size, n, "val_size"), seed)
+    split, info = sized_split(n, test_size, val_size, seed)
     return create_store(out, paths=data.paths, labels=multi_hot(data.tags, data.vocab), vocab=data.vocab, split=split,
                         split_info=info, kind=kind, image_root=data.image_root, synthetic=synthetic,
                         source=data.source, overwrite=overwrite)
@@ -107,7 +96,7 @@ def prepare_planted(out: str | Path, *, labels: str | Path | None = None, n: int
     `labels`) or Zipf-shaped ones, features planted per class in one block or the other.
     `test_size` None: 5,000 rows, or a fifth below 25,000 rows."""
     from hashtagkit.data.planted import PlantedConfig, PlantedPaths, fill_planted, planted_labels
-    from hashtagkit.data.split import random_split
+    from hashtagkit.data.split import sized_split
     from hashtagkit.outputs import refuse_existing
 
     refuse_existing(out, overwrite, kind="store", inputs=[labels])
@@ -115,8 +104,7 @@ def prepare_planted(out: str | Path, *, labels: str | Path | None = None, n: int
     rows = len(label_matrix)
     if test_size is None:
         test_size = 5000 if rows > 25000 else 0.2
-    split, info = random_split(rows, resolve_size(test_size, rows, "test_size"), resolve_size(val_size, rows, "val_size"),
-                               seed)
+    split, info = sized_split(rows, test_size, val_size, seed)
     config = PlantedConfig(dim=dim, strength=strength, seed=seed)
     return create_store(out, paths=PlantedPaths(rows), labels=label_matrix, vocab=vocab, split=split, split_info=info,
                         kind="planted", image_root=None, synthetic=True,
