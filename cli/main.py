@@ -8,6 +8,7 @@ the hidden temporaries of the interrupted write are removed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -985,34 +986,27 @@ def verify_store(path: Path) -> int:
     if not store.has_features():
         click.echo(f"{path}: labels, split and paths present; no features to verify")
         return 0
-    try:
-        lock = store.lock("verified")
-        lock.__enter__()
-    except InputError as e:  # a read-only store cannot be locked: report its damage all the same
-        lock, unmarkable = None, str(e)
-        click.echo(f"note: {e}; reading it without the lock (nothing can be marked)")
-    try:
-        if lock is not None:
+    with contextlib.ExitStack() as held:
+        unmarkable = None  # why the damaged chunks cannot be marked not done, if they cannot
+        try:
+            held.enter_context(store.lock("verified"))
+        except InputError as e:  # a read-only store cannot be locked: report its damage all the same
+            unmarkable = str(e)
+            click.echo(f"note: {e}; reading it without the lock (nothing can be marked)")
+        else:
             store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
         damaged = store.damaged_chunks(decode=True)
         for chunk, why in sorted(damaged.items()):
             click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
-        if lock is not None and damaged:
+        if damaged and unmarkable is None:
             try:
                 store.mark_not_done(sorted(damaged))
             except OSError as e:  # a read-only `done`: the damage is reported all the same
                 unmarkable = f"{e.strerror}: {os.fsdecode(e.filename or '')}"
-                lock.__exit__(None, None, None)
-                lock = None
-            else:
-                unmarkable = None
-        if damaged and lock is None:
+        if damaged and unmarkable is not None:
             click.echo(f"{path}: {len(damaged)} damaged chunk(s), but they could not be marked not done "
                        f"({unmarkable}); make the store writable and verify again")
             return 1
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
     done, total = store.completeness()
     if not damaged:
         click.echo(f"{path}: all {done} done chunk(s) of {total} present and readable")
