@@ -138,7 +138,6 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
     app.add_middleware(RequestLimit, count=requests)
     app.state.requests = requests
     app.state.batcher = batcher
-    app.state.pixels = pixels
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
     expected = token.strip().encode() if token is not None else None
 

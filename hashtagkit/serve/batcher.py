@@ -67,8 +67,7 @@ class MicroBatcher:
         self.wake: asyncio.Event | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="hashtagkit-model")
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.draining = False
-        self.last_start: float | None = None  # while draining: no batch starts after this loop time
+        self.last_start: float | None = None  # once draining: no batch starts after this loop time
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -77,6 +76,10 @@ class MicroBatcher:
 
     def alive(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    @property
+    def draining(self) -> bool:
+        return self.last_start is not None
 
     def request_drain(self, seconds: float) -> None:
         """Begin draining (from any thread, or a signal handler): new requests get 503; what is
@@ -88,16 +91,22 @@ class MicroBatcher:
     def _drain(self, seconds: float) -> None:
         if self.draining:
             return
-        self.draining = True
         self.last_start = self.loop.time() + seconds
         self.loop.call_at(self.last_start, self._refuse_queued)
         log.info("draining: answering what is queued for %.1f s, refusing new work with 503", seconds)
 
-    def _refuse_queued(self) -> None:
-        while self.queue is not None and not self.queue.empty():
-            _, _, future = self.queue.get_nowait()
+    @staticmethod
+    def _refuse(items) -> None:
+        """Answer these (photo, top, future) items with 503: they will not be started."""
+        for _, _, future in items:
             if not future.done():
                 future.set_exception(ShuttingDown())
+
+    def _refuse_queued(self) -> None:
+        queued = []
+        while self.queue is not None and not self.queue.empty():
+            queued.append(self.queue.get_nowait())
+        self._refuse(queued)
         if self.wake is not None:
             self.wake.set()
 
@@ -108,10 +117,7 @@ class MicroBatcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        while self.queue is not None and not self.queue.empty():
-            _, _, future = self.queue.get_nowait()
-            if not future.done():
-                future.set_exception(ShuttingDown())
+        self._refuse_queued()
         self.model_thread.shutdown(wait=True)
 
     @asynccontextmanager
@@ -168,9 +174,7 @@ class MicroBatcher:
         while True:
             batch = await self._gather()
             if batch and self.draining and loop.time() >= self.last_start:  # too late to start it
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(ShuttingDown())
+                self._refuse(batch)
                 continue
             if not batch:
                 continue
