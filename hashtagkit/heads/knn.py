@@ -47,8 +47,12 @@ RECALL_QUERIES = 1000  # training rows whose approximate neighbours are checked 
 INDEX_FILE, LABELS_FILE = "index.faiss", "labels.npz"
 
 
-def _normalised(X: np.ndarray) -> np.ndarray:
-    X = np.ascontiguousarray(X, dtype=np.float32).copy()
+def _normalised(X: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as contiguous float32; `copy=False` for an array the caller
+    owns already in that form (it is normalised in place)."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if copy:
+        X = X.copy()
     faiss.normalize_L2(X)
     return X
 
@@ -108,10 +112,16 @@ class KNNHead(Head):
         self.block_weights = block_weights
 
     # --- fitting ------------------------------------------------------------------------------
+    def _unit_rows(self, X: np.ndarray) -> np.ndarray:
+        """X's blocks joined (`_combine`, which copies to float32) and its rows unit-normalised:
+        one copy of a block, not two."""
+        Z = self._combine(X)
+        return _normalised(Z, copy=Z is X)
+
     def _embed(self, X: np.ndarray) -> np.ndarray:
-        Z = _normalised(self._combine(X))
+        Z = self._unit_rows(X)
         if self.projection_["components"].size:
-            Z = _normalised(project(Z, self.projection_))
+            Z = _normalised(project(Z, self.projection_), copy=False)  # project made a new array
         return Z
 
     def _index_kind(self, d: int, n: int) -> str:
@@ -200,10 +210,10 @@ class KNNHead(Head):
         rng = np.random.default_rng(self.random_state)
         sample = sample_positions(data, rng)
         self._fit_blocks(data)
-        Zs = _normalised(self._combine(data.take(sample)[0]))
+        Zs = self._unit_rows(data.take(sample)[0])
         self.projection_ = fit_projection(Zs, self.pca or 0, whiten=False, random_state=self.random_state)
         if self.projection_["components"].size:
-            Zs = _normalised(project(Zs, self.projection_))
+            Zs = _normalised(project(Zs, self.projection_), copy=False)
         d = Zs.shape[1]
         kind = self._index_kind(d, n)
         index, self.index_desc_ = self._build_index(kind, d, n, len(Zs))
