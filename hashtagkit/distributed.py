@@ -388,7 +388,7 @@ class Watchdog:
 
 
 def _watched(running, client):
-    """(future, result) of each task of `running` (a distributed.as_completed) as it finishes,
+    """The result of each task of `running` (a distributed.as_completed) as it finishes,
     under a `Watchdog`: waiting for the next task and fetching its result both give up when the
     cluster has no worker (a result held only by a worker that died is recomputed, which with no
     worker never happens). A task's own error is raised by the result."""
@@ -408,7 +408,7 @@ def _watched(running, client):
                 except (TimeoutError, DaskTimeout):
                     dog.check()
             dog.progressed()
-            yield fut, result
+            yield result
 
 
 def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncated: bool, run: dict, run_index: int,
@@ -455,23 +455,19 @@ def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncate
         for _ in range(max(IN_FLIGHT, 2 * sum(client.nthreads().values()))):
             submit_next()
         bar = tqdm(total=todo, unit="img", desc="extracting", disable=not progress, dynamic_ncols=True)
-        results = _watched(running, client)
-        while True:
-            try:  # a task's error (e.g. weights missing on a worker) ends the run here
-                fut, entry = next(results)
-            except StopIteration:
-                break
-            except KilledWorker as e:
-                raise InputError(
-                    f"chunk {int(str(e.task).rsplit('-', 1)[1])} killed every worker that ran it (Dask's "
-                    "allowed-failures; a photo that crashes the decoder, or too little memory); the done chunks are "
-                    "kept: an in-process `hashtagkit extract` of this store isolates a crashing photo as an invalid "
-                    "row") from None
-            submit_next()
-            logs.append(entry)
-            invalid.update(entry["invalid"])
-            bar.update(entry["rows"])
-            bar.set_postfix_str(f"{len(logs)}/{len(plan.pending)} chunks")
+        try:  # a task's error (e.g. weights missing on a worker) ends the run here
+            for entry in _watched(running, client):
+                submit_next()
+                logs.append(entry)
+                invalid.update(entry["invalid"])
+                bar.update(entry["rows"])
+                bar.set_postfix_str(f"{len(logs)}/{len(plan.pending)} chunks")
+        except KilledWorker as e:
+            raise InputError(
+                f"chunk {int(str(e.task).rsplit('-', 1)[1])} killed every worker that ran it (Dask's "
+                "allowed-failures; a photo that crashes the decoder, or too little memory); the done chunks are "
+                "kept: an in-process `hashtagkit extract` of this store isolates a crashing photo as an invalid "
+                "row") from None
         bar.close()
         seconds = time.perf_counter() - started
     skipped = [e["chunk"] for e in logs if e.get("skipped")]
