@@ -203,7 +203,7 @@ class StoreData(TrainingData):
         if self.store is None:
             from hashtagkit.stores import open_store
 
-            self.store = open_store(self.path)
+            self.store = open_store(self.path, check=False)  # checked when the parent opened it
         return self.store
 
     def _read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
