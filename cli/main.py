@@ -75,8 +75,8 @@ def _on_sigint(signum, frame) -> None:
     signal.default_int_handler(signum, frame)
 
 
-RESOURCES = ("outputs are written whole or not at all, so nothing half-written was left: "
-             "free some, or ask for less, and run the same command again")
+NOTHING_LEFT = "outputs are written whole or not at all, so nothing half-written was left"
+RESOURCES = NOTHING_LEFT + ": free some, or ask for less, and run the same command again"
 
 STOPPED = {signal.SIGINT: ("interrupted (Ctrl-C)", 130), signal.SIGTERM: ("terminated (SIGTERM)", 143)}
 
@@ -136,8 +136,7 @@ class Group(click.Group):
             where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Stopped(f"no space left on the device{where}; " + RESOURCES, 1) from None
-            raise Stopped(f"cannot access{where}: {e.strerror}; outputs are written whole or not at all, so "
-                          "nothing half-written was left", 1) from None
+            raise Stopped(f"cannot access{where}: {e.strerror}; {NOTHING_LEFT}", 1) from None
         except ValueError as e:  # a chunk whose checksum fails: damage on disk, found on read
             if "checksum do not match" not in str(e) or debugging():
                 raise
@@ -153,8 +152,8 @@ class Group(click.Group):
             raise _stopped(signal.SIGINT) from None
         except Terminated:
             raise _stopped(signal.SIGTERM) from None
-        if stop_requested() is not None:  # its exception was swallowed and no commit point came after
-            raise _stopped(stop_requested(), after=True)
+        if (signum := stop_requested()) is not None:  # its exception was swallowed, no commit point came after
+            raise _stopped(signum, after=True)
         return result
 
 
@@ -166,7 +165,7 @@ class OutputPath(click.Path):
         path = super().convert(value, param, ctx)
         raw = os.fsdecode(value)
         if not raw.strip() or os.path.basename(raw.rstrip(os.sep)) in ("", ".", ".."):
-            self.fail(f"{os.fsdecode(value)!r} names no file or folder to create", param, ctx)
+            self.fail(f"{raw!r} names no file or folder to create", param, ctx)
         return path
 
 
