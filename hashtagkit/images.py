@@ -79,18 +79,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def reduced(im: Image.Image, draft_side: int = DRAFT_SIDE) -> Image.Image:
+    """`im` set to decode at fewer pixels where the format can (JPEG: the shorter side stays at
+    least `draft_side`); its `size` is then what decoding will hold. Nothing is decoded here."""
+    w, h = im.size
+    if im.format == "JPEG" and min(w, h) >= 2 * draft_side:
+        scale = min(8, min(w, h) // draft_side)
+        im.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+    return im
+
+
 def open_bounded(im: Image.Image, max_pixels: int, draft_side: int = DRAFT_SIDE) -> Image.Image:
-    """Ask the decoder for fewer pixels where it can (JPEG: the shorter side stays at least
-    `draft_side`), refuse what stays over the limit."""
+    """Ask the decoder for fewer pixels where it can (`reduced`), refuse what stays over the limit."""
     w, h = im.size
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
         # Pillow only warns up to twice its limit (and raises beyond): refused here, whatever the
         # process's warning filters say
         raise DecodeError("decompression bomb")
-    if im.format == "JPEG" and min(w, h) >= 2 * draft_side:
-        scale = min(8, min(w, h) // draft_side)
-        im.draft("RGB", (max(1, w // scale), max(1, h // scale)))
-    w, h = im.size
+    w, h = reduced(im, draft_side).size
     if w * h > max_pixels:
         raise DecodeError(f"too large ({w}x{h} pixels, limit {max_pixels:,})")
     return im
@@ -137,6 +143,19 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 # plugin it has, EPS among them, which hands untrusted PostScript to Ghostscript where installed.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (phone photos)
 Image.init()  # register every plugin now: Image.open(formats=...) looks each name up
+
+
+def decoded_pixels(data: bytes | bytearray | memoryview, *, max_pixels: int = MAX_PIXELS,
+                   draft_side: int = DRAFT_SIDE) -> int:
+    """The pixels `decode_bytes(data, ...)` would hold, from the header alone (the same formats,
+    the same JPEG reduction): at most `max_pixels`, since a larger image is refused unread, and 0
+    for data that is no image of FORMATS (the decoder then says what it is)."""
+    try:
+        with Image.open(io.BytesIO(bytes(data)), formats=FORMATS) as im:
+            w, h = reduced(im, draft_side).size
+    except Exception:  # noqa: BLE001 - not an image, or a damaged one: the decoder reports it
+        return 0
+    return min(w * h, max_pixels)
 
 
 def decode(path: Path, allow_truncated: bool = False, *, max_pixels: int = MAX_PIXELS,

@@ -266,3 +266,23 @@ def test_decoding_a_callers_lazy_image_leaves_it_as_it_was(tmp_path):
     assert out.size[0] < 3200  # reduced for decoding (JPEG draft)
     assert im.size == (3200, 2400) and im.mode == "RGB"
     assert np.asarray(im).shape == (2400, 3200, 3)
+
+
+def test_decoded_pixels_is_what_decoding_holds(tmp_path):
+    """The header alone says how many pixels a decode will hold (the server's pixel budget counts
+    by it): a JPEG's reduction included, the decoder's cap as the most, 0 for what is no image."""
+    import io
+
+    from PIL import Image
+
+    from hashtagkit.images import MAX_PIXELS, decode_bytes, decoded_pixels
+
+    for fmt, size in (("JPEG", (1600, 1200)), ("PNG", (300, 200)), ("JPEG", (300, 200))):
+        buf = io.BytesIO()
+        Image.new("RGB", size, (40, 90, 160)).save(buf, format=fmt)
+        held = decode_bytes(buf.getvalue())
+        assert decoded_pixels(buf.getvalue()) == held.size[0] * held.size[1]
+    assert decoded_pixels(b"these are notes") == 0
+    huge = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(huge, format="PNG")  # 81 MP: refused unread by the decoder
+    assert decoded_pixels(huge.getvalue()) == MAX_PIXELS

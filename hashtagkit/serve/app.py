@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
@@ -22,10 +23,10 @@ from starlette.requests import ClientDisconnect
 
 from hashtagkit import __version__
 from hashtagkit.errors import InputError
-from hashtagkit.images import MAX_PIXELS, DecodeError
+from hashtagkit.images import DecodeError, decoded_pixels
 from hashtagkit.recommend import Recommendation
 from hashtagkit.serve.batcher import MicroBatcher
-from hashtagkit.serve.budget import PixelBudget, header_pixels
+from hashtagkit.serve.budget import PixelBudget
 from hashtagkit.serve.uploads import MAX_FILES, Upload, read_uploads
 
 log = logging.getLogger("hashtagkit.serve")
@@ -157,10 +158,9 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         data = bytes(upload.data)
         upload.data = bytearray()
         # decoded pixels in flight stay bounded; the header is read in a decode thread (a PNG's text
-        # chunks before its size can take Pillow a while), and an image over the decoder's cap is
-        # refused unread, so it reserves no more than the cap
-        size = await loop.run_in_executor(decoder, header_pixels, data)
-        taken = await pixels.acquire(min(size, MAX_PIXELS))
+        # chunks before its size can take Pillow a while)
+        size = await loop.run_in_executor(decoder, partial(decoded_pixels, data, draft_side=recommender.draft_side))
+        taken = await pixels.acquire(size)
         try:
             return await loop.run_in_executor(decoder, recommender.prepare, data, upload.name)
         except DecodeError as e:

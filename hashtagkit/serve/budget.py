@@ -2,9 +2,9 @@
 
 A 205 KB PNG can hold 64 megapixels (the decoder's own cap): 192 MB as RGB, more while it is
 resized. With one decode per thread, a burst of such uploads took `serve` from 1.3 to 2.9 GB
-and it stayed at 2.0 GB (issue #23). So a decode first reserves its image's pixels (read from
-the header, which costs nothing) from a budget shared by every request, waiting while others
-hold it; one image larger than the whole budget still runs, alone. When the last decode of a
+and it stayed at 2.0 GB (issue #23). So a decode first reserves the pixels it will hold (read
+from the header: `hashtagkit.images.decoded_pixels`) from a budget shared by every request,
+waiting while others hold it; one image larger than the whole budget still runs, alone. When the last decode of a
 burst finishes, glibc is asked to return its freed heap to the system (`malloc_trim`), which
 it otherwise keeps for later allocations."""
 
@@ -13,30 +13,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import io
 import logging
 import time
-import warnings
-
-from PIL import Image
 
 log = logging.getLogger("hashtagkit.serve")
 
 DECODE_PIXELS = 128_000_000  # two 64-megapixel photos, ~400 MB as RGB, decoded at once at most
 TRIM_EVERY_S = 1.0  # malloc_trim at most this often
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header (no pixels decoded); 0 when there is none to read
-    (the decoder then says what is wrong, and decoding nothing costs nothing)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a decompression-bomb warning: the decoder refuses it anyway
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                return int(w) * int(h)
-    except Exception:  # noqa: BLE001 - not an image, or a damaged one: the decoder reports it
-        return 0
 
 
 def _malloc_trim():
