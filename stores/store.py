@@ -351,7 +351,7 @@ class Store:
             raise InputError(f"unknown split {name!r}: choose one of {', '.join(SPLIT_CODES)}")
         return np.flatnonzero(self.split() == SPLIT_CODES[name])
 
-    def _row_indices(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    def row_indices(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         """`rows` as int64 indices: a boolean mask becomes its indices, negative ones count
         from the end, out of range is a clear error rather than numpy's IndexError."""
         rows = np.asarray(rows)
@@ -373,7 +373,7 @@ class Store:
         arr = self.group[name]
         if rows is None:
             return np.asarray(arr[...])
-        rows = self._row_indices(rows)
+        rows = self.row_indices(rows)
         if rows.size == 0:
             return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
         wanted, back = np.unique(rows, return_inverse=True)
@@ -547,7 +547,7 @@ class Store:
     def valid(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Which rows have real features (an image that failed to decode has none)."""
         if "valid" not in self.group:
-            return np.ones(self.n_rows if rows is None else len(self._row_indices(rows)), bool)
+            return np.ones(self.n_rows if rows is None else len(self.row_indices(rows)), bool)
         return self._read_rows("valid", rows)
 
     def usable_rows(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -649,7 +649,7 @@ class Store:
         zero-pads the others, as the paper does for its single-feature models, so a head's
         input width never depends on the view. A chunk marked done whose file is missing or
         does not decode is an error naming it, never rows of zeros."""
-        self._check_features(view)
+        self.check_features(view)
         arr = self.group["features"]
         try:
             data = np.asarray(arr[...] if rows is None
@@ -659,7 +659,7 @@ class Store:
             raise  # not a damaged chunk: a bug, keep the traceback
         return self._mask_view(data, view)
 
-    def _check_features(self, view: str) -> None:
+    def check_features(self, view: str) -> None:
         """Refuse to read features that are not all there (none yet, a swap or an upgrade
         interrupted, extraction incomplete, a done chunk's file missing) or a view not stored."""
         if not self.has_features():
@@ -694,7 +694,7 @@ class Store:
         """Positions in `rows` in the order `iter_rows(rows, what=..., batch_chunks=...)`
         yields them (by step, the caller's order kept within one), e.g. to put per-row
         results back in place."""
-        rows = self._row_indices(rows)
+        rows = self.row_indices(rows)
         return np.argsort(rows // (self.step_rows(what) * batch_chunks), kind="stable")
 
     def iter_rows(self, rows: np.ndarray | Sequence[int] | None = None, *, what: Sequence[str] = ROW_ARRAYS,
@@ -720,14 +720,14 @@ class Store:
         if batch_chunks < 1:
             raise InputError(f"batch_chunks must be at least 1, not {batch_chunks}")
         if "features" in what and not checked:  # (reads every chunk's flag: once per pass, not per block)
-            self._check_features(view)
+            self.check_features(view)
         step = self.step_rows(what) * batch_chunks
         readers = {name: _SliceReader(self.group[name]) if name in self.group else None for name in what}
         if rows is None:
             starts = range(0, self.n_rows, step)
             groups = ((np.arange(a, min(a + step, self.n_rows)), a, min(a + step, self.n_rows)) for a in starts)
         else:
-            idx = self._row_indices(rows)
+            idx = self.row_indices(rows)
             idx = idx[np.argsort(idx // step, kind="stable")]
             bounds = np.flatnonzero(np.diff(idx // step)) + 1
             groups = ((g, int(g.min()), int(g.max()) + 1) for g in np.split(idx, bounds) if len(g))

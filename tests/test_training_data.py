@@ -90,8 +90,8 @@ def test_the_store_is_checked_once_not_per_block(store, monkeypatch):
     million-row store quadratic in its ~4,000 chunks."""
     from hashtagkit.stores.store import Store
 
-    calls, real = [], Store._check_features
-    monkeypatch.setattr(Store, "_check_features", lambda self, view: (calls.append(view), real(self, view))[1])
+    calls, real = [], Store.check_features
+    monkeypatch.setattr(Store, "check_features", lambda self, view: (calls.append(view), real(self, view))[1])
     data = StoreData(store, "both", np.arange(store.n_rows))
     for i in np.random.default_rng(0).permutation(data.n_blocks):
         data.block(int(i))

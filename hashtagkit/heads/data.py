@@ -177,8 +177,8 @@ class StoreData(TrainingData):
     def __init__(self, store, view: str | None, rows: np.ndarray | Sequence[int], block_chunks: int = 1) -> None:
         self.store, self.path, self.view, self.block_chunks = store, Path(store.path), view, int(block_chunks)
         if view is not None:  # once here: block reads skip the check (see Store.iter_rows)
-            store._check_features(view)
-        self.rows = np.unique(store._row_indices(rows))
+            store.check_features(view)
+        self.rows = np.unique(store.row_indices(rows))
         self.what = ("features", "labels") if view is not None else ("labels",)
         step = store.step_rows(self.what) * self.block_chunks
         steps = self.rows // step
