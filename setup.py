@@ -5,7 +5,18 @@ installed as `hashtagkit.stores` and `hashtagkit.cli`, so no top-level module na
 `stores` lands in site-packages.
 """
 
-from setuptools import setup
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+# Import name -> folder in the repository. Every package under these folders (any folder with an
+# __init__.py) is found, so a subpackage added later cannot be left out of the wheel by a stale list;
+# tests/test_packaging.py compares the built wheel against the source tree.
+PACKAGE_DIRS = {"hashtagkit": "hashtagkit", "hashtagkit.stores": "stores", "hashtagkit.cli": "cli"}
+PACKAGES = [sub for name, folder in PACKAGE_DIRS.items()
+            for sub in (name, *(f"{name}.{found}" for found in find_packages(HERE / folder)))]
 
 DISTRIBUTED = ["dask>=2024.1", "distributed>=2024.1"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
@@ -14,23 +25,17 @@ setup(
     name="hashtagkit",
     version="0.1.0",
     description="Hashtag recommendation for photos: feature store, interchangeable heads, HARRISON metrics",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[
-        "hashtagkit",
-        "hashtagkit.data",
-        "hashtagkit.heads",
-        "hashtagkit.backbones",
-        "hashtagkit.serve",
-        "hashtagkit.stores",
-        "hashtagkit.cli",
-    ],
-    package_dir={"hashtagkit.stores": "stores", "hashtagkit.cli": "cli"},
+    packages=PACKAGES,
+    package_dir={name: folder for name, folder in PACKAGE_DIRS.items() if name != folder},
     package_data={"hashtagkit": ["static/*"]},  # the upload page `hashtagkit serve` shows at GET /
     install_requires=[
-        "torch>=2.4,<=2.14.1",  # 2.4: fused AdamW on CPU, torch.amp.GradScaler("cpu")
-        "torchvision>=0.19,<=0.29.1",
+        # No upper bounds: newer releases are the user's to take. The versions this project is tested
+        # with are pinned in constraints.txt (`make install` installs with it), not here.
+        "torch>=2.4",  # 2.4: fused AdamW on CPU, torch.amp.GradScaler("cpu")
+        "torchvision>=0.19",
         "faiss-cpu>=1.7.4",
         "scikit-learn>=1.3",
         "numpy>=1.24",
@@ -51,6 +56,9 @@ setup(
         # playwright drives the system's Chromium (/usr/bin/chromium) in the browser tests
         "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80", "httpx>=0.27", "playwright>=1.40", "xarray>=2024.1",
                  "schemathesis>=4.0",
+                 # tests/test_packaging.py: `python -m build --no-isolation` with the venv's setuptools,
+                 # which needs 70.1+ to build wheels by itself (a new venv comes with an older one)
+                 "build>=1.0", "setuptools>=70.1",
                  *DISTRIBUTED, *SERVE],
     },
     entry_points={"console_scripts": ["hashtagkit=hashtagkit.cli.main:main"]},
