@@ -53,8 +53,11 @@ def source_packages() -> set[str]:
 
 
 def static_files() -> dict[str, Path]:
+    """Wheel path -> file for the upload page's files, subfolders included (package_data must ship them)."""
     folder = REPO / "hashtagkit" / "static"
-    return {f"hashtagkit/static/{p.name}": p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    return {f"hashtagkit/static/{p.relative_to(folder).as_posix()}": p for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            and SKIP_DIRS.isdisjoint(p.relative_to(folder).parts)}
 
 
 def checkout_files() -> list[str]:
@@ -104,7 +107,10 @@ def test_wheel_holds_the_packages_and_the_page(dist):
         info = f"{NAME}-{VERSION}.dist-info"
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
         metadata = zf.read(f"{info}/METADATA").decode()
-        for path, source in static_files().items():
+        static = static_files()
+        missing = sorted(set(static) - names)
+        assert not missing, f"the page's files in the source tree but not in the wheel (package_data): {missing}"
+        for path, source in static.items():
             assert zf.read(path) == source.read_bytes(), path
 
     # Every module and package of the source tree, under hashtagkit/ and nowhere else.
@@ -115,10 +121,10 @@ def test_wheel_holds_the_packages_and_the_page(dist):
     assert wheel_packages == source_packages()
     assert {"hashtagkit", "hashtagkit.stores", "hashtagkit.cli", "hashtagkit.data", "hashtagkit.heads",
             "hashtagkit.backbones", "hashtagkit.serve"} <= wheel_packages
-    assert set(static_files()) <= names and {"hashtagkit/static/index.html"} <= names
+    assert "hashtagkit/static/index.html" in names
     top_level = {n.split("/", 1)[0] for n in names}
     assert top_level == {"hashtagkit", info}, top_level  # no top-level cli, stores, tests, benchmarks
-    stray = sorted(n for n in names if not n.startswith(info) and n not in expected and n not in static_files())
+    stray = sorted(n for n in names if not n.startswith(info) and n not in expected and n not in static)
     assert not stray, f"files in the wheel that are not the package's: {stray}"
 
     assert "[console_scripts]\nhashtagkit = hashtagkit.cli.main:main" in entry_points
@@ -201,7 +207,8 @@ def test_installed_wheel_runs_outside_the_repository(venv, dist):
             "root = importlib.resources.files('hashtagkit') / 'static'\n"
             "print(sorted(app.page_files())); print(len((root / 'index.html').read_bytes()))")
     names, size = run([python, "-c", code], cwd=outside).stdout.splitlines()
-    assert names == str(sorted(p.rsplit("/", 1)[1] for p in static_files()))
+    assert names == str(sorted(p.name for p in (REPO / "hashtagkit" / "static").iterdir()
+                               if p.is_file() and not p.name.startswith(".")))
     assert int(size) == (REPO / "hashtagkit" / "static" / "index.html").stat().st_size
 
     # pip sees the wheel (not the editable install) and every requirement satisfied.
