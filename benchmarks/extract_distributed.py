@@ -40,7 +40,7 @@ from extract_throughput import write_photos  # noqa: E402
 from hashtagkit import provenance  # noqa: E402
 from hashtagkit.backbones import load_backbone  # noqa: E402
 from hashtagkit.devices import pick_precision  # noqa: E402
-from hashtagkit.extract import extract  # noqa: E402
+from hashtagkit.extraction import extract  # noqa: E402
 
 PATHS = {"a": ("in-process", None), "b": ("--cluster local:1", "local:1"), "c": ("--cluster local:2", "local:2")}
 

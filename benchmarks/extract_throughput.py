@@ -45,7 +45,8 @@ from PIL import Image
 from hashtagkit import provenance
 from hashtagkit.backbones import load_backbone
 from hashtagkit.devices import extraction_budget, pick_device, pick_precision
-from hashtagkit.extract import Extractor, extract, torch_threads
+from hashtagkit.extraction import Extractor, extract
+from hashtagkit.extraction.local import torch_threads
 from hashtagkit.images import decode
 from hashtagkit.stores.store import feature_compressors
 
@@ -193,7 +194,7 @@ def decode_modes(sets: dict[str, tuple[Path, list[str]]]) -> list[dict]:
     thread) and the fc7 cosine of both backbones (fp32, random weights) against the exact decode
     (Pillow, full size). `gpu` is its code path run on the CPU (torchvision's libjpeg-turbo for
     nvJPEG, the same tensor resize): its pixels, not nvJPEG's speed."""
-    from hashtagkit.extract import ImageReader, collate
+    from hashtagkit.extraction.reader import ImageReader, collate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

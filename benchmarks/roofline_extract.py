@@ -46,7 +46,8 @@ from extract_throughput import commit, end_to_end, write_photos  # noqa: E402
 from hashtagkit import provenance  # noqa: E402
 from hashtagkit.backbones import load_backbone  # noqa: E402
 from hashtagkit.devices import extraction_budget, pick_device, pick_precision  # noqa: E402
-from hashtagkit.extract import Extractor, torch_threads  # noqa: E402
+from hashtagkit.extraction import Extractor  # noqa: E402
+from hashtagkit.extraction.local import torch_threads  # noqa: E402
 from hashtagkit.images import decode  # noqa: E402
 
 COSINE_FLOOR = 0.999
@@ -147,7 +148,7 @@ def setup(device: str, quick: bool, work: Path):
 
 def decode_core_seconds(photos: Path, names: list[str], transforms, mode: str) -> float:
     """CPU seconds one photo's decode, resize and crop take (one process, one thread)."""
-    from hashtagkit.extract import ImageReader
+    from hashtagkit.extraction.reader import ImageReader
 
     reader = ImageReader(photos, names, transforms, allow_truncated=False, decode_mode=mode)
     with torch_threads(1):

@@ -100,7 +100,7 @@ def time_to_first_result(cmd: list[str], env: dict) -> tuple[float, float]:
 
 
 # what `recommend` imports, in both revisions (the CLI module itself imports lazily)
-IMPORTS = "hashtagkit.recommend, hashtagkit.backbones, hashtagkit.extract, hashtagkit.heads"
+IMPORTS = "hashtagkit.recommend, hashtagkit.backbones, hashtagkit.extraction.engine, hashtagkit.heads"
 
 
 def time_import(env: dict) -> float:

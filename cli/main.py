@@ -110,8 +110,33 @@ def _first_line(message: str) -> str:
     return lines[0] if lines else "invalid input"
 
 
+def _flag(param: str, command: click.Command | None = None) -> str:
+    """The option of `command` that sets library parameter `param` (the CLI's options carry the
+    library's names), else `--param-name`."""
+    for p in command.params if command is not None else ():
+        if isinstance(p, click.Option) and p.name == param:
+            return max(p.opts, key=len)
+    return "--" + param.replace("_", "-")
+
+
+class Command(click.Command):
+    """A command whose library errors name its own options: an InputError about parameter
+    `dtype` reads `--dtype ...` here, `dtype ...` to a Python caller."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            if e.param and not hasattr(e, "flag"):
+                e.flag = _flag(e.param, self)
+            raise
+
+
 class Group(click.Group):
     """Turns a user's mistake into one line and exit 2, and an interruption into one line."""
+
+    command_class = Command
+    group_class = type  # subgroups (`prepare`) are Groups too
 
     def invoke(self, ctx: click.Context):
         from hashtagkit.outputs import StopRequested, stop_requested
@@ -123,7 +148,7 @@ class Group(click.Group):
         except InputError as e:
             if debugging():
                 raise
-            raise UserError(_first_line(str(e))) from None
+            raise UserError(_first_line(e.naming(getattr(e, "flag", None) or _flag(e.param or "")))) from None
         except click.UsageError as e:
             if isinstance(e, OneLineUsage):
                 raise
@@ -427,7 +452,7 @@ def parse_sets(pairs: tuple[str, ...]) -> dict:
     return params
 
 
-class FitCommand(click.Command):
+class FitCommand(Command):
     """`fit`, whose help lists each head's parameters from the heads' own `param_spec`
     (imported only when the help is shown: the heads pull in torch)."""
 
@@ -785,12 +810,12 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 @click.option("--lanes", type=click.IntRange(min=1),
               help="Batches in the model at once, each on cores/LANES torch threads [default: on the CPU one per "
                    "core, up to 4; on CUDA 1].")
-@click.option("--decode", "decode_mode", default="default", show_default=True,
+@click.option("--decode", default="default", show_default=True,
               type=click.Choice(["default", "fast", "gpu"]),
               help="How JPEGs become pixels. fast: decoded reduced (DCT scaling) down to the resize, other pixels; "
                    "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
                    "decode on a sample of the photos, and are part of the blocks' preprocessing.")
-@click.option("--compile", "compile_model", is_flag=True,
+@click.option("--compile", is_flag=True,
               help="Compile the backbones with torch.compile (inductor, frozen weights) and run one batch at a "
                    "time on all threads: ~1.4x the model's rate on a 2-core AMX CPU (benchmarks/results/"
                    "roofline_extract.md), after a compile of a minute or two (cached for the next run). Worth it "
@@ -820,7 +845,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
                    "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
-            workers: int | None, lanes: int | None, decode_mode: str, compile_model: bool, dtype: str, chunk_rows: int | None, allow_truncated: bool, overwrite: bool, seed: int,
+            workers: int | None, lanes: int | None, decode: str, compile: bool, dtype: str, chunk_rows: int | None,
+            allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
             allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
     """Compute image features for every row of STORE, resumably.
@@ -832,33 +858,21 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
     With --cluster or --scheduler the chunks are computed by Dask workers, this process
     coordinating (see the README's "Extraction on Dask").
     """
-    from hashtagkit.backbones import DEFAULT_BACKBONES, load_backbone, parse_backbone_option
-    from hashtagkit.extract import check_compile_option, check_decode_option
-    from hashtagkit.extract import extract as run_extract
-    from hashtagkit.stores import open_store
+    from hashtagkit.extraction import ExtractConfig
+    from hashtagkit.extraction import extract as run_extract
 
-    if cluster is not None and scheduler is not None:
-        raise UserError("--cluster and --scheduler are exclusive: choose one")
-    if cluster is not None or scheduler is not None:
-        from hashtagkit import distributed
-
-        distributed.parse_cluster(cluster) if cluster is not None else distributed.parse_scheduler(scheduler)
-    open_store(store)  # a missing store fails before any weights are loaded
-    check_decode_option(decode_mode, device, cluster is not None or scheduler is not None)
-    check_compile_option(compile_model, lanes, cluster is not None or scheduler is not None)
-    chosen = [parse_backbone_option(b) for b in (backbones or DEFAULT_BACKBONES)]
     asked = {}
     for item in preprocessings:
         name, sep, value = item.partition("=")
-        if not sep or not value or name not in [n for n, _ in chosen]:
+        if not sep or not value:
             raise UserError(f"--preprocessing takes BACKBONE=NAME for a backbone being extracted, got {item!r}")
         asked[name] = value
-    loaded = [load_backbone(name, source, seed=seed, preprocessing=asked.get(name)) for name, source in chosen]
-    run_extract(store, loaded, images=images, device=device, precision=precision, batch_size=batch_size,
-                workers=workers, lanes=lanes, decode=decode_mode, compile=compile_model, dtype=dtype, chunk_rows=chunk_rows, overwrite=overwrite,
-                allow_truncated=allow_truncated, allow_mixed_precision=allow_mixed_precision,
-                allow_other_images=allow_other_images, progress=not no_progress, log=echo_err,
-                cluster=cluster, scheduler=scheduler)
+    config = ExtractConfig(device=device, precision=precision, batch_size=batch_size, workers=workers, lanes=lanes,
+                           decode=decode, compile=compile, dtype=dtype, chunk_rows=chunk_rows, images=images,
+                           overwrite=overwrite, allow_truncated=allow_truncated,
+                           allow_mixed_precision=allow_mixed_precision, allow_other_images=allow_other_images,
+                           cluster=cluster, scheduler=scheduler, progress=not no_progress)
+    run_extract(store, list(backbones) or None, config, seed=seed, preprocessing=asked, log=echo_err)
 
 
 @cli.command("convert-caffe")
@@ -920,7 +934,7 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
               help="Read every chunk marked done; mark damaged ones not done (exit 1) so `extract` redoes them.")
 def info(store: Path, as_json: bool, verify: bool) -> None:
     """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
-    from hashtagkit.extract import extraction_summary
+    from hashtagkit.extraction.record import extraction_summary
     from hashtagkit.stores import open_store
 
     if verify:
@@ -1020,7 +1034,7 @@ def extraction_lines(blocks: list[dict], completeness: list | None, summary: dic
     then chunks done, the precision/device of the done chunks (all of them when mixed), dates
     and invalid rows."""
     from hashtagkit.backbones.preprocessing import preprocessing_from_dict, preprocessing_name
-    from hashtagkit.extract import reasons_text
+    from hashtagkit.extraction.record import reasons_text
 
     lines = []
     for b in blocks:

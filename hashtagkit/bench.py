@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from hashtagkit import plots, provenance
+from hashtagkit.choices import VIEWS
 from hashtagkit.errors import InputError
 from hashtagkit.evaluate import evaluate_run
 from hashtagkit.heads import HEADS, make_head
 from hashtagkit.outputs import atomic_file
-from hashtagkit.runs import VIEWS, fit_run
+from hashtagkit.runs import fit_run
 from hashtagkit.stores import open_store
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
@@ -84,7 +85,7 @@ def store_fingerprint(store) -> dict:
     vocabulary (a re-prepared store with the same size and seed has the same split but not the
     same labels), when it was made, the backbones and weights of its features, how they were
     extracted and which rows are valid (a re-extraction with --allow-truncated changes them)."""
-    extraction = dict(store.group.attrs.get("extraction", {}))
+    extraction = store.extraction_record
     return {
         "split_sha256": store.split_info.get("sha256"),
         "labels_sha256": labels_sha256(store),

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hashtagkit.choices import DEVICES, PRECISIONS
 from hashtagkit.errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def pick_device(device: str) -> torch.device:

@@ -37,7 +37,6 @@ DRAFT_SIDE = 512
 FAST_DRAFT_SIDE = 256
 # how `extract` decodes: default (Pillow, reduced only far above the crop), fast (Pillow, reduced
 # down to the resize), gpu (nvJPEG through torchvision on the CUDA device, Pillow for the rest)
-DECODE_MODES = ("default", "fast", "gpu")
 
 
 class DecodeError(Exception):

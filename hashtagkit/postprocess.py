@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from hashtagkit import rerank as cooc
+from hashtagkit.choices import RERANKS, THRESHOLDS
 from hashtagkit.errors import InputError
 from hashtagkit.heads.data import VAL_ROWS, StoreData, TrainingData
-from hashtagkit.thresholds import MIN_POSITIVES, THRESHOLDS, choose_thresholds
+from hashtagkit.thresholds import MIN_POSITIVES, choose_thresholds
 
 POSTPROCESS_FILE = "postprocess.npz"
-RERANKS = ("none", "cooc")
 VAL_FRACTION = 0.1
 
 

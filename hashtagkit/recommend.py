@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from hashtagkit.extract import Extractor
+    from hashtagkit.extraction.engine import Extractor
 
 ImageInput = Union["Image.Image", str, os.PathLike, bytes]
 METRICS_FILE = "metrics.json"  # `hashtagkit evaluate RUN --json > RUN/metrics.json`: shown by info()
@@ -85,37 +85,6 @@ def check_moved_weights(weights: dict[str, str], record: dict, head) -> None:
                              f"(backbones with weights files: {known})")
 
 
-def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precision: str) -> Extractor:
-    """The extractor of the run's store: same backbones, weights (sha256 checked), preprocessing."""
-    from hashtagkit.backbones import load_backbone
-    from hashtagkit.devices import pick_device, pick_precision
-    from hashtagkit.extract import Extractor
-
-    blocks = record["store"].get("blocks") or []
-    if not blocks:
-        raise InputError("this run's store has no image features: fit on a store made by `hashtagkit extract`")
-    if any(b.get("backbone") == "planted" for b in blocks):
-        raise InputError("this run was fitted on planted (synthetic) features: there is no image extractor to rebuild")
-    loaded = []
-    for b in blocks:
-        w = b["weights"]
-        # the pixels the store's features were computed from, whatever the weights file says now
-        recorded = b.get("preprocessing")
-        if w.get("source") == "random":
-            loaded.append(load_backbone(b["backbone"], "random", seed=int(w.get("seed") or 0), preprocessing=recorded))
-            continue
-        path = weights.get(b["backbone"]) or w.get("path")
-        if not path or not Path(path).is_file():
-            raise InputError(f"{b['backbone']}: weights file {path} not found; pass --weights {b['backbone']}=PATH "
-                             f"(sha256 {str(w.get('sha256'))[:12]}...)")
-        loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256"), preprocessing=recorded))
-    dev = pick_device(device)
-    if precision == "auto":  # the store's own precision where this device can run it
-        stored = record["store"].get("extraction", {}).get("precision")
-        precision = stored if stored in ("fp32", "bf16") or (stored == "fp16" and dev.type == "cuda") else "auto"
-    return Extractor(loaded, dev, pick_precision(precision, dev))
-
-
 class Recommender:
     """A fitted run loaded once; see the module docstring for the prepare / predict split."""
 
@@ -147,6 +116,8 @@ class Recommender:
         head = Head.load(run_dir / MODEL_DIR)
         check_moved_weights(weights or {}, record, head)
         # a head that ignores the image (the popularity floor) needs no extractor, only real photos
+        from hashtagkit.extraction.engine import rebuild_extractor
+
         extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
         if allow_truncated is None:
             allow_truncated = bool(record["store"].get("extraction", {}).get("allow_truncated", False))

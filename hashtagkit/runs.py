@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hashtagkit import ddp, provenance
+from hashtagkit.choices import VIEWS
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
 from hashtagkit.heads.base import refuse_nonfinite_features
@@ -32,7 +33,6 @@ from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_sto
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
-VIEWS = ("object", "scene", "both")
 
 
 def seed_everything(seed: int) -> None:
@@ -142,7 +142,7 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
                 "vocab_size": store.n_classes,
                 "vocab": store.vocab,
                 "blocks": store.blocks,
-                "extraction": {k: v for k, v in dict(store.group.attrs.get("extraction", {})).items()
+                "extraction": {k: v for k, v in store.extraction_record.items()
                                if k in ("precision", "dtype", "allow_truncated", "device")},
             },
             "provenance": provenance.record(),
@@ -224,6 +224,6 @@ def check_store_fits(store: Store, record: dict, head: Head) -> None:
         raise InputError(f"{store.path}: its features ({describe_blocks(store.blocks)}) are not those the run was "
                          f"trained on ({describe_blocks(trained.get('blocks') or [])})"
                          f"{blocks_differ_in(store.blocks, trained.get('blocks') or [])}")
-    width = int(store.group["features"].shape[1]) if "features" in store.group else 0
+    width = store.feature_width
     if width != head.n_features_:
         raise InputError(f"{store.path} has {width} feature columns, the run's head expects {head.n_features_}")

@@ -133,7 +133,7 @@ def image_folder(store: Store, images: str | Path | None) -> Path:
     if images:
         root = Path(images)
     else:
-        extraction = dict(store.group.attrs.get("extraction", {}))
+        extraction = store.extraction_record
         root_text = extraction.get("image_root") or store.image_root
         if not root_text:
             raise InputError(f"{store.path} has no images (a features-only store such as `prepare planted`): "

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-THRESHOLDS = ("none", "global", "per-tag")
+from hashtagkit.choices import THRESHOLDS
+
 MIN_POSITIVES = 5
 SWEEPS = 3  # coordinate-ascent passes over the classes (the second rarely changes much)
 

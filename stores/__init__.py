@@ -6,6 +6,7 @@ flag and chunk log its own object, so several workers can write one store), and
 `hashtagkit.stores.upgrade` for the in-place upgrade of format-1 stores.
 """
 
+from hashtagkit.stores.aside import AsideStore, aside_progress, finish_swap, has_aside, swap_in
 from hashtagkit.stores.store import (
     FORMAT,
     SPLIT_CODES,
@@ -19,5 +20,5 @@ from hashtagkit.stores.store import (
 )
 from hashtagkit.stores.upgrade import upgrade_store
 
-__all__ = ["FORMAT", "SPLIT_CODES", "SPLIT_NAMES", "Store", "blocks_differ_in", "create_store", "describe_blocks",
+__all__ = ["AsideStore", "aside_progress", "finish_swap", "has_aside", "swap_in", "FORMAT", "SPLIT_CODES", "SPLIT_NAMES", "Store", "blocks_differ_in", "create_store", "describe_blocks",
            "open_store", "store_lock", "upgrade_store"]

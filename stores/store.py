@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -291,6 +292,20 @@ def read_per_chunk(arr: zarr.Array, damaged) -> list:
     return out
 
 
+def chunk_bounds(chunk: int, chunk_rows: int, n_rows: int) -> tuple[int, int]:
+    """The rows (start, stop) of chunk `chunk` of an array of `n_rows` rows in chunks of
+    `chunk_rows` (the last one may be short): the one place this arithmetic is written."""
+    return chunk * chunk_rows, min((chunk + 1) * chunk_rows, n_rows)
+
+
+def move_array(new: Path, old: Path) -> None:
+    """The complete array folder `new` takes the place of `old` (which may be gone already): one
+    step of a swap or an upgrade, safe to repeat."""
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(new, old)
+
+
 def read_done(group: zarr.Group) -> np.ndarray:
     """The group's done flags: a flag that does not decode reads as not done, so the next
     `extract` redoes that chunk."""
@@ -408,8 +423,7 @@ class Store:
 
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         """The rows (start, stop) of feature chunk `chunk`."""
-        rows = self.chunk_rows()
-        return chunk * rows, min((chunk + 1) * rows, self.n_rows)
+        return chunk_bounds(chunk, self.chunk_rows(), self.n_rows)
 
     def damaged_base(self, decode: bool = False) -> list[str]:
         """What is wrong with the arrays every store holds, one line each: a base array missing or
@@ -501,6 +515,42 @@ class Store:
 
     def chunk_rows(self) -> int:
         return int(self.group["features"].chunks[0])
+
+    @property
+    def feature_dtype(self) -> str | None:
+        """The features' storage type (float16, float32), None before any extraction."""
+        return str(self.group["features"].dtype) if "features" in self.group else None
+
+    @property
+    def feature_width(self) -> int:
+        """Columns of the features array (every block's), 0 before any extraction."""
+        return int(self.group["features"].shape[1]) if "features" in self.group else 0
+
+    def done_flags(self) -> np.ndarray:
+        """Per chunk, whether its features are written (empty before any extraction); a flag
+        that does not decode reads as not done, so the next `extract` redoes that chunk."""
+        return read_done(self.group) if "done" in self.group else np.zeros(0, bool)
+
+    def invalid_counts(self) -> dict[str, int]:
+        """Rows whose image gave no features, by reason ({} before any extraction)."""
+        if "reason" not in self.group:
+            return {}
+        return dict(Counter(r for r in np.asarray(self.group["reason"][...]).tolist() if r))
+
+    @property
+    def extraction_record(self) -> dict:
+        """How the features were made (the `extraction` attribute; {} before any extraction)."""
+        return dict(self.group.attrs.get("extraction") or {})
+
+    def write_extraction_record(self, record: dict) -> None:
+        """Replace the `extraction` attribute: the coordinator's job, never a chunk writer's."""
+        self.group.attrs["extraction"] = record
+
+    def annotate(self, name: str, value: dict) -> None:
+        """Record what made this store beyond the schema (e.g. `planted`'s generator settings)."""
+        if name in ("hashtagkit", "vocab", "split", "blocks", "extraction"):
+            raise ValueError(f"{name!r} is the store's own attribute")
+        self.group.attrs[name] = value
 
     def write_chunk(self, chunk: int, features: np.ndarray, valid: np.ndarray, reasons: Sequence[str] | None = None,
                     info: dict | None = None) -> None:

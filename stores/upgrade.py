@@ -23,7 +23,6 @@ attributes); a store at a URL is written as format 2 from the start.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import zarr
 
 from hashtagkit.errors import InputError
-from hashtagkit.stores.store import FORMAT, PATH_CHUNK_ROWS, UPGRADING, Store, create_chunk_log, is_url
+from hashtagkit.stores.store import FORMAT, PATH_CHUNK_ROWS, UPGRADING, Store, create_chunk_log, is_url, move_array
 
 TMP = ".format2"  # suffix of an array rebuilt aside
 COMPLETE = "hashtagkit_upgrade_complete"  # attr of a rebuilt array once all its data is written
@@ -47,13 +46,6 @@ def act(what: str, fn: Callable, *args) -> None:
     """Every change the upgrade makes goes through here: one step of the sequence (a test makes
     the k-th step fail to prove that a rerun finishes the upgrade from there)."""
     fn(*args)
-
-
-def move_array(new: Path, old: Path) -> None:
-    """The complete array folder `new` takes the place of `old` (which may be gone already)."""
-    if old.exists():
-        shutil.rmtree(old)
-    os.replace(new, old)
 
 
 def rechunk(folder: Path, group: zarr.Group, name: str, chunks: tuple[int, ...]) -> None:

@@ -25,12 +25,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from hashtagkit import distributed as dist
 from hashtagkit.backbones import load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import extract
+from hashtagkit.extraction import config as options
+from hashtagkit.extraction import distributed as dist
+from hashtagkit.extraction import extract
 from hashtagkit.stores import open_store
+from tests import faults
 
 from .conftest import run_cli
 from .test_extract import make_image_store, tiny_scene_backbone
@@ -168,9 +170,9 @@ def fragile():
     'poison.jpg', and a task given up after it killed 2 workers (Dask's default: 4)."""
     import dask
 
-    env = {dist.TEST_CHUNK_SECONDS: "0.4", "HASHTAGKIT_TEST_KILL_DECODE": "poison.jpg"}  # every (re)started worker's
+    env = {faults.CHUNK_SECONDS: "0.4", faults.KILL_DECODE: "poison.jpg"}  # every (re)started worker's
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # read by the scheduler it starts
-        c = local_cluster(env=env)
+        c = local_cluster(env=env, preload=["tests.faults"])
     with c:
         yield c
 
@@ -234,7 +236,7 @@ def test_a_task_whose_coordinator_is_gone_writes_nothing(tmp_path, tiny, fragile
         return sum(ts.state in ("executing", "long-running") for ts in dask_worker.state.tasks.values())
 
     def slow(dask_worker, seconds: str) -> None:  # long enough to be seen executing under load
-        os.environ[dist.TEST_CHUNK_SECONDS] = seconds
+        os.environ[faults.CHUNK_SECONDS] = seconds
 
     with distributed.Client(fragile.scheduler_address) as watcher:
         watcher.wait_for_workers(2, timeout=60)  # a worker killed by an earlier test is back
@@ -255,7 +257,7 @@ def test_a_task_whose_coordinator_is_gone_writes_nothing(tmp_path, tiny, fragile
     assert "skipped" not in log and done_flags(store)[1] and open_store(store).chunk_log()[1]["worker"] == log["worker"]
 
 
-def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path, tiny, fragile):
+def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path, tiny, fragile, monkeypatch):
     """Dask gives a chunk up after it killed its workers; the other chunks stay done, and the
     in-process extract the error suggests isolates the photo as an invalid row."""
     good = (tmp_path / "good.jpg")
@@ -265,11 +267,9 @@ def test_a_photo_that_kills_every_worker_ends_the_run_naming_its_chunk(tmp_path,
     with pytest.raises(InputError, match="chunk 2 killed every worker that ran it"):
         extract(store, tiny, scheduler=fragile.scheduler_address, **kw)
     assert not done_flags(store)[2]
-    os.environ["HASHTAGKIT_TEST_KILL_DECODE"] = "poison.jpg"
-    try:
-        summary = extract(store, tiny, workers=1, **kw)
-    finally:
-        del os.environ["HASHTAGKIT_TEST_KILL_DECODE"]
+    monkeypatch.setenv(faults.KILL_DECODE, "poison.jpg")
+    faults.install(monkeypatch, spare_pid=os.getpid())
+    summary = extract(store, tiny, workers=1, **kw)
     assert summary.invalid == {"decoder died": 1}
     assert open_store(store).paths()[5] == "poison.jpg" and not open_store(store).valid()[5]
 
@@ -286,7 +286,8 @@ def test_a_run_whose_workers_all_die_ends_with_one_line(tmp_path, tiny, monkeypa
     with local_cluster(n=0) as c:
         worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", c.scheduler_address,
                                    "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-                                  cwd=REPO, env={**os.environ, dist.TEST_CHUNK_SECONDS: "0.4", "PYTHONPATH": str(REPO)},
+                                  cwd=REPO, env={**os.environ, faults.CHUNK_SECONDS: "0.4", "PYTHONPATH": str(REPO),
+                                                 **faults.PRELOAD_ENV},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             t, outcome = extract_in_thread(store, tiny, c.scheduler_address, kw)
@@ -373,7 +374,7 @@ def test_coordinator_sigkilled_workers_exit_and_rerun_does_the_rest(tmp_path, ti
     assert res.exit_code == 0, res.output
     code = ("import sys; from tests.test_extract import tiny_scene_backbone; tiny_scene_backbone(); "
             "from hashtagkit.cli.main import main; sys.argv = ['hashtagkit'] + sys.argv[1:]; main()")
-    env = os.environ | {dist.TEST_CHUNK_SECONDS: "0.5", "PYTHONPATH": str(REPO)}
+    env = os.environ | {faults.CHUNK_SECONDS: "0.5", "PYTHONPATH": str(REPO), **faults.PRELOAD_ENV}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     workers = []
@@ -430,12 +431,12 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, tiny, monkeypatc
 
 
 def test_option_parsing():
-    assert dist.parse_cluster("local") is None and dist.parse_cluster("local:3") == 3
-    assert dist.parse_scheduler("10.0.0.5:8786") == "tcp://10.0.0.5:8786"
-    assert dist.parse_scheduler("tls://head.example.org:8786") == "tls://head.example.org:8786"
+    assert options.parse_cluster("local") is None and options.parse_cluster("local:3") == 3
+    assert options.parse_scheduler("10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    assert options.parse_scheduler("tls://head.example.org:8786") == "tls://head.example.org:8786"
     for bad in ("local:", "local:x", "LOCAL", "local:-1"):
         with pytest.raises(InputError):
-            dist.parse_cluster(bad)
+            options.parse_cluster(bad)
     for bad in ("tcp://host", "http://host:80", "host:99999", ""):
         with pytest.raises(InputError):
-            dist.parse_scheduler(bad)
+            options.parse_scheduler(bad)

@@ -20,9 +20,10 @@ from PIL import Image
 from hashtagkit.backbones import IMAGENET, PLACES365_CAFFE, load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import extract
+from hashtagkit.extraction import extract
 from hashtagkit.images import decode
 from hashtagkit.stores import open_store
+from tests import faults
 
 from .conftest import SHARED, need_data
 from .test_backbones import vgg_file, vgg_state  # noqa: F401  (session fixtures)
@@ -447,7 +448,7 @@ def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_pa
     assert run_extract(store, "--precision", "fp32").exit_code == 0
     old = open_store(store).features()
     assert run_extract(tmp_path / "ref.zarr", "--precision", "fp32", "--seed", "7").exit_code == 0
-    from hashtagkit import extract as engine
+    from hashtagkit.stores import aside as engine
 
     calls = []
     real = engine.AsideStore.write_chunk
@@ -480,7 +481,7 @@ def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
     tmp, store, _ = extracted_demo
     block = open_store(store).blocks[0]
     assert block["preprocessing"] == json.loads(json.dumps(IMAGENET.describe()))
-    from hashtagkit.recommend import rebuild_extractor
+    from hashtagkit.extraction import rebuild_extractor
     from hashtagkit.runs import read_run
 
     record = read_run(tmp / "run")
@@ -497,7 +498,8 @@ def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatc
     shutil.copytree(store, tmp_path / "ref.zarr")
     args = ["--precision", "fp32", "--dtype", "float32", "--batch-size", "2", "--chunk-rows", "4"]
     assert run_extract(tmp_path / "ref.zarr", *args).exit_code == 0
-    monkeypatch.setenv("HASHTAGKIT_TEST_KILL_DECODE", "boom.jpg")
+    monkeypatch.setenv(faults.KILL_DECODE, "boom.jpg")
+    faults.install(monkeypatch, spare_pid=os.getpid())  # its forked decode workers die on boom.jpg
     res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
                                    "--workers", "2", *args])
     assert res.exit_code == 0, res.output
@@ -585,7 +587,7 @@ def test_a_kill_while_swapping_loses_nothing_and_the_next_extract_finishes_it(tm
     shutil.copytree(store, tmp_path / "ref.zarr")
     assert run_extract(store, "--precision", "fp32").exit_code == 0
     assert run_extract(tmp_path / "ref.zarr", "--precision", "fp32", "--seed", "7").exit_code == 0
-    from hashtagkit import extract as engine
+    from hashtagkit.stores import aside as engine
 
     moved = []
     real = engine.move_array
@@ -615,7 +617,7 @@ def test_overwrite_with_other_settings_restarts_its_interrupted_start(tmp_path, 
     features again instead of refusing with 'pass --overwrite'."""
     store = make_image_store(tmp_path, n=6)
     assert run_extract(store, "--precision", "fp32").exit_code == 0
-    from hashtagkit import extract as engine
+    from hashtagkit.stores import aside as engine
 
     real = engine.AsideStore.write_chunk
     calls = []

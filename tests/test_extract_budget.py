@@ -10,7 +10,7 @@ import torch
 from hashtagkit.backbones import load_backbone
 from hashtagkit.devices import extraction_budget
 from hashtagkit.errors import InputError
-from hashtagkit.extract import extract
+from hashtagkit.extraction import extract
 from hashtagkit.stores import open_store
 
 from .test_extract import make_image_store

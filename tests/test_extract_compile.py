@@ -15,7 +15,7 @@ from torch import nn
 from hashtagkit.backbones import IMAGENET, load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import Extractor, check_compile_option, extract
+from hashtagkit.extraction import ExtractConfig, Extractor, extract
 from hashtagkit.stores import open_store
 
 
@@ -57,15 +57,16 @@ def test_compiled_model_gives_the_uncompiled_features_and_compiles_one_graph():
 
 
 def test_compile_is_refused_with_lanes_or_on_dask():
-    check_compile_option(False, 4, True)  # without --compile nothing is checked
-    check_compile_option(True, 1, False)
-    with pytest.raises(InputError, match="drop --lanes"):
-        check_compile_option(True, 2, False)
+    ExtractConfig(compile=False, lanes=4, cluster="local").check_compile()  # without compile nothing is checked
+    ExtractConfig(compile=True, lanes=1).check_compile()
+    with pytest.raises(InputError, match="no lanes above 1") as e:
+        ExtractConfig(compile=True, lanes=2).check_compile()
+    assert e.value.param == "compile" and str(e.value).startswith("compile ")  # named as the caller spelled it
     with pytest.raises(InputError, match="in-process"):
-        check_compile_option(True, None, True)
+        ExtractConfig(compile=True, scheduler="10.0.0.5:8786").check_compile()
 
 
-@pytest.mark.parametrize("args, needle", [(["--compile", "--lanes", "2"], "drop --lanes"),
+@pytest.mark.parametrize("args, needle", [(["--compile", "--lanes", "2"], "--compile runs one batch at a time on all threads: no lanes above 1"),
                                           (["--compile", "--cluster", "local:1"], "in-process")])
 def test_cli_refuses_compile_where_it_cannot_run(tmp_path, args, needle):
     store = tmp_path / "s.zarr"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hashtagkit.backbones import load_backbone
 from hashtagkit.cli.main import cli
 from hashtagkit.errors import InputError
-from hashtagkit.extract import extract
+from hashtagkit.extraction import extract
 from hashtagkit.stores import open_store
 
 from .test_extract import make_image_store

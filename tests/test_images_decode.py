@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE
-from hashtagkit.extract import ImageReader, collate
+from hashtagkit.extraction.reader import ImageReader, collate
 from hashtagkit.images import EXIF_ORIENTATION, DecodeError, decode, jpeg_for_device, orient
 
 CPU = torch.device("cpu")

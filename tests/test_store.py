@@ -192,7 +192,7 @@ def test_info_verify_marks_damage_and_extract_redoes_only_it(tmp_path):
     from click.testing import CliRunner
 
     from hashtagkit.cli.main import cli
-    from hashtagkit.extract import prepare_arrays
+    from hashtagkit.extraction.plan import prepare_arrays
 
     store = make_store(tmp_path / "s.zarr")
     res = CliRunner().invoke(cli, ["info", "--verify", str(store.path)])

@@ -135,7 +135,7 @@ def test_write_chunk_writes_one_object_per_piece_and_checks_its_rows(tmp_path):
 def test_a_damaged_chunk_log_object_is_no_log_not_a_crash(tmp_path):
     """The log is advisory: garbage in one chunk's log object costs that chunk's log, not every
     later gather (which would stop each `extract` after its work, before the record is written)."""
-    from hashtagkit.extract import gather_chunk_log
+    from hashtagkit.extraction.record import gather_chunk_log
 
     path = shared_store(tmp_path, 3, 2)
     store = open_store(path, mode="r+")
@@ -186,7 +186,7 @@ def test_paths_are_chunked_and_read_by_range(tmp_path):
 
 
 def test_chunk_log_gathered_into_the_record_equals_what_was_written(tmp_path):
-    from hashtagkit.extract import gather_chunk_log
+    from hashtagkit.extraction.record import gather_chunk_log
 
     path = shared_store(tmp_path, 6, 2)
     store = open_store(path, mode="r+")
@@ -224,9 +224,9 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
     resume gathers both runs' logs into the record."""
     from click.testing import CliRunner
 
-    from hashtagkit import extract as engine
     from hashtagkit.cli.main import cli
-    from hashtagkit.stores import Store
+    from hashtagkit.extraction import record as engine
+    from hashtagkit.stores import Store, aside
 
     from .test_extract import make_image_store, tiny_scene_backbone
 
@@ -277,7 +277,7 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
     res = CliRunner().invoke(cli, [*args, "--overwrite", "--seed", "7"])
     assert res.exit_code == 0, res.output
     store = open_store(path)
-    assert engine.ASIDE not in store.group and store.blocks[0]["weights"]["seed"] == 7
+    assert aside.ASIDE not in store.group and store.blocks[0]["weights"]["seed"] == 7
     assert [log["run"] for log in store.chunk_log()] == [0, 0, 0, 0]
     assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 0, 0]
     assert len(store.group.attrs["extraction"]["runs"]) == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hashtagkit.data.harrison import LabelledImages
+from hashtagkit.data.dataset import LabelledImages
 from hashtagkit.data.vocabulary import count_tags, rank_vocabulary
 from hashtagkit.outputs import DEMO_IMAGES_MARKER
 

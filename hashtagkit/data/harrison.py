@@ -9,24 +9,13 @@ line named, not later as a shape error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hashtagkit import provenance
+from hashtagkit.data.dataset import LabelledImages, check_image_path, refuse_duplicates
 from hashtagkit.errors import InputError
 
 FILES = ("data_list.txt", "tag_list.txt", "vocab_index.txt")
-
-
-@dataclass
-class LabelledImages:
-    """Image paths, one tag list per image and the vocabulary: what every reader returns."""
-
-    paths: list[str]
-    tags: list[list[str]]
-    vocab: list[str]
-    image_root: str | None
-    source: dict = field(default_factory=dict)
 
 
 def find_files(root: str | Path) -> dict[str, Path]:
@@ -98,7 +87,6 @@ def read_harrison(root: str | Path) -> LabelledImages:
             f"{data_path.name} has {len(paths)} lines but {tag_path.name} has {len(tag_lines)}: "
             f"{longer.name} line {min(len(paths), len(tag_lines)) + 1} has no counterpart in {shorter.name}"
         )
-    from hashtagkit.data.posts import check_image_path, refuse_duplicates  # posts imports this module
 
     tags: list[list[str]] = []
     for lineno, (path, line) in enumerate(zip(paths, tag_lines, strict=True), 1):

@@ -168,11 +168,11 @@ def fill_planted(labels, config: PlantedConfig, progress: Callable[[int], None] 
             store.write_chunk(chunk, features_for(part, protos, config, rng), np.ones(len(part), bool))
             progress(len(part))
         groups = group_of(labels.shape[1])
-        store.group.attrs["planted"] = {
+        store.annotate("planted", {
             "generator_version": GENERATOR_VERSION, **config.__dict__,
             "object_classes": np.flatnonzero(groups == 1).tolist(),
             "scene_classes": np.flatnonzero(groups == 2).tolist(),
             "no_signal_classes": np.flatnonzero(groups == 0).tolist(),
-        }
+        })
 
     return fill

@@ -13,10 +13,10 @@ import functools
 import gzip
 import json
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from hashtagkit import provenance
-from hashtagkit.data.harrison import LabelledImages
+from hashtagkit.data.dataset import LabelledImages, check_image_path, refuse_duplicates
 from hashtagkit.data.hashtags import is_alphabetic, strip_hash
 from hashtagkit.data.vocabulary import count_tags, rank_vocabulary
 from hashtagkit.errors import InputError
@@ -39,46 +39,6 @@ def _text_lines(path: Path) -> list[str]:
         lineno = raw[: e.start].count(b"\n") + 1
         raise InputError(f"{path} line {lineno}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8") from None
     return text.split("\n")
-
-
-def check_image_path(image: str, where: str) -> str:
-    """A relative path that stays inside the image root: no absolute paths, no `..` escape.
-    Returned normalised (`a/./b.jpg` -> `a/b.jpg`) so that two spellings count as one image."""
-    if "\x00" in image or not image.isprintable() and any(ord(c) < 32 for c in image):
-        raise InputError(f"{where}: image path {image!r} contains a control character")
-    try:
-        image.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(f"{where}: image path {image!r} is not valid Unicode (a lone surrogate)") from None
-    pure = PurePosixPath(image.replace("\\", "/"))
-    if pure.is_absolute() or PureWindowsPath(image).drive:
-        raise InputError(f"{where}: image path {image!r} is absolute: give it relative to the image folder")
-    parts: list[str] = []
-    for part in pure.parts:
-        if part == "..":
-            if not parts:
-                raise InputError(f"{where}: image path {image!r} leaves the image folder ('..')")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    if not parts:
-        raise InputError(f"{where}: image path {image!r} names no file")
-    return "/".join(parts)
-
-
-def refuse_duplicates(paths: list[str], where: Callable[[int], str]) -> None:
-    """The same photo twice could land in both train and test: refuse, saying how many."""
-    first: dict[str, int] = {}
-    repeats = []
-    for i, p in enumerate(paths):
-        if p in first:
-            repeats.append((i, first[p]))
-        else:
-            first[p] = i
-    if repeats:
-        i, j = repeats[0]
-        raise InputError(f"{len(repeats):,} duplicate image path(s), e.g. {paths[i]!r} at {where(i)} and {where(j)}: "
-                         "the same photo could land in both train and test; merge its hashtags into one line")
 
 
 def read_posts(path: str | Path) -> list[tuple[str, list[str]]]:

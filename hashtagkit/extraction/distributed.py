@@ -12,7 +12,7 @@ Who does what:
   the features are the in-process ones bit for bit in fp32.
 - each worker process loads the backbones once (`worker_extractor`: a per-process cache keyed
   by the blocks' signature, device and precision). Weights come from the recorded blocks:
-  a weights file is checked by its sha256 (`recommend.rebuild_extractor`), random weights are
+  a weights file is checked by its sha256 (`engine.rebuild_extractor`), random weights are
   rebuilt from their recorded seed, and a backbone registered only in the coordinator's
   process (a user's own) is shipped with the task and registered in the worker.
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -50,32 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hashtagkit.errors import InputError
+from hashtagkit.extraction.config import parse_cluster, parse_scheduler
 
-SCHEDULER = re.compile(r"^(?:(tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 CONNECT_TIMEOUT = "15s"  # to reach a --scheduler
 WAIT_FOR_WORKERS = 60  # seconds a --scheduler run waits for its first worker
 IN_FLIGHT = 1000  # tasks submitted ahead (at least 2 per worker thread): the scheduler holds these, not all
 NO_WORKER_S = 60.0  # a run whose scheduler has had no worker this long ends (it would wait forever)
 STALL_S = 1800.0  # ... and one where no chunk finished this long, workers or not
 POLL_S = 0.5  # how often the coordinator looks at the workers while it waits for a chunk
-TEST_CHUNK_SECONDS = "HASHTAGKIT_TEST_CHUNK_SECONDS"  # test-only: a task takes at least this long
-
-
-# --- the options --------------------------------------------------------------------------------
-def parse_cluster(text: str) -> int | None:
-    """`local` (None: the default size) or `local:N` -> N worker processes."""
-    m = re.fullmatch(r"local(?::(\d+))?", text.strip())
-    if not m or (m.group(1) is not None and int(m.group(1)) < 1):
-        raise InputError(f"--cluster takes local or local:N (N >= 1 worker processes), got {text!r}")
-    return int(m.group(1)) if m.group(1) else None
-
-
-def parse_scheduler(text: str) -> str:
-    """A scheduler address, `tcp://HOST:PORT` (the scheme defaults to tcp)."""
-    m = SCHEDULER.fullmatch(text.strip())
-    if not m or not 0 < int(m.group(3)) < 65536:
-        raise InputError(f"--scheduler takes a Dask scheduler address such as tcp://10.0.0.5:8786, got {text!r}")
-    return text.strip() if m.group(1) else f"tcp://{text.strip()}"
 
 
 def describe(cluster: str | None, scheduler: str | None) -> dict:
@@ -129,7 +110,7 @@ def worker_extractor(job: Job):
     import torch
 
     from hashtagkit.backbones import BACKBONES, get_spec, register
-    from hashtagkit.recommend import rebuild_extractor
+    from hashtagkit.extraction.engine import rebuild_extractor
 
     key = job.key()
     # per calling thread: OpenMP's thread count belongs to the thread that sets it, and Dask's
@@ -186,8 +167,7 @@ def open_target(job: Job):
     per run and worker (the group's metadata holds the whole record: not read per chunk)."""
     import zarr
 
-    from hashtagkit.extract import AsideStore
-    from hashtagkit.stores import Store
+    from hashtagkit.stores import AsideStore, Store
 
     with _LOADING:
         if job.token not in _OPENED:
@@ -234,15 +214,16 @@ class ChunkPaths:
 
 def extract_chunk(job: Job, chunk: int) -> dict:
     """The task: decode, extract and write one chunk (done flag last); returns its log."""
-    from hashtagkit.extract import ChunkBatches, ChunkBuffer, ImageReader, chunk_info, collate
+    from hashtagkit.extraction.chunks import ChunkBuffer, chunk_info
+    from hashtagkit.extraction.reader import ChunkBatches, ImageReader, collate
+    from hashtagkit.stores.store import chunk_bounds
 
     t0 = time.perf_counter()
     engine = worker_extractor(job)
     target = open_target(job)
-    start, stop = chunk * job.chunk_rows, min((chunk + 1) * job.chunk_rows, job.n_rows)
+    start, stop = chunk_bounds(chunk, job.chunk_rows, job.n_rows)
     paths = ChunkPaths(start, target.parent.paths_range(start, stop) if job.aside else target.paths_range(start, stop))
     reader = ImageReader(Path(job.image_root), paths, engine.transforms, job.allow_truncated)
-    reader.parent = -1  # this process decodes as a decode worker does (the test hook of a dying decoder applies)
     buf = ChunkBuffer(start, stop, engine.dim)
     batches = ChunkBatches([chunk], job.chunk_rows, job.n_rows, job.batch_size).batches
     with ThreadPoolExecutor(max_workers=decode_threads(job), thread_name_prefix="decode") as pool:
@@ -253,9 +234,6 @@ def extract_chunk(job: Job, chunk: int) -> dict:
                 coming = [pool.submit(reader.__getitem__, r) for r in batches[i + 1]]
             rows, inputs, why = collate(items)
             buf.put(rows.tolist(), engine(inputs), why)  # invalid rows ride along as zeros: batches as in-process
-    pause = float(os.environ.get(TEST_CHUNK_SECONDS) or 0) - (time.perf_counter() - t0)
-    if pause > 0:
-        time.sleep(pause)
     info = chunk_info(job.run, engine.device, engine.precision, time.perf_counter() - t0, worker=worker_name())
     log = info | {"chunk": chunk, "rows": stop - start, "invalid": dict(Counter(r for r in buf.reasons if r))}
     if abandoned():
@@ -411,21 +389,22 @@ def _watched(running, client):
             yield result
 
 
-def run_chunks(target, engine, plan, root: Path, batch_size: int, allow_truncated: bool, run: dict, run_index: int,
-               cluster: str | None, scheduler: str | None, progress: bool, log=print) -> tuple[int, Counter, float]:
-    """The distributed stand-in for `extract.run_chunks`: one task per pending chunk, submitted
+def run_chunks(target, engine, plan, root: Path, config, run: dict, run_index: int, log=print
+               ) -> tuple[int, Counter, float]:
+    """The distributed stand-in for `local.run_chunks`: one task per pending chunk, submitted
     as earlier ones complete (a 100 M-photo store has ~400 k chunks: the scheduler holds the
     tasks in flight, not all of them); returns (rows, invalid reasons, seconds) and adds
     per-worker chunk counts to `run`."""
     from tqdm import tqdm
 
-    from hashtagkit.extract import AsideStore
+    from hashtagkit.stores import AsideStore
 
     n = target.n_rows
-    todo = sum(min((c + 1) * plan.chunk_rows, n) - c * plan.chunk_rows for c in plan.pending)
+    todo = plan.rows(n)
+    cluster, scheduler, progress = config.cluster, config.scheduler, config.progress
     job = Job(store=str(target.path), aside=isinstance(target, AsideStore), image_root=str(root.resolve()),
-              blocks=target.blocks, device=engine.device.type, precision=engine.precision, batch_size=batch_size,
-              allow_truncated=allow_truncated, chunk_rows=plan.chunk_rows, n_rows=n, run=run_index,
+              blocks=target.blocks, device=engine.device.type, precision=engine.precision,
+              batch_size=config.batch_size, allow_truncated=config.allow_truncated, chunk_rows=plan.chunk_rows, n_rows=n, run=run_index,
               token=run["distributed"]["token"], torch_threads=None,
               specs={b.spec.name: b.spec for b in engine.backbones})
     invalid: Counter = Counter()

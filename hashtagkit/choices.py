@@ -1,0 +1,18 @@
+"""Every closed list of names a user chooses from, defined once, importing nothing heavy.
+
+The library checks against these and the CLI offers them as its choices, without importing
+torch (its start-up stays fast). A test checks each against the place that implements it
+(`HEAD_NAMES` against the heads registry, `DEVICES` against the device picker...).
+"""
+
+from __future__ import annotations
+
+HEAD_NAMES = ("mlp", "knn", "ovr", "popularity", "tagprop", "fusion")
+VIEWS = ("object", "scene", "both")
+SPLITS = ("test", "val", "train")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODE_MODES = ("default", "fast", "gpu")
+FEATURE_DTYPES = ("float16", "float32")
+RERANKS = ("none", "cooc")
+THRESHOLDS = ("none", "global", "per-tag")
