@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install dist system-deps test lint demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
+.PHONY: install dist system-deps test lint docs demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
         bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract
 
 # constraints.txt: the exact versions the project is tested with (setup.py has lower bounds only).
@@ -30,8 +30,14 @@ lint: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint docs
 	$(BIN)/python -m pytest -q
+
+# The documentation (docs/, mkdocs.yml) built strictly into site/: a broken link, a page missing from the
+# nav or a docstring reference that does not resolve fails. MkDocs is installed from docs/requirements.txt.
+docs: $(STAMP)
+	test -x $(BIN)/mkdocs || $(BIN)/python -m pip install -q -r docs/requirements.txt
+	$(BIN)/mkdocs build --strict -d site
 
 # The main job end to end on the embedded synthetic data, ending in result tables. No pretrained
 # weights can be downloaded on our machines, so the demo extracts with RANDOM VGG-16 weights
