@@ -1,6 +1,6 @@
 """The options of issue #15 (items 3-5) against the plain heads, over seeds, on one store.
 
-Per seed, every run is fitted once through `fit_run` with `--rerank cooc --threshold per-tag`
+Per seed, every run is fitted once through `fit` with `--rerank cooc --threshold per-tag`
 (chosen on validation rows as `hashtagkit fit` chooses them) and scored on the test split three
 ways: `evaluate --raw` (the head alone: the "without" rows), `evaluate` (re-ranked, F1 at the
 per-tag thresholds) and F1 at the run's global threshold (the same re-ranked test scores). So
@@ -47,15 +47,15 @@ def one_run(store: Path, workdir: Path, variant: str, seed: int, mlp: dict) -> d
     them to 1e-12, tests/test_evaluate_stream.py). One read of the test rows' features: a random
     5,000-row test split touches every chunk of the store."""
     from hashtagkit import metrics
-    from hashtagkit.evaluate import evaluation_rows
+    from hashtagkit.evaluation import evaluation_rows
     from hashtagkit.postprocess import Options
-    from hashtagkit.runs import design_matrix, fit_run, load_postprocess, load_run
+    from hashtagkit.runs import design_matrix, fit, load_postprocess, load_run
 
     head_name, params = VARIANTS[variant]
     params = {**(mlp if head_name == "mlp" else {}), **params}
     run = workdir / f"{variant.replace(' ', '_').replace('=', '-')}-s{seed}"
     if not (run / "run.json").is_file():
-        fit_run(store, head_name, run, params=params, seed=seed, overwrite=True,
+        fit(store, head_name, run, params=params, seed=seed, overwrite=True,
                 postprocess=Options(rerank="cooc", threshold="per-tag"))
     record, head, opened = load_run(run)
     rows, _ = evaluation_rows(opened, "test")

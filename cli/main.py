@@ -8,7 +8,6 @@ the hidden temporaries of the interrupted write are removed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
@@ -21,6 +20,17 @@ from pathlib import Path
 import click
 
 from hashtagkit import __version__
+from hashtagkit.choices import (
+    DECODE_MODES,
+    DEVICES,
+    FEATURE_DTYPES,
+    HEAD_NAMES,
+    PRECISIONS,
+    RERANKS,
+    SPLITS,
+    THRESHOLDS,
+    VIEWS,
+)
 from hashtagkit.errors import InputError
 
 
@@ -337,9 +347,9 @@ def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, over
     52,383 train / 5,000 test, drawn here from --seed. Image paths are kept relative to the
     folder holding data_list.txt.
     """
-    from hashtagkit.prepare import prepare_harrison
+    from hashtagkit import prepare
 
-    store = prepare_harrison(root, out, test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite)
+    store = prepare.harrison(root, out, test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
@@ -360,9 +370,9 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     {"image": "rel/path.jpg", "hashtags": ["#LOVE", "walks"]} ('#' optional).
     Counts are printed after each cleaning step.
     """
-    from hashtagkit.prepare import prepare_posts as prepare
+    from hashtagkit import prepare
 
-    store = prepare(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemmatize,
+    store = prepare.posts(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemmatize,
                     test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite, log=echo_err)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
@@ -380,10 +390,10 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
     objects, plus hashtags with no visual signal (#love ...) on a long tail. Deterministic
     by --seed.
     """
-    from hashtagkit.prepare import prepare_demo as prepare
+    from hashtagkit import prepare
 
     with LazyBar(total=n, desc="drawing", unit="img") as bar:
-        store = prepare(out, n=n, seed=seed, images=images, test_size=test_size, val_size=val_size, overwrite=overwrite,
+        store = prepare.demo(out, n=n, seed=seed, images=images, test_size=test_size, val_size=val_size, overwrite=overwrite,
                         progress=bar)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
@@ -410,10 +420,10 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     object block, id % 3 == 2 in the scene block, id % 3 == 0 (like #love) nowhere. Features
     are non-negative and half zero, like fc7. Every head and command runs on it unchanged.
     """
-    from hashtagkit.prepare import prepare_planted as prepare
+    from hashtagkit import prepare
 
     with LazyBar(total=n or 57_383, unit="row", desc="generating") as bar:
-        store = prepare(out, labels=labels, n=n, classes=classes, dim=dim, strength=strength, test_size=test_size,
+        store = prepare.planted(out, labels=labels, n=n, classes=classes, dim=dim, strength=strength, test_size=test_size,
                         val_size=val_size, seed=seed, overwrite=overwrite, progress=bar)
     said_written(store, out, f"{store.n_rows:,} rows x {2 * dim:,} planted features, {store.n_classes:,} classes")
 
@@ -469,7 +479,7 @@ def postprocess_options(command):
     """--rerank, --rerank-m, --rerank-smoothing and --threshold of `fit` and `bench`: chosen on
     validation rows after the head is fitted and kept in the run (hashtagkit/postprocess.py)."""
     for option in reversed([
-        click.option("--rerank", default="none", show_default=True, type=click.Choice(["none", "cooc"]),
+        click.option("--rerank", default="none", show_default=True, type=click.Choice(RERANKS),
                      help="cooc: re-rank the head's scores by training-label co-occurrence, its strength chosen on "
                           "validation rows (0 if it does not help); evaluate, recommend and serve apply it."),
         click.option("--rerank-m", default=5, show_default=True, type=click.IntRange(min=1, max=1000),
@@ -477,7 +487,7 @@ def postprocess_options(command):
         click.option("--rerank-smoothing", default=10.0, show_default=True, type=FiniteFloat(min=0, max=1e9),
                      help="cooc: P(j|i) is shrunk towards P(j) as if this many more photos had hashtag i."),
         click.option("--threshold", "threshold", default="none", show_default=True,
-                     type=click.Choice(["none", "global", "per-tag"]),
+                     type=click.Choice(THRESHOLDS),
                      help="Choose score thresholds with the best F1 on validation rows (one for all hashtags, or one "
                           "each): `recommend --threshold` then returns a variable number of hashtags and evaluate "
                           "reports F1 at them."),
@@ -494,11 +504,11 @@ def postprocess_choice(rerank: str, rerank_m: int, rerank_smoothing: float, thre
 
 @cli.command(cls=FitCommand)
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--head", "head_name", required=True, type=click.Choice(["mlp", "knn", "ovr", "popularity", "tagprop", "fusion"]),
+@click.option("--head", "head_name", required=True, type=click.Choice(HEAD_NAMES),
               help="mlp: the paper's two-layer MLP; knn: FAISS label transfer; ovr: one-vs-rest linear (scikit-learn); "
                    "popularity: the floor; tagprop: kNN with learned weights and per-tag sigmoids (TagProp); "
                    "fusion: a weighted blend of other heads (default mlp + knn).")
-@click.option("--features", "view", default="both", show_default=True, type=click.Choice(["object", "scene", "both"]),
+@click.option("--features", "view", default="both", show_default=True, type=click.Choice(VIEWS),
               help="Feature view; a single view zero-pads the other block, as the paper does.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A head hyper-parameter (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed for everything random in fitting.")
@@ -520,13 +530,13 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
     torchrun --standalone --nproc_per_node=K -m hashtagkit.cli fit STORE --head mlp ...
     """
     from hashtagkit.outputs import refuse_existing
-    from hashtagkit.runs import fit_run, read_run
+    from hashtagkit.runs import fit, read_run
 
     refuse_existing(out, overwrite, kind="run", inputs=[store])
     from hashtagkit import ddp
 
     options = postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold)
-    fit_run(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite,
+    fit(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite,
             postprocess=options)
     if not ddp.from_env().writer:
         return  # under torchrun only rank 0 speaks (and writes)
@@ -560,7 +570,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--k", "ks", default="1,5,10", show_default=True,
               help="Cut-offs K (P@1, R@5, A@5 always included); a K above the vocabulary size is computed at it, "
                    "labelled so.")
@@ -578,19 +588,19 @@ def evaluate(run: Path, split: str, ks: str, store: Path | None, as_json: bool, 
     of any size is evaluated in the memory of --batch-size rows. A run fitted with --rerank is
     scored re-ranked; one fitted with --threshold adds micro/macro F1 of the hashtags its
     thresholds return and how many they return per image."""
-    from hashtagkit.evaluate import evaluate_run, format_table
+    from hashtagkit.evaluation import evaluate
 
-    result = evaluate_run(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size, raw=raw)
-    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+    result = evaluate(run, split=split, ks=parse_ks(ks), store_path=store, batch_size=batch_size, raw=raw)
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.table())
 
 
 def run_model_options(command):
     """--device, --precision and --weights of the commands that rebuild a run's models
     (`recommend`, `serve`)."""
     for option in reversed([
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES)),
         click.option("--precision", default="auto", show_default=True,
-                     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     type=click.Choice(PRECISIONS),
                      help="auto: the precision the store was extracted with, where this device supports it."),
         click.option("--weights", "weights", multiple=True, metavar="BACKBONE=PATH",
                      help="Where a backbone's weights are now, if moved (checked against the recorded sha256)."),
@@ -698,7 +708,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val", "train"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(SPLITS))
 @click.option("--n", "n", default=12, show_default=True, type=click.IntRange(min=1, max=200), help="Images on the sheet.")
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Which random sample, or which of the tied worst/best images.")
@@ -723,7 +733,7 @@ def show(run: Path, split: str, n: int, seed: int, worst: bool, best: bool, rand
     """
     import numpy as np
 
-    from hashtagkit.evaluate import open_split
+    from hashtagkit.evaluation import open_split
     from hashtagkit.metrics import recall_per_image
     from hashtagkit.outputs import refuse_existing
     from hashtagkit.show import draw_sheet, image_folder, select_rows, sheet_entries, write_sheet
@@ -776,7 +786,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
     then hold the re-ranked metrics and f1_micro/f1_macro at the thresholds. The popularity floor is always a row; on HARRISON labels the paper's reported
     Table 1 rows are added.
     """
-    from hashtagkit.bench import TABLE, run_bench
+    from hashtagkit.benchmark import TABLE, bench
     from hashtagkit.outputs import refuse_existing
 
     refuse_existing(out, False, kind="bench", inputs=[store], resume=True)
@@ -787,7 +797,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
             raise UserError(f"--set takes HEAD.KEY=VALUE in bench, got {key!r}")
         params.setdefault(head, {})[name] = value
     seed_list = [parse_seed(x.strip(), "--seeds") for x in seeds.split(",") if x.strip()]
-    run_bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
+    bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
               [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err,
               postprocess=postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold))
     click.echo((out / TABLE).read_text())
@@ -800,8 +810,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="A backbone to run (repeatable) [default: vgg16-object and vgg16-scene]. NAME=PATH loads a "
                    "local weights file; NAME=random is random init for smoke tests only (recorded as such).")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False), help="Image folder [default: the store's].")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0),
@@ -811,7 +821,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Batches in the model at once, each on cores/LANES torch threads [default: on the CPU one per "
                    "core, up to 4; on CUDA 1].")
 @click.option("--decode", default="default", show_default=True,
-              type=click.Choice(["default", "fast", "gpu"]),
+              type=click.Choice(DECODE_MODES),
               help="How JPEGs become pixels. fast: decoded reduced (DCT scaling) down to the resize, other pixels; "
                    "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
                    "decode on a sample of the photos, and are part of the blocks' preprocessing.")
@@ -820,7 +830,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
                    "time on all threads: ~1.4x the model's rate on a 2-core AMX CPU (benchmarks/results/"
                    "roofline_extract.md), after a compile of a minute or two (cached for the next run). Worth it "
                    "from a few thousand photos; not with --lanes above 1 or on Dask.")
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "float32"]),
+@click.option("--dtype", default="float16", show_default=True, type=click.Choice(FEATURE_DTYPES),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
 @click.option("--allow-truncated", is_flag=True, help="Decode truncated JPEGs (grey fill) instead of marking them invalid.")
@@ -984,49 +994,13 @@ def upgrade(store: Path) -> None:
 
 
 def verify_store(path: Path) -> int:
-    """`info --verify`: every chunk marked done must exist and decode. Damaged chunks are marked
-    not done (under the store's writer lock), so the next `extract` redoes exactly them."""
-    from hashtagkit.stores import open_store
+    """`info --verify`: print the store's verification (`hashtagkit.stores.verify`); 1 if damaged."""
+    from hashtagkit.stores.verify import verify
 
-    store = open_store(path, mode="r+", check=False)  # damage is what it reports, not a reason to stop
-    base = store.damaged_base(decode=True)
-    for line in base:
+    result = verify(path)
+    for line in result.lines:
         click.echo(line)
-    if base:
-        click.echo(f"{path}: its labels, split or paths are damaged: restore the store from a copy or make it "
-                   "again with `hashtagkit prepare` (extract cannot repair them)")
-        return 1
-    if not store.has_features():
-        click.echo(f"{path}: labels, split and paths present; no features to verify")
-        return 0
-    with contextlib.ExitStack() as held:
-        unmarkable = None  # why the damaged chunks cannot be marked not done, if they cannot
-        try:
-            held.enter_context(store.lock("verified"))
-        except InputError as e:  # a read-only store cannot be locked: report its damage all the same
-            unmarkable = str(e)
-            click.echo(f"note: {e}; reading it without the lock (nothing can be marked)")
-        else:
-            store = open_store(path, mode="r+", check=False)  # re-read under the lock (it may have been replaced)
-        damaged = store.damaged_chunks(decode=True)
-        for chunk, why in sorted(damaged.items()):
-            click.echo(f"chunk {chunk} (rows {chunk * store.chunk_rows()}..): {why}")
-        if damaged and unmarkable is None:
-            try:
-                store.mark_not_done(sorted(damaged))
-            except OSError as e:  # a read-only `done`: the damage is reported all the same
-                unmarkable = f"{e.strerror}: {os.fsdecode(e.filename or '')}"
-        if damaged and unmarkable is not None:
-            click.echo(f"{path}: {len(damaged)} damaged chunk(s), but they could not be marked not done "
-                       f"({unmarkable}); make the store writable and verify again")
-            return 1
-    done, total = store.completeness()
-    if not damaged:
-        click.echo(f"{path}: all {done} done chunk(s) of {total} present and readable")
-        return 0
-    click.echo(f"{path}: {len(damaged)} damaged chunk(s) marked not done; repair with "
-               f"`hashtagkit extract {path}` and the same backbones (it redoes only those)")
-    return 1
+    return 0 if result.ok else 1
 
 
 def extraction_lines(blocks: list[dict], completeness: list | None, summary: dict | None) -> list[str]:

@@ -1,18 +1,20 @@
 """hashtagkit: hashtag recommendation for photos, built around the HARRISON benchmark.
 
-Everything the command line does is a Python call, named here (imported on first use, so
-`import hashtagkit` stays instant and loads no torch):
+Everything the command line does is a Python call (imported on first use, so `import
+hashtagkit` stays instant and loads no torch):
 
-    import hashtagkit
-    store = hashtagkit.prepare_demo("demo.zarr", n=600)                # prepare demo
-    hashtagkit.extract_features(store.path, [hashtagkit.load_backbone("vgg16-object", "random")])
-    run = hashtagkit.fit_run(store.path, "knn", "runs/knn")            # fit
-    hashtagkit.evaluate_run(run)["recall@5"]                           # evaluate
-    hashtagkit.Recommender.from_run(run).recommend(["photo.jpg"])      # recommend
+    import hashtagkit as hk
+    store = hk.prepare.demo("demo.zarr", n=600)                          # prepare demo
+    hk.extract(store, ["vgg16-object=random", "vgg16-scene=random"])      # extract
+    run = hk.fit(store, "knn", "runs/knn", view="both")                  # fit -> Run
+    hk.evaluate(run)["recall@5"]                                          # evaluate -> Scores
+    hk.Recommender.from_run(run).recommend(["photo.jpg"])                 # recommend
+    X, Y = store.arrays(view="both", split="train")                       # for your own models
 
-The layers: `hashtagkit.stores` (the feature store), `hashtagkit.data` (dataset readers),
-`hashtagkit.backbones` (feature extractors), `hashtagkit.heads` (the classifiers, scikit-learn
-style), `hashtagkit.metrics` (the one definition of every score).
+The layers, lowest first: `hashtagkit.stores` (the feature store), `hashtagkit.data` (dataset
+readers) and `hashtagkit.backbones` (feature extractors), `hashtagkit.extraction` and
+`hashtagkit.heads` (scikit-learn estimators), then runs, evaluation, recommend, benchmark,
+the service and the CLI on top; `hashtagkit.metrics` is the one definition of every score.
 """
 
 from __future__ import annotations
@@ -22,22 +24,23 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it (or (module, its name there))
+# name -> the module that defines it (or (module, its name there)); a module named here is
+# never also an attribute of another meaning (`extract` is a function: extraction is the package)
 _API: dict[str, str | tuple[str, str]] = {
+    "prepare": ("hashtagkit.prepare", None),  # the module: prepare.harrison / posts / demo / planted
     "open_store": "hashtagkit.stores",
-    "create_store": "hashtagkit.stores",
     "Store": "hashtagkit.stores",
-    "prepare_harrison": "hashtagkit.prepare",
-    "prepare_posts": "hashtagkit.prepare",
-    "prepare_demo": "hashtagkit.prepare",
-    "prepare_planted": "hashtagkit.prepare",
     "load_backbone": "hashtagkit.backbones",
-    "extract_features": ("hashtagkit.extract", "extract"),  # `hashtagkit.extract` is the module
+    "extract": "hashtagkit.extraction.run",
+    "ExtractConfig": "hashtagkit.extraction.config",
     "make_head": "hashtagkit.heads",
     "HEADS": "hashtagkit.heads",
-    "fit_run": "hashtagkit.runs",
-    "evaluate_run": "hashtagkit.evaluate",
-    "run_bench": "hashtagkit.bench",
+    "fit": "hashtagkit.runs",
+    "Run": "hashtagkit.runs",
+    "RunRecord": "hashtagkit.runs",
+    "evaluate": "hashtagkit.evaluation",
+    "Scores": "hashtagkit.evaluation",
+    "bench": "hashtagkit.benchmark",
     "Recommender": "hashtagkit.recommend",
     "InputError": "hashtagkit.errors",
 }
@@ -50,7 +53,9 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'hashtagkit' has no attribute {name!r}")
     module, attr = where if isinstance(where, tuple) else (where, name)
-    value = getattr(importlib.import_module(module), attr)
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
     globals()[name] = value  # imported once
     return value
 

@@ -266,7 +266,7 @@ class MetricAccumulator:
         self.n_classes = int(n_classes)
         self.ks = sorted({_check_k(k, self.n_classes) for k in ks})
         self.per_class_k = _check_k(per_class_k, self.n_classes) if per_class_k else None
-        self._per_class_key = f"per_class_recall@{per_class_k}"  # keyed as asked, like evaluate_run
+        self._per_class_key = f"per_class_recall@{per_class_k}"  # keyed as asked, like evaluate
         self.n = 0
         self._sums = {k: np.zeros(3) for k in self.ks}  # sum of precision, recall, accuracy
         self._ap_image_sum = 0.0

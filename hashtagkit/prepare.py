@@ -4,10 +4,10 @@ Each reads or makes a dataset (image paths, hashtags, vocabulary), draws the see
 writes the store atomically (`hashtagkit.stores.create_store`), returning it opened read-only.
 Split sizes are a fraction of the rows below 1 (`0.1`) or, from 1 up, a whole row count
 (`5000`), as the CLI's `--test-size` / `--val-size` take them. `log` receives the lines the CLI
-prints (the cleaning counts of `prepare_posts`); `progress(k)` is told of k more images/rows.
+prints (the cleaning counts of `posts`); `progress(k)` is told of k more images/rows.
 
     import hashtagkit
-    store = hashtagkit.prepare_demo("demo.zarr", n=600, seed=0)
+    store = hashtagkit.prepare.demo("demo.zarr", n=600, seed=0)
     store.n_rows, store.vocab[:3], store.split_info["counts"]
 """
 
@@ -38,8 +38,8 @@ def write_dataset(data, out: str | Path, *, test_size: Size, val_size: Size, see
                         source=data.source, overwrite=overwrite)
 
 
-def prepare_harrison(root: str | Path, out: str | Path, *, test_size: Size = 5000, val_size: Size = 0, seed: int = 0,
-                     overwrite: bool = False) -> Store:
+def harrison(root: str | Path, out: str | Path, *, test_size: Size = 5000, val_size: Size = 0, seed: int = 0,
+             overwrite: bool = False) -> Store:
     """HARRISON's `data_list.txt`, `tag_list.txt` and `vocab_index.txt` (in `root` or
     root/HARRISON) as a store; its image paths stay relative to the folder of data_list.txt."""
     from hashtagkit.data.harrison import read_harrison
@@ -50,9 +50,9 @@ def prepare_harrison(root: str | Path, out: str | Path, *, test_size: Size = 500
                          overwrite=overwrite)
 
 
-def prepare_posts(posts: str | Path, images: str | Path, out: str | Path, *, vocab_size: int = 1000, min_tags: int = 1,
-                  max_tags: int = 10, lemmatize: bool = True, test_size: Size = 0.1, val_size: Size = 0, seed: int = 0,
-                  overwrite: bool = False, log: Log = None) -> Store:
+def posts(posts: str | Path, images: str | Path, out: str | Path, *, vocab_size: int = 1000, min_tags: int = 1,
+          max_tags: int = 10, lemmatize: bool = True, test_size: Size = 0.1, val_size: Size = 0, seed: int = 0,
+          overwrite: bool = False, log: Log = None) -> Store:
     """Raw posts (JSON Lines of {"image", "hashtags"}) cleaned as the paper's section 2.2 does,
     then written as a store; `images` is the folder their paths are relative to (it must exist).
     `lemmatize` needs WordNet (see `hashtagkit.data.wordnet`)."""
@@ -71,8 +71,8 @@ def prepare_posts(posts: str | Path, images: str | Path, out: str | Path, *, voc
     return write_dataset(data, out, test_size=test_size, val_size=val_size, seed=seed, kind="posts", overwrite=overwrite)
 
 
-def prepare_demo(out: str | Path, *, n: int = 2000, seed: int = 0, images: str | Path | None = None,
-                 test_size: Size = 0.2, val_size: Size = 0, overwrite: bool = False, progress: Progress = None) -> Store:
+def demo(out: str | Path, *, n: int = 2000, seed: int = 0, images: str | Path | None = None,
+         test_size: Size = 0.2, val_size: Size = 0, overwrite: bool = False, progress: Progress = None) -> Store:
     """The embedded synthetic photos (`hashtagkit.data.demo`), drawn into `images` (default:
     `<out>_images` beside the store), as a store labelled synthetic. Deterministic by `seed`."""
     from hashtagkit.data.demo import make_demo
@@ -89,9 +89,9 @@ def prepare_demo(out: str | Path, *, n: int = 2000, seed: int = 0, images: str |
                          synthetic=True)
 
 
-def prepare_planted(out: str | Path, *, labels: str | Path | None = None, n: int | None = None, classes: int = 997,
-                    dim: int = 4096, strength: float = 0.7, test_size: Size | None = None, val_size: Size = 0,
-                    seed: int = 0, overwrite: bool = False, progress: Progress = None) -> Store:
+def planted(out: str | Path, *, labels: str | Path | None = None, n: int | None = None, classes: int = 997,
+            dim: int = 4096, strength: float = 0.7, test_size: Size | None = None, val_size: Size = 0,
+            seed: int = 0, overwrite: bool = False, progress: Progress = None) -> Store:
     """A feature store with a known answer (`hashtagkit.data.planted`): HARRISON's labels (from
     `labels`) or Zipf-shaped ones, features planted per class in one block or the other.
     `test_size` None: 5,000 rows, or a fifth below 25,000 rows."""

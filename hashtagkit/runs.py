@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,71 @@ from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_sto
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's `run.json`, typed: what was fitted (head, params, view, seed), on which store
+    (`store`: path, split sha256, vocabulary, blocks, extraction settings), how it went
+    (`fit_report`, `fit_seconds`, `distributed`) and how it was made (`provenance`).
+
+    `from_json`/`to_json` round-trip a record exactly, runs of earlier releases included: keys
+    they lack stay absent, keys this release does not know are kept in `extra`."""
+
+    head: str
+    params: dict = field(default_factory=dict)
+    features: str | None = None
+    seed: int = 0
+    n_train: int = 0
+    train_skipped: dict = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    fit_report: dict = field(default_factory=dict)
+    distributed: dict | None = None
+    store: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    postprocess: dict | None = None
+    extra: dict = field(default_factory=dict)
+    absent: frozenset = field(default=frozenset(), compare=False, repr=False)  # known keys the JSON lacked
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunRecord:
+        if not isinstance(data, dict) or not isinstance(data.get("head"), str):
+            raise InputError("a run record must be a JSON object with a 'head'")
+        names = [f.name for f in fields(cls) if f.name not in ("extra", "absent")]
+        return cls(**{k: data[k] for k in names if k in data},
+                   extra={k: v for k, v in data.items() if k not in names},
+                   absent=frozenset(k for k in names if k not in data))
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("extra", "absent") and f.name not in self.absent}
+        if self.postprocess is None and "postprocess" not in self.absent:
+            out.pop("postprocess")  # written only by runs fitted with --rerank/--threshold
+        return out | self.extra
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.store["path"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fitted run: its folder and its record. A path-like (`os.fspath(run)` is the folder),
+    so it goes wherever a run directory does: `evaluate(run)`, `Recommender.from_run(run)`."""
+
+    path: Path
+    record: RunRecord
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Run:
+        return cls(Path(path), RunRecord.from_json(read_run(path)))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def load_head(self) -> Head:
+        """The fitted head (a scikit-learn estimator) saved in the run."""
+        return Head.load(self.path / MODEL_DIR)
 
 
 def seed_everything(seed: int) -> None:
@@ -73,8 +140,8 @@ def training_rows(store: Store) -> tuple[np.ndarray, dict]:
     return rows, skipped
 
 
-def fit_run(
-    store_path: str | Path,
+def fit(
+    store_path: str | Path | Store,
     head_name: str,
     out: str | Path,
     *,
@@ -83,9 +150,12 @@ def fit_run(
     seed: int = 0,
     overwrite: bool = False,
     postprocess: Options | None = None,
-) -> Path:
-    """Fit a head on the store's train split and write the run directory atomically; with
-    `postprocess`, choose its re-ranking and thresholds on validation rows too."""
+) -> Run:
+    """Fit head `head_name` (see `HEADS`) with `params` on the store's train split, on the
+    `view` of its features (object, scene or both), and write the run to `out` atomically;
+    with `postprocess` (`Options`), also choose its re-ranking and thresholds on validation
+    rows. Returns the run (on the other ranks of a torchrun, the folder rank 0 writes)."""
+    store_path = store_path.path if isinstance(store_path, Store) else store_path
     out = refuse_existing(out, overwrite, kind="run", inputs=[store_path])
     store = open_store(store_path)
     split_sha = store.verify_split()
@@ -98,9 +168,12 @@ def fit_run(
                          f"with {world.size} processes (run it as one process, without torchrun)")
     world = ddp.start(world, head.get_params().get("device", "auto"))
     try:
-        return _fit(store, head, out, view, seed, overwrite, split_sha, world, postprocess)
+        written = _fit(store, head, out, view, seed, overwrite, split_sha, world, postprocess)
     finally:
         ddp.stop(world)  # the other ranks wait here until rank 0 has written the run
+    if not (written / RUN_FILE).is_file():  # a rank of a torchrun on another machine than rank 0
+        return Run(written, RunRecord(head=head.name, params=head.get_params(), seed=seed))
+    return Run.load(written)
 
 
 def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: bool, split_sha: str,
@@ -123,17 +196,17 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
         head.save(tmp / MODEL_DIR)
         if post is not None:
             post.save(tmp)
-        record = {
-            "head": head.name,
-            "params": head.get_params(),
-            "features": view if head.needs_features else None,
-            "seed": seed,
-            "n_train": int(len(rows)),
-            "train_skipped": skipped,
-            "fit_seconds": round(fit_seconds, 3),
-            "fit_report": head.fit_report(),
-            "distributed": distributed_record(world, head),
-            "store": {
+        record = RunRecord(
+            head=head.name,
+            params=head.get_params(),
+            features=view if head.needs_features else None,
+            seed=seed,
+            n_train=int(len(rows)),
+            train_skipped=skipped,
+            fit_seconds=round(fit_seconds, 3),
+            fit_report=head.fit_report(),
+            distributed=distributed_record(world, head),
+            store={
                 "path": str(Path(store.path).resolve()),
                 "kind": store.meta.get("kind"),
                 "synthetic": store.meta.get("synthetic", False),
@@ -145,11 +218,10 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
                 "extraction": {k: v for k, v in store.extraction_record.items()
                                if k in ("precision", "dtype", "allow_truncated", "device")},
             },
-            "provenance": provenance.record(),
-        }
-        if post is not None:
-            record["postprocess"] = post.record
-        (tmp / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            provenance=provenance.record(),
+            postprocess=post.record if post is not None else None,
+        )
+        (tmp / RUN_FILE).write_text(json.dumps(record.to_json(), indent=2) + "\n")
     return Path(out)
 
 

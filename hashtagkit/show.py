@@ -18,7 +18,7 @@ import numpy as np
 
 from hashtagkit import metrics
 from hashtagkit.errors import InputError
-from hashtagkit.evaluate import ScoredSplit
+from hashtagkit.evaluation import ScoredSplit
 from hashtagkit.outputs import SHEET_MARKER, atomic_file
 from hashtagkit.stores import Store
 

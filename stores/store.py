@@ -694,6 +694,13 @@ class Store:
             raise InputError(f"{self.path}: {len(damaged)} chunk(s) marked done are damaged: {first}; "
                              f"run `hashtagkit info --verify {self.path}`, then `hashtagkit extract` to redo them")
 
+    def arrays(self, view: str = "both", split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """(X, Y) of a split for a user's own model: features of `view` as float32 and the
+        (n, C) 0/1 label matrix, of the split's rows whose image gave features (the rows every
+        head of this store fits or is scored on, `usable_rows`), in row order."""
+        rows, _ = self.usable_rows(self.split_rows(split))
+        return self.features(view, rows).astype(np.float32, copy=False), self.labels(rows)
+
     def features(self, view: str = "both", rows: np.ndarray | None = None) -> np.ndarray:
         """Feature rows for a view: `both` is every block; a single block keeps its columns and
         zero-pads the others, as the paper does for its single-feature models, so a head's

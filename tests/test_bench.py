@@ -230,7 +230,7 @@ def test_bench_on_a_vocabulary_smaller_than_five(tmp_path):
 def test_a_record_key_holds_every_parameter_not_only_a_presets():
     """mlp's key once held only its preset's resolved values: a resume with --set mlp.hidden=1024
     reused a record fitted at 4,096 hidden units."""
-    from hashtagkit.bench import record_key
+    from hashtagkit.benchmark import record_key
 
     keys = {record_key({}, "mlp", "both", 0, {"mlp": {"hidden": h}}) for h in (32, 64)}
     assert len(keys) == 2

@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 
-from hashtagkit.evaluate import evaluate_run, score_split
+from hashtagkit.evaluation import evaluate, score_split
 from hashtagkit.heads import HEADS, InvalidParameterError, KNNHead, OVRHead, make_head
 from hashtagkit.heads.blocks import Block, BlockCombiner, layout_of, parse_block_weights
 from hashtagkit.heads.data import ArrayData, StoreData
-from hashtagkit.runs import fit_run, training_rows
+from hashtagkit.runs import fit, training_rows
 
 from .conftest import make_store
 
@@ -104,8 +104,8 @@ def loud(tmp_path_factory):
 def test_both_is_invariant_to_rescaling_one_block(loud, tmp_path, head):
     results = []
     for i, store in enumerate(loud):
-        run = fit_run(store, head, tmp_path / f"r{i}", params=SETS[head], view="both")
-        results.append(evaluate_run(run, ks=(1, 3, 5)))
+        run = fit(store, head, tmp_path / f"r{i}", params=SETS[head], view="both")
+        results.append(evaluate(run, ks=(1, 3, 5)))
     keys = [k for k in results[0] if k.startswith(("precision@", "recall@", "accuracy@", "map"))]
     assert len(keys) >= 4
     for key in keys:
@@ -118,7 +118,7 @@ def test_both_is_neither_single_view(loud, tmp_path, head):
     exactly like "scene"), and its run records the rule."""
     scores, reports = {}, {}
     for view in ("both", "object", "scene"):
-        run = fit_run(loud[0], head, tmp_path / view, params=SETS[head], view=view)
+        run = fit(loud[0], head, tmp_path / view, params=SETS[head], view=view)
         scores[view] = score_split(run).scores
         reports[view] = json.loads((run / "run.json").read_text())["fit_report"]
     assert not np.allclose(scores["both"], scores["scene"], atol=1e-4)

@@ -175,7 +175,7 @@ def test_only_rank_zero_writes(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ddp, "stop", lambda world: None)
     out = tmp_path / "runs" / "r"
     out.parent.mkdir()
-    assert runs.fit_run(store.path, "mlp", out, params={"hidden": 8, "epochs": 1}) == out
+    assert runs.fit(store.path, "mlp", out, params={"hidden": 8, "epochs": 1}) == out
     assert list(out.parent.iterdir()) == []
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hashtagkit import evaluate, metrics
+from hashtagkit import evaluation, metrics
 from hashtagkit.cli.main import cli
 
 from .conftest import make_store, run_cli
@@ -116,7 +116,7 @@ def runs(tmp_path_factory):
 
 def in_memory(run_dir, ks, per_class_k=None) -> dict:
     """Today's harness: the whole N x C score matrix, then summary."""
-    s = evaluate.score_split(run_dir)
+    s = evaluation.score_split(run_dir)
     want = metrics.summary(s.scores, s.labels, ks=ks)
     if per_class_k:
         want[f"per_class_recall@{per_class_k}"] = metrics.per_class_recall_at_k(s.scores, s.labels, per_class_k)
@@ -141,7 +141,7 @@ def test_evaluate_json_equals_in_memory(runs, head):
 @pytest.mark.parametrize("batch", [1, 4, 35, 500])
 def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, cache, monkeypatch):
     seen = []
-    real = evaluate.load_run
+    real = evaluation.load_run
 
     def counting(*args, **kwargs):  # the rows each predict_proba call is given
         record, head, store = real(*args, **kwargs)
@@ -149,15 +149,15 @@ def test_evaluate_run_scores_in_batches_and_gives_the_same_numbers(runs, batch, 
         head.predict_proba = lambda X: (seen.append(len(X)), predict(X))[1]
         return record, head, store
 
-    monkeypatch.setattr(evaluate, "load_run", counting)
+    monkeypatch.setattr(evaluation, "load_run", counting)
     if not cache:  # the train split of a large store: scores recomputed for the second pass
-        monkeypatch.setattr(evaluate, "SCORE_CACHE_BYTES", 0)
-    got = evaluate.evaluate_run(runs / "knn", ks=(1, 5), per_class_k=2, batch_size=batch)
+        monkeypatch.setattr(evaluation, "SCORE_CACHE_BYTES", 0)
+    got = evaluation.evaluate(runs / "knn", ks=(1, 5), per_class_k=2, batch_size=batch)
     n = got["n_images"]
     assert max(seen) == min(batch, n)  # never more than one batch of features (and scores) at once
     # per-class AP ranks positives against every negative: two passes, the second from kept scores or recomputed
     assert sum(seen) == (1 if cache else 2) * n
-    monkeypatch.setattr(evaluate, "load_run", real)
+    monkeypatch.setattr(evaluation, "load_run", real)
     want = in_memory(runs / "knn", ks=(1, 5), per_class_k=2)
     for name, value in want.items():
         if name.startswith("per_class"):
@@ -170,7 +170,7 @@ def test_a_bad_batch_size_is_an_input_error(runs):
     from hashtagkit.errors import InputError
 
     with pytest.raises(InputError, match="batch size"):
-        evaluate.evaluate_run(runs / "knn", batch_size=0)
+        evaluation.evaluate(runs / "knn", batch_size=0)
 
 
 def test_labels_are_read_a_batch_at_a_time(runs, monkeypatch):

@@ -564,12 +564,12 @@ def test_recommend_with_the_popularity_floor_needs_no_extractor(tmp_path):
     from PIL import Image
 
     from hashtagkit.recommend import recommend
-    from hashtagkit.runs import fit_run
+    from hashtagkit.runs import fit
 
     from .conftest import make_store
 
     store = make_store(tmp_path / "s.zarr")
-    fit_run(store.path, "popularity", tmp_path / "run")
+    fit(store.path, "popularity", tmp_path / "run")
     Image.new("RGB", (40, 30), (90, 120, 200)).save(tmp_path / "p.png")
     (tmp_path / "bad.jpg").write_bytes(b"no photo")
     good, bad = recommend(tmp_path / "run", [tmp_path / "p.png", tmp_path / "bad.jpg"], top=3)

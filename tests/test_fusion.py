@@ -174,7 +174,7 @@ def test_fit_evaluate_and_help_through_the_cli(tmp_path):
 def test_recommend_and_bench_with_the_new_heads(tmp_path):
     """`recommend` re-extracts a store photo and ranks it as the saved head ranks the stored
     features (tagprop, and fusion of knn + tagprop); `bench` runs both and tables them."""
-    from hashtagkit.bench import run_bench
+    from hashtagkit.benchmark import bench
     from hashtagkit.stores import open_store
 
     from .conftest import run_cli
@@ -194,7 +194,7 @@ def test_recommend_and_bench_with_the_new_heads(tmp_path):
         stored = Head.load(tmp_path / head / "model").predict_proba(s.features("both", rows))
         for got, scores in zip(json.loads(res.stdout)["results"], stored, strict=True):
             assert [t["tag"] for t in got["hashtags"]] == [s.vocab[c] for c in ranking(scores[None])[0][:3]]
-    table = run_bench(store, tmp_path / "bench", ["knn", "tagprop", "fusion"], ["both"], [0, 1],
+    table = bench(store, tmp_path / "bench", ["knn", "tagprop", "fusion"], ["both"], [0, 1],
                       {"knn": {"k": 5}, "tagprop": {"k": 5}, "fusion": {"components": "knn,tagprop"}}, log=lambda _: None)
     fusion = [r for r in table if r["head"] == "fusion"]
     assert len(fusion) == 2 and fusion[0]["params"]["component_params"] == {"knn": {"k": 5}, "tagprop": {"k": 5}}
@@ -203,7 +203,7 @@ def test_recommend_and_bench_with_the_new_heads(tmp_path):
 
 
 def test_bench_gives_fusion_the_components_settings():
-    from hashtagkit.bench import with_component_sets
+    from hashtagkit.benchmark import with_component_sets
 
     sets = {"mlp": {"epochs": 2, "hidden": 64}, "knn": {"k": 9}, "fusion": {"mlp.hidden": 32}}
     got = with_component_sets(sets, ["mlp", "knn", "fusion"])

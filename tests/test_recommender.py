@@ -211,12 +211,12 @@ def test_info_describes_the_run_and_its_scores(run, rec):
 
 
 def test_popularity_run_needs_no_extractor(tmp_path):
-    from hashtagkit.runs import fit_run
+    from hashtagkit.runs import fit
 
     from .conftest import make_store
 
     store = make_store(tmp_path / "s.zarr")
-    fit_run(store.path, "popularity", tmp_path / "run")
+    fit(store.path, "popularity", tmp_path / "run")
     rec = Recommender.from_run(tmp_path / "run")
     assert rec.extractor is None and rec.info()["backbones"] == [] and rec.info()["device"] is None
     freq = store.labels(store.split_rows("train")).mean(axis=0)

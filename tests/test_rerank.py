@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from hashtagkit import metrics
 from hashtagkit import rerank as cooc
 from hashtagkit.cli.main import cli
-from hashtagkit.evaluate import evaluate_run
+from hashtagkit.evaluation import evaluate
 from hashtagkit.heads.data import ArrayData, StoreData
-from hashtagkit.runs import fit_run, load_postprocess, read_run
+from hashtagkit.runs import fit, load_postprocess, read_run
 
 from .conftest import make_store
 
@@ -126,8 +126,8 @@ def runs(tmp_path_factory):
     store = make_store(root / "s.zarr", n=320, c=9, test=60, chunk_rows=16)
     from hashtagkit.postprocess import Options
 
-    fit_run(store.path, "knn", root / "plain", params={"k": 5})
-    fit_run(store.path, "knn", root / "cooc", params={"k": 5}, postprocess=Options(rerank="cooc", top_m=3))
+    fit(store.path, "knn", root / "plain", params={"k": 5})
+    fit(store.path, "knn", root / "cooc", params={"k": 5}, postprocess=Options(rerank="cooc", top_m=3))
     return store, root
 
 
@@ -141,12 +141,12 @@ def test_a_run_keeps_its_reranking_and_evaluate_applies_it(runs):
     assert [r["alpha"] for r in pp["rerank"]["grid"]] == list(cooc.ALPHAS)
     assert pp["rerank"]["alpha"] == max(pp["rerank"]["grid"], key=lambda r: (r["map"], -r["alpha"]))["alpha"]
     # the head is the one fitted on every row: raw scores equal the run fitted without options
-    raw, plain = evaluate_run(root / "cooc", raw=True), evaluate_run(root / "plain")
+    raw, plain = evaluate(root / "cooc", raw=True), evaluate(root / "plain")
     for k in ("precision@1", "recall@5", "map", "map_class"):
         assert raw[k] == plain[k]
     assert raw["postprocess"] == {"applied": False} and plain["postprocess"] is None
     # evaluate applies the kept re-ranking: equal to re-ranking the raw scores here
-    from hashtagkit.evaluate import evaluation_rows
+    from hashtagkit.evaluation import evaluation_rows
     from hashtagkit.heads import Head
 
     rows, _ = evaluation_rows(store, "test")
@@ -154,7 +154,7 @@ def test_a_run_keeps_its_reranking_and_evaluate_applies_it(runs):
     post = load_postprocess(root / "cooc", record)
     scores = cooc.rerank(head.predict_proba(store.features("both", rows)), post.cond, pp["rerank"]["alpha"], 3)
     expected = metrics.summary(scores, store.labels(rows), ks=(1, 5, 10))
-    got = evaluate_run(root / "cooc", batch_size=7)
+    got = evaluate(root / "cooc", batch_size=7)
     for k in ("precision@1", "recall@5", "accuracy@5", "map", "map_class"):
         assert got[k] == pytest.approx(expected[k], abs=1e-12)
     assert got["postprocess"]["rerank"] == "cooc" and got["postprocess"]["alpha"] == pp["rerank"]["alpha"]
@@ -169,7 +169,7 @@ def test_forced_strength_changes_rankings_through_the_run(runs):
     record = read_run(root / "forced")
     record["postprocess"]["rerank"]["alpha"] = 0.8
     (root / "forced" / "run.json").write_text(json.dumps(record))
-    forced, raw = evaluate_run(root / "forced"), evaluate_run(root / "forced", raw=True)
+    forced, raw = evaluate(root / "forced"), evaluate(root / "forced", raw=True)
     assert forced["postprocess"]["alpha"] == 0.8
     assert (forced["map"], forced["precision@1"]) != (raw["map"], raw["precision@1"])
 
@@ -185,7 +185,7 @@ def test_store_val_split_is_used_before_anything_else(tmp_path):
     split, info = random_split(n, 40, 30, 0)
     create_store(tmp_path / "v.zarr", paths=[f"{i}.jpg" for i in range(n)], labels=Y, vocab=[f"t{j}" for j in range(c)],
                  split=split, split_info=info, kind="test", image_root=None, synthetic=True)
-    fit_run(tmp_path / "v.zarr", "popularity", tmp_path / "run", postprocess=Options(rerank="cooc"))
+    fit(tmp_path / "v.zarr", "popularity", tmp_path / "run", postprocess=Options(rerank="cooc"))
     pp = read_run(tmp_path / "run")["postprocess"]
     assert pp["validation"]["source"] == "the store's val split"
     assert pp["validation"]["rows"] + pp["validation"]["untagged_left_out"] == 30

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hashtagkit import evaluate, metrics, provenance
-from hashtagkit.bench import valid_sha256
+from hashtagkit import evaluation, metrics, provenance
+from hashtagkit.benchmark import valid_sha256
 from hashtagkit.cli.main import cli
 from hashtagkit.stores import Store, create_store, open_store
 
@@ -108,7 +108,7 @@ def planted(tmp_path, monkeypatch):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_evaluation_reads_chunk_by_chunk_and_equals_in_memory(planted, reads, head, split):
     tmp, labels = planted
-    got = evaluate.evaluate_run(tmp / head, split=split, ks=(1, 3), batch_size=10)
+    got = evaluation.evaluate(tmp / head, split=split, ks=(1, 3), batch_size=10)
     made = list(reads)  # evaluate's reads, not the reference's below
     store = open_store(tmp / "s.zarr")
     assert store.group["labels"].chunks[0] == LABEL_CHUNK < len(store.split_rows("train"))

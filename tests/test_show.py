@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashtagkit.cli.main import cli
-from hashtagkit.evaluate import score_split
+from hashtagkit.evaluation import score_split
 from hashtagkit.metrics import recall_per_image
 from hashtagkit.show import MATCH_COLOR, draw_sheet, select_rows, sheet_entries
 from hashtagkit.stores import open_store
@@ -101,14 +101,14 @@ def test_show_cli_writes_sheet_and_lists_images(demo_run, tmp_path):
 def test_show_streams_the_split_and_scores_only_the_drawn_photos(demo_run, tmp_path, monkeypatch):
     """The CLI picks the same worst images as the whole-matrix reference, while the split is
     scored 7 rows at a time and only the 4 drawn photos are scored together."""
-    from hashtagkit import evaluate
+    from hashtagkit import evaluation
     from hashtagkit.heads import Head
 
     store, run = demo_run
     scored = score_split(run)
     want = scored.rows[select_rows(recall_per_image(scored.scores, scored.labels, 5), 4, "worst", seed=2)]
-    batched = evaluate._batches
-    monkeypatch.setattr(evaluate, "_batches", lambda st, h, v, r, b: batched(st, h, v, r, 7))
+    batched = evaluation._batches
+    monkeypatch.setattr(evaluation, "_batches", lambda st, h, v, r, b: batched(st, h, v, r, 7))
     sizes = []
     predict = Head.predict_proba if type(scored.head).predict_proba is Head.predict_proba else type(scored.head).predict_proba
     monkeypatch.setattr(type(scored.head), "predict_proba", lambda self, X: sizes.append(len(X)) or predict(self, X))

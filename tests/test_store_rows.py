@@ -160,7 +160,7 @@ def test_info_of_a_store_without_features_or_rows(tmp_path):
 
 def test_bench_fingerprint_and_counts_stream_the_labels(small):
     from hashtagkit import provenance
-    from hashtagkit.bench import labels_sha256, tag_counts
+    from hashtagkit.benchmark import labels_sha256, tag_counts
 
     store, reads = counted(small)
     labels = whole(small, "labels")

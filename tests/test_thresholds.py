@@ -15,11 +15,11 @@ from sklearn.metrics import f1_score
 
 from hashtagkit import metrics
 from hashtagkit.cli.main import cli
-from hashtagkit.evaluate import evaluate_run, evaluation_rows
+from hashtagkit.evaluation import evaluate, evaluation_rows
 from hashtagkit.heads import Head
 from hashtagkit.postprocess import Options
 from hashtagkit.recommend import Recommender
-from hashtagkit.runs import fit_run, load_postprocess, read_run
+from hashtagkit.runs import fit, load_postprocess, read_run
 from hashtagkit.thresholds import choose_thresholds, global_threshold, per_tag_thresholds
 
 from .conftest import make_store
@@ -129,8 +129,8 @@ def run(tmp_path_factory):
     """The popularity floor (no extractor needed: any photo will do) re-ranked and thresholded."""
     root = tmp_path_factory.mktemp("thresholds")
     store = make_store(root / "s.zarr", n=300, c=9, test=60, chunk_rows=16)
-    fit_run(store.path, "popularity", root / "floor")
-    fit_run(store.path, "popularity", root / "run", postprocess=Options(rerank="cooc", threshold="per-tag"))
+    fit(store.path, "popularity", root / "floor")
+    fit(store.path, "popularity", root / "run", postprocess=Options(rerank="cooc", threshold="per-tag"))
     return store, root
 
 
@@ -149,10 +149,10 @@ def test_evaluate_reports_f1_at_the_runs_thresholds(run):
     scores = post.apply(head.predict_proba(np.zeros((len(rows), 0), np.float32)))
     Y = store.labels(rows).astype(bool)
     micro, macro = sklearn_f1(scores, Y, post.thresholds)
-    got = evaluate_run(root / "run", batch_size=11)
+    got = evaluate(root / "run", batch_size=11)
     assert got["f1_micro"] == pytest.approx(micro, abs=1e-12) and got["f1_macro"] == pytest.approx(macro, abs=1e-12)
     assert got["postprocess"]["threshold"] == "per-tag"
-    assert "f1_micro" not in evaluate_run(root / "run", raw=True) and "f1_micro" not in evaluate_run(root / "floor")
+    assert "f1_micro" not in evaluate(root / "run", raw=True) and "f1_micro" not in evaluate(root / "floor")
     res = CliRunner().invoke(cli, ["evaluate", str(root / "run")])
     assert res.exit_code == 0 and "at the per-tag threshold: F1 micro" in res.output
     res = CliRunner().invoke(cli, ["evaluate", str(root / "run"), "--raw", "--json"])
@@ -222,7 +222,7 @@ def test_bench_takes_the_options_and_keeps_their_records_apart(tmp_path):
     done = bench("--rerank", "cooc", "--threshold", "global")  # other settings: recomputed, not mixed in
     assert len(done) == 1 and done[0]["key"] != plain[0]["key"]
     run = done[0]["run"]
-    assert done[0]["f1_micro"] == pytest.approx(evaluate_run(run)["f1_micro"])
+    assert done[0]["f1_micro"] == pytest.approx(evaluate(run)["f1_micro"])
     assert read_run(run)["postprocess"]["options"]["threshold"] == "global"
     res = CliRunner().invoke(cli, ["bench", str(store.path), "--heads", "popularity", "-o", str(out),
                                    "--threshold", "some"])

@@ -9,6 +9,7 @@ micro/macro F1 of the hashtags its thresholds return beside P/R/A@K (`raw=True`:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def _joined(parts: list, needs_features: bool) -> tuple[np.ndarray, np.ndarray, 
     return picked, X, np.concatenate([y for _, _, y in parts])
 
 
-def evaluate_run(
+def evaluate(
     run_dir: str | Path,
     split: str = "test",
     ks: tuple[int, ...] = (1, 5, 10),
@@ -167,8 +168,8 @@ def evaluate_run(
     per_class_k: int | None = None,
     batch_size: int = EVAL_BATCH,
     raw: bool = False,
-) -> dict:
-    """The run's metrics on a split. `per_class_k` adds `per_class_recall@K`: one value per
+) -> Scores:
+    """The run's metrics on a split (`Scores`: read like a dict, `scores["recall@5"]`). `per_class_k` adds `per_class_recall@K`: one value per
     class (None where the split has no positive of it), for long-tail plots.
 
     A run with a post-processing is scored as it answers: re-ranked, and with thresholds
@@ -215,7 +216,7 @@ def evaluate_run(
             "postprocess": postprocess_summary(record, post, raw),
         }
     )
-    return result
+    return Scores(result)
 
 
 def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> dict | None:
@@ -228,7 +229,38 @@ def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> di
     return {"applied": True, **post.describe()}
 
 
-def format_table(result: dict) -> str:
+class Scores(Mapping):
+    """A run's metrics on a split: a read-only mapping of metric name to value (`precision@1`,
+    `recall@5`, `accuracy@5`, `map`, `map_class`, F1 at thresholds...) plus what was scored
+    (`head`, `features`, `split`, `n_images`, `skipped`...), as `evaluate --json` prints it."""
+
+    def __init__(self, values: dict):
+        self._values = dict(values)
+
+    def __getitem__(self, key: str):
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        ks = sorted(int(k.split("@")[1]) for k in self._values if k.startswith("recall@"))
+        shown = ", ".join(f"{m}@{k}={self._values[f'{m}@{k}']:.4f}" for k in ks[:2] for m in ("precision", "recall"))
+        return f"Scores({self._values.get('head')} on {self._values.get('split')}: {shown})"
+
+    def as_dict(self) -> dict:
+        """A plain dict (what `json.dumps` takes)."""
+        return dict(self._values)
+
+    def table(self) -> str:
+        """The table `hashtagkit evaluate` prints."""
+        return format_table(self._values)
+
+
+def format_table(result: Mapping) -> str:
     """A readable table: one row per K with P, R, A in percent, then mAP."""
     ks = sorted(int(k.split("@")[1]) for k in result if k.startswith("precision@"))
     lines = [

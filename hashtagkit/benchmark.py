@@ -1,6 +1,6 @@
 """Comparison tables in the manner of the paper's Table 1: heads x feature views x seeds.
 
-Every combination is fitted and evaluated through the same `fit_run` / `evaluate_run` as the
+Every combination is fitted and evaluated through the same `fit` / `evaluate` as the
 CLI, into `DIR/runs/<head>-<view>-s<seed>`; `DIR/results.json` gains a record after each one
 (written atomically), so an interrupted bench resumes with the combinations not yet done.
 `results.csv` and `table.md` (mean ± std over seeds) are rewritten at the end. The popularity
@@ -22,11 +22,11 @@ import numpy as np
 from hashtagkit import plots, provenance
 from hashtagkit.choices import VIEWS
 from hashtagkit.errors import InputError
-from hashtagkit.evaluate import evaluate_run
+from hashtagkit.evaluation import evaluate
 from hashtagkit.heads import HEADS, make_head
 from hashtagkit.outputs import atomic_file
-from hashtagkit.runs import fit_run
-from hashtagkit.stores import open_store
+from hashtagkit.runs import fit
+from hashtagkit.stores import Store, open_store
 
 RESULTS, CSV, TABLE = "results.json", "results.csv", "table.md"
 CURVE_KS = tuple(range(1, 11))  # Precision@K / Recall@K curves
@@ -145,10 +145,14 @@ def with_component_sets(sets: dict[str, dict] | None, heads: list[str]) -> dict[
     return sets
 
 
-def run_bench(store_path: str | Path, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
-              sets: dict[str, dict] | None = None, log: Callable[[str], None] = print, postprocess=None) -> list[dict]:
+def bench(store_path: str | Path | Store, out: str | Path, heads: list[str], views: list[str], seeds: list[int],
+          sets: dict[str, dict] | None = None, log: Callable[[str], None] = print, postprocess=None) -> list[dict]:
+    """Fit and evaluate every head x view x seed on the store into `out`: a run each
+    (`out/runs/`), `results.json` (resumable: a combination already done with the same
+    settings and store is kept), `results.csv`, the paper-style `table.md` and plots. `sets`
+    maps a head to its parameters; returns the records of the table."""
     sets = with_component_sets(sets, heads)
-    store = open_store(store_path)
+    store = open_store(store_path.path if isinstance(store_path, Store) else store_path)
     for head in heads:  # every head's settings checked before anything is written
         make_head(head, **(sets or {}).get(head, {}))
     out = Path(out)
@@ -184,12 +188,11 @@ def _run_bench(store, out: Path, heads: list[str], views: list[str], seeds: list
     for i, (head, view, seed) in enumerate(todo, 1):
         run_dir = out / "runs" / f"{head}-{view if view != '-' else 'none'}-s{seed}"
         log(f"[{i}/{len(todo)}] {head} {view} seed {seed}")
-        fit_run(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
-                seed=seed, overwrite=True, postprocess=postprocess)
-        result = evaluate_run(run_dir, ks=CURVE_KS, per_class_k=PER_CLASS_K)
-        made = json.loads((run_dir / "run.json").read_text())
+        run = fit(store.path, head, run_dir, params=(sets or {}).get(head, {}), view=view if view != "-" else "both",
+                  seed=seed, overwrite=True, postprocess=postprocess)
+        result = evaluate(run, ks=CURVE_KS, per_class_k=PER_CLASS_K)
         records.append({"head": head, "view": view, "seed": seed, "key": keys[(head, view, seed)], "run": str(run_dir),
-                        "params": made["params"], "fit_seconds": made["fit_seconds"],
+                        "params": run.record.params, "fit_seconds": run.record.fit_seconds,
                         **{k: v for k, v in result.items() if k not in ("head", "features", "store")}})
         _write_json(results_path, {"store": str(store.path), "store_kind": store.meta.get("kind"),
                                    "class_train_counts": counts, "vocab": store.vocab,
