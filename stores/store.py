@@ -319,6 +319,12 @@ class Store:
         self.path = path
         self.group = group
 
+    def refresh(self) -> Store:
+        """Read the store's metadata again (Zarr reads it once, at open): after an `extract`
+        through another handle, this one sees the new features. Returns self."""
+        self.group = zarr.open_group(self.path, mode=self.group.store.read_only and "r" or "r+", zarr_format=3)
+        return self
+
     # --- what the store describes -------------------------------------------------------
     @property
     def meta(self) -> dict:

@@ -142,5 +142,5 @@ def test_the_example_script_runs_the_pipeline(tmp_path):
         line = next(line for line in out.splitlines() if line.strip().startswith(f"{head}:"))
         p1 = float(line.split("P@1")[1].split()[0])
         assert 0 <= p1 <= 1
-    assert out.count(".jpg: #") == 6 and "ridge: subset accuracy" in out
+    assert out.count(".jpg: #") == 6 and "sklearn: subset accuracy" in out
     assert (tmp_path / "runs" / "knn" / "run.json").is_file()

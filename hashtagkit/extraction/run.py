@@ -97,6 +97,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
                 raise InputError(f"extract() has no setting {name!r} (ExtractConfig's: {', '.join(sorted(known))})")
         config = config.replace(**settings)
     config.check()
+    given = store
     store_path = store.path if isinstance(store, Store) else store
     opened = open_store(store_path)  # a missing store fails before any weights are loaded
     root = Path(config.images) if config.images else (Path(opened.image_root) if opened.image_root else None)
@@ -185,6 +186,8 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     summary = Summary(rows=n, extracted=todo, invalid=dict(invalid), seconds=seconds, device=str(dev),
                       precision=prec, skipped_chunks=plan.n_chunks - len(plan.pending), store_invalid=store_invalid)
     log(summary.text())
+    if isinstance(given, Store):  # the caller's handle sees the features it asked for
+        given.refresh()
     return summary
 
 
