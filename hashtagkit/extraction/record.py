@@ -15,34 +15,12 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hashtagkit.errors import InputError
 from hashtagkit.stores import Store, aside_progress
-
-
-@dataclass
-class Summary:
-    rows: int
-    extracted: int
-    invalid: dict  # reason -> rows, of this run
-    seconds: float
-    device: str
-    precision: str
-    skipped_chunks: int
-    store_invalid: dict | None = None  # reason -> rows, of the whole store after this run
-
-    def text(self) -> str:
-        rate = self.extracted / self.seconds if self.seconds > 0 else 0.0
-        text = (f"extracted {self.extracted:,} of {self.rows:,} rows in {self.seconds:.1f}s ({rate:.1f} images/s, "
-                f"{self.device}, {self.precision}); {self.skipped_chunks} chunk(s) already done; "
-                f"invalid rows: {reasons_text(self.invalid)} in this run")
-        if self.store_invalid is not None:
-            text += f", {reasons_text(self.store_invalid)} in the store"
-        return text
 
 
 def reasons_text(counts: dict) -> str:
