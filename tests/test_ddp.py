@@ -202,7 +202,7 @@ def test_other_head_under_torchrun(store, tmp_path):
 
 
 def test_the_readmes_command_on_a_store_of_one_chunk_sees_every_row(tmp_path):
-    """The README's torchrun command, verbatim but for K=2 and the batch, on `prepare planted --n 3000
+    """docs/training.md's torchrun command, verbatim but for K=2 and the batch, on `prepare planted --n 3000
     --dim 64 --classes 50` (its training rows in one feature chunk: it once failed with a
     traceback, and at 3 chunks trained each epoch on 1,024 of ~2,160 rows): every epoch sees
     every training row but less than one global batch, counted from the run's record."""

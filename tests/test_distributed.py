@@ -311,7 +311,7 @@ def test_a_run_whose_workers_all_die_ends_with_one_line(tmp_path, tiny, monkeypa
 
 
 def test_the_readmes_worked_example_runs_against_dask_itself(tmp_path):
-    """The README's two-machine example with Dask's own command-line tools, on 127.0.0.1 and the
+    """docs/dask.md's two-machine example with Dask's own command-line tools, on 127.0.0.1 and the
     CPU (`dask scheduler`, `dask worker ... --nworkers 1 --nthreads 1`, then `hashtagkit extract
     ... --scheduler`): it completes, and its features equal an in-process extract of the same
     photos to within 4 float16 ULP (the worker's torch may run on another number of threads than
