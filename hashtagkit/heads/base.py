@@ -1,10 +1,17 @@
-"""The protocol every head follows, shaped like scikit-learn's estimator contract.
+"""The protocol every head follows, without scikit-learn: parameters, fitting from a
+`TrainingData`, persistence.
 
-`fit(X, Y) -> self`, `predict_proba(X) -> (n, C)` scores (higher is better), `save(dir)` and
-`Head.load(dir)`. Constructor arguments are the hyper-parameters and nothing else; learned
-state ends in `_` (`n_features_in_` and `classes_` = np.arange(C), as scikit-learn names
-them), so `sklearn.base.clone` works on a head. The harness only ever calls `predict_proba`
-and ranks, so a head is free in how it scores as long as the order is meaningful.
+Constructor arguments are the hyper-parameters and nothing else; learned state ends in `_`
+(`n_features_in_` and `classes_`, as scikit-learn names them). `fit_data(data)` trains from a
+`hashtagkit.heads.data.TrainingData` (a store's rows, block by block: the one fitting path),
+`predict_proba(X) -> (n, C)` scores (higher is better), `save(dir)` and `Head.load(dir)`. The
+harness only ever calls `predict_proba` and ranks, so a head is free in how it scores as long as
+the order is meaningful.
+
+Every registered head is also a scikit-learn estimator (`hashtagkit.heads.estimator.HeadEstimator`:
+`fit(X, Y)` on arrays, `predict`, `score`, tags). That part lives in its own module because it
+imports scikit-learn (about a second): this one, and so `from hashtagkit.heads import Head` in
+`hashtagkit recommend`, does not.
 
 Each head declares its parameters' types and ranges once, in `param_spec` (scikit-learn's
 `_parameter_constraints` idea): `make_head` checks them when a head is made from the CLI's
@@ -21,7 +28,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -30,7 +36,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hashtagkit.errors import InputError
-from hashtagkit.heads.blocks import EQUAL, Block, BlockCombiner, parse_block_weights
+from hashtagkit.heads.blocks import EQUAL, BlockCombiner, parse_block_weights
+from hashtagkit.heads.checks import refuse_nonfinite_features  # noqa: F401 (runs, evaluation import it from here)
+
+# the target type of a head trained on an (n, C) 0/1 indicator matrix (scikit-learn's name); a head
+# fitted on 1-d labels is "binary" or "multiclass" (hashtagkit.heads.estimator)
+MULTILABEL = "multilabel-indicator"
 
 HEAD_FILE = "head.json"
 STATE_FILE = "state.npz"
@@ -49,10 +60,6 @@ class Laps:
         now = time.perf_counter()
         self.seconds[phase] = round(now - self._last, 3)
         self._last = now
-
-
-class NotFittedError(RuntimeError):
-    pass
 
 
 class InvalidParameterError(InputError, ValueError):
@@ -161,41 +168,13 @@ def check_memory(head: str, setting: str, nbytes: float, what: str) -> None:
                                     f"more than the {limit / 2**30:,.1f} GiB of memory available; choose a smaller value")
 
 
-def nonfinite_rows(A: np.ndarray, batch: int = 8192) -> np.ndarray:
-    """Indices of rows holding NaN or inf, checked in row batches (a float16 feature matrix
-    is never expanded whole into a boolean copy)."""
-    if not np.issubdtype(A.dtype, np.floating) and not np.issubdtype(A.dtype, np.complexfloating):
-        return np.zeros(0, dtype=np.int64)
-    bad = [start + np.flatnonzero(~np.isfinite(A[start : start + batch]).all(axis=1))
-           for start in range(0, len(A), batch)]
-    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
-
-
-def refuse_nonfinite_features(store_path, rows: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """X, or the one-line error naming the store rows (`rows[i]` is X[i]'s row) whose features
-    hold NaN or inf: what training, evaluation and a TrainingData's block reads all say."""
-    bad = nonfinite_rows(X)  # in row batches: no N x D boolean copy
-    if len(bad):
-        named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise InputError(f"store {store_path}: rows {named}{more} have non-finite features (NaN/inf); "
-                         "re-extract them (e.g. with --precision fp32) or drop them")
-    return X
-
-
-def _check_finite(A: np.ndarray, what: str) -> None:
-    rows = nonfinite_rows(A)
-    if len(rows):
-        shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
-        raise ValueError(f"{what} has NaN or inf in {len(rows)} row(s): {shown}")
-
-
 class Head:
-    """Base class: parameter handling, checks and numpy-state persistence.
+    """Base class: parameter handling, fitted shape and numpy-state persistence.
 
-    A subclass sets `name`, implements `fit` and `predict_proba`, and lists its learned
-    arrays in `state_attrs` (saved to an .npz); heads whose state is not a few arrays
-    override `_save_state` / `_load_state`.
+    A head subclasses `hashtagkit.heads.estimator.HeadEstimator` (this class and scikit-learn's),
+    sets `name`, implements `fit_data` and `_predict_scores`, and lists its learned arrays in
+    `state_attrs` (saved to an .npz); heads whose state is not a few arrays override
+    `_save_state` / `_load_state`.
     """
 
     name: ClassVar[str] = ""
@@ -257,6 +236,8 @@ class Head:
             raise ValueError("fit needs at least one training row")
         self.n_features_in_ = int(data.n_features)
         self.classes_ = np.arange(data.n_classes)
+        self.target_type_ = MULTILABEL  # `fit` on 1-d labels says otherwise once this fit is done
+        self.__dict__.pop("feature_names_in_", None)  # a previous fit's column names (`fit` sets its own)
 
     def _fit_blocks(self, data, sample: np.ndarray | None = None) -> None:
         """The join of `data.layout`'s blocks by `block_rule` (None for one block), as `blocks_`;
@@ -280,44 +261,16 @@ class Head:
     def n_features_(self) -> int:
         return self.n_features_in_
 
-    # --- checks shared by every head ------------------------------------------------------
-    def _check_xy(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Parameters, shapes and finiteness, before any work: a NaN in X or Y would
-        otherwise train a model that scores NaN, or a kNN index that answers nonsense."""
-        self._validate_params()
-        X, Y = np.asarray(X), np.asarray(Y)
-        if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
-            raise ValueError(f"fit needs X (n, d) and Y (n, C) with the same n, got {X.shape} and {Y.shape}")
-        if len(X) == 0:
-            raise ValueError("fit needs at least one training row")
-        _check_finite(X, "X")
-        _check_finite(Y, "Y")
-        return X, Y
-
     def _check_fitted(self) -> None:
-        if not hasattr(self, "classes_"):
-            raise NotFittedError(f"head {self.name!r} is not fitted: call fit first")
+        """scikit-learn's NotFittedError, naming the head, unless it has been fitted (or loaded)."""
+        from sklearn.utils.validation import check_is_fitted  # a head that exists has imported it already
 
-    def _check_x(self, X: np.ndarray) -> np.ndarray:
-        self._check_fitted()
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-d, got shape {X.shape}")
-        if self.needs_features and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the head was fitted on {self.n_features_in_}")
-        _check_finite(X, "X")
-        return X
+        check_is_fitted(self, msg=f"head {self.name!r} is not fitted: call fit first")
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classes_")
 
     # --- the protocol -----------------------------------------------------------------------
-    def fit(self, X: np.ndarray, Y: np.ndarray, blocks: Sequence[Block] = ()) -> Head:
-        """Fit on in-memory arrays: checked whole here, then `fit_data` on them. `blocks` names
-        the backbones' column ranges in X (`hashtagkit.heads.blocks.layout_of(store.blocks,
-        view)`), which a head that compares rows joins by its rule; none: X is one block."""
-        from hashtagkit.heads.data import ArrayData
-
-        X, Y = self._check_xy(X, Y)
-        return self.fit_data(ArrayData(X, Y, layout=tuple(blocks)))
-
     def fit_data(self, data) -> Head:
         """Fit on a `hashtagkit.heads.data.TrainingData` (a store's rows, read block by block,
         or arrays): the one fitting path of a head, so `fit` on arrays and `hashtagkit fit` on a
@@ -325,6 +278,7 @@ class Head:
         raise NotImplementedError
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """(n, C) scores, higher is better: what the harness ranks (`HeadEstimator` implements it)."""
         raise NotImplementedError
 
     def fit_report(self) -> dict[str, Any]:
@@ -342,6 +296,8 @@ class Head:
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"head": self.name, "params": self.get_params(),
                 "n_classes_": int(self.n_classes_), "n_features_": int(self.n_features_)}
+        if getattr(self, "target_type_", MULTILABEL) != MULTILABEL:  # fitted on 1-d labels: keep them
+            meta["target_type"], meta["classes"] = self.target_type_, self.classes_.tolist()
         if getattr(self, "blocks_", None) is not None:
             meta["blocks"] = self.blocks_.to_dict()
         (directory / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -363,6 +319,9 @@ class Head:
             raise InputError(f"{directory} holds a {meta['head']!r} head, not {cls.name!r}")
         head = klass(**meta["params"])
         head.n_features_in_, head.classes_ = int(meta["n_features_"]), np.arange(int(meta["n_classes_"]))
+        head.target_type_ = meta.get("target_type", MULTILABEL)
+        if "classes" in meta:
+            head.classes_ = np.asarray(meta["classes"])
         # saved before blocks were joined (no "blocks"): the raw columns, as it was trained
         head.blocks_ = BlockCombiner.from_dict(meta["blocks"]) if "blocks" in meta else None
         head._load_state(directory)
@@ -375,7 +334,3 @@ class Head:
         with np.load(directory / STATE_FILE, allow_pickle=False) as data:
             for a in self.state_attrs:
                 setattr(self, a, data[a])
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"

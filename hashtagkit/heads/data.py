@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.heads.blocks import Block, layout_of
+from hashtagkit.heads.checks import refuse_nonfinite_features
 
 # A validation part's rows at most (the MLP's early stopping, fusion, a run's calibration): held in
 # memory as float16 (160 MB at 8,192 columns); Recall@5 on 10,000 rows varies by ~0.4 points.
@@ -186,9 +186,9 @@ class StoreData(TrainingData):
         if not len(self.rows):
             self.bounds = np.zeros(1, np.int64)
         self.n_rows, self.n_classes = len(self.rows), store.n_classes
-        self.n_features = int(store.group["features"].shape[1]) if view is not None else 0
+        self.n_features = store.feature_width if view is not None else 0
         self.layout = layout_of(store.blocks, view) if view is not None else ()
-        self._dtype = np.dtype(store.group["features"].dtype) if view is not None else np.dtype(np.float32)
+        self._dtype = np.dtype(store.feature_dtype) if view is not None else np.dtype(np.float32)
 
     @property
     def dtype(self) -> np.dtype:

@@ -55,6 +55,7 @@ import numpy as np
 from hashtagkit import metrics
 from hashtagkit.heads.base import Head, InvalidParameterError, Param
 from hashtagkit.heads.data import VAL_ROWS, ArrayData, TrainingData
+from hashtagkit.heads.estimator import HeadEstimator
 
 MIN_BLOCKS = 20  # fewer blocks than this: re-cut in memory, so the validation part is not one coarse block
 FUSION_FILE, COMPONENTS_DIR = "fusion.json", "components"
@@ -163,7 +164,7 @@ def weight_grid(n: int, step: float) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64) / m
 
 
-class FusionHead(Head):
+class FusionHead(HeadEstimator):
     name = "fusion"
     param_spec = {
         "components": Components(str),
@@ -312,14 +313,25 @@ class FusionHead(Head):
         return self
 
     # --- scoring ------------------------------------------------------------------------------
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """sum_i w_i normalise(component_i(X)), float64 (components with weight 0 are not run)."""
-        X = self._check_x(X)
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
+        """sum_i w_i normalise(component_i(X)), float64 (components with weight 0 are not run): in
+        [0, 1], for ranking; not a probability."""
         out = np.zeros((len(X), self.n_classes_), dtype=np.float64)
         for w, head in zip(self.weights_, self.components_, strict=True):
             if w:
                 out += w * normalise(head.predict_proba(X), self.normalise)
         return out
+
+    def _recommend(self, X: np.ndarray) -> np.ndarray:
+        """A hashtag is recommended when the components recommending it (each by its own rule)
+        hold more than half of the weight: the fused scores are normalised per image (the top tag
+        always 1 under minmax, half the tags above 0.5 under rank), so no threshold on them means
+        'recommend'; a single weighted component's `predict` is the fusion's."""
+        votes = np.zeros((len(X), self.n_classes_), dtype=np.float64)
+        for w, head in zip(self.weights_, self.components_, strict=True):
+            if w:
+                votes += w * head.predict(X)
+        return (votes > 0.5 * self.weights_.sum()).astype(np.int64)
 
     # --- persistence --------------------------------------------------------------------------
     def _save_state(self, directory: Path) -> None:

@@ -6,7 +6,8 @@ then holds 8,192 floats a row, which does not scale). In one run on the planted 
 store while choosing this default, the PCA raised P@1 from 15.6% to 20.8% (it drops noise
 dimensions) and cut prediction time about 10x. Each of the k neighbours votes for its hashtags
 with weight exp(similarity / temperature); the votes are divided by their sum, so scores are in
-[0, 1] per image.
+[0, 1] per image (clipped there: a float32 rounding never makes one 1.0000001). `predict`
+recommends a hashtag carried by more than half of the neighbours' weight.
 
 At size (issue #13): the PCA is fitted on a seeded sample of FIT_ROWS rows and the vectors are
 added block by block, so no float32 copy of the training features ever exists; the labels are
@@ -35,8 +36,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from hashtagkit.heads.base import BLOCK_WEIGHTS, BlockWeights, Head, Laps, Param
+from hashtagkit.heads.base import BLOCK_WEIGHTS, BlockWeights, Laps, Param
 from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.estimator import HeadEstimator
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 EXACT_LIMIT = 200_000  # exact search up to here: 200k x 256 float32 = 205 MB; HARRISON has 52k
@@ -79,7 +81,7 @@ class _TopK:
         self.sims, self.ids = np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1)
 
 
-class KNNHead(Head):
+class KNNHead(HeadEstimator):
     name = "knn"
     param_spec = {
         "k": Param(int, low=1),
@@ -273,13 +275,14 @@ class KNNHead(Head):
         """`kneighbors` on rows already checked (predict_proba checks its input once, not per batch)."""
         return self._searcher().search(self._embed(X), min(self.k, self.index_.ntotal))
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_x(X)
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
+        """The weighted votes (n, C), batch by batch, clipped to [0, 1]: a vote share can round
+        above 1 by an ulp, and a probability never exceeds 1."""
         out = np.zeros((len(X), self.n_classes_), dtype=np.float32)
         for start in range(0, len(X), self.batch_size):
             sims, ids = self._neighbours(X[start : start + self.batch_size])
             out[start : start + len(sims)] = self._weighted_votes(sims, ids, self._vote_temperature())
-        return out
+        return np.clip(out, 0, 1, out=out)
 
     def _vote_temperature(self) -> float:
         """The T of the votes' weights exp(similarity / T): the parameter (tagprop learns its own)."""
@@ -313,6 +316,13 @@ class KNNHead(Head):
         return np.bincount(query * self.n_classes_ + classes, weights=w, minlength=b * self.n_classes_).reshape(b, -1)
 
     # --- persistence --------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Pickled without the GPU copy of the index (made again on first search); the index
+        itself pickles through faiss's own serialisation."""
+        state = super().__getstate__()
+        state.pop("_gpu_index", None)
+        return state
+
     def _save_state(self, directory: Path) -> None:
         faiss.write_index(self.index_, str(directory / INDEX_FILE))
         np.savez_compressed(directory / LABELS_FILE, label_indptr=self.label_indptr_, label_indices=self.label_indices_,

@@ -52,8 +52,9 @@ from torch import nn
 
 from hashtagkit import ddp, metrics
 from hashtagkit.devices import DEVICES, PRECISIONS, autocast, pick_device, pick_precision
-from hashtagkit.heads.base import Head, InvalidParameterError, Param, check_memory
+from hashtagkit.heads.base import InvalidParameterError, Param, check_memory
 from hashtagkit.heads.data import VAL_ROWS, TrainingData
+from hashtagkit.heads.estimator import HeadEstimator
 from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, sigmoid_cross_entropy, training_loss
 
 PRESETS = {
@@ -356,7 +357,7 @@ class Validation:
         return loss, -loss
 
 
-class MLPHead(Head):
+class MLPHead(HeadEstimator):
     name = "mlp"
     param_spec = {
         "preset": Param(str, choices=tuple(PRESETS)),
@@ -581,9 +582,8 @@ class MLPHead(Head):
                 if key in h}
 
     @torch.inference_mode()
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """The logits (n, C) as float32: predict_proba is their sigmoid."""
-        X = self._check_x(X)
+    def _logits(self, X: np.ndarray) -> np.ndarray:
+        """The logits (n, C) of checked rows as float32, 4,096 rows at a time."""
         model = self.model_.eval()
         out = np.empty((len(X), self.n_classes_), dtype=np.float32)
         for start in range(0, len(X), 4096):
@@ -593,8 +593,16 @@ class MLPHead(Head):
             out[start : start + len(xb)] = logits.float().cpu().numpy()
         return out
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return torch.sigmoid(torch.from_numpy(self.decision_function(X))).numpy()
+    _margins = _logits
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The logits (n, C) as float32: predict_proba is their sigmoid, so `predict` (a score
+        above 0.5) recommends a hashtag whose logit is above 0. Fitted on binary labels:
+        scikit-learn's (n,) score for classes_[1] (see HeadEstimator._decision)."""
+        return self._decision(X)
+
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
+        return torch.sigmoid(torch.from_numpy(self._logits(X))).numpy()
 
     def _save_state(self, directory: Path) -> None:
         torch.save({k: v.cpu() for k, v in self.model_.state_dict().items()}, directory / MODEL_FILE)

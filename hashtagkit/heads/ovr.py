@@ -13,30 +13,41 @@ projected block by block; recorded in the run's fit_report), so memory and fit t
 growing there; only the projection pass reads every row.
 
 Scores are sigmoid(decision function): probabilities for `logistic`, a monotone squashing of
-the margin for `linearsvc` and `sgd` (hinge); ranking is all the harness uses.
+the margin for `linearsvc` and `sgd` (hinge); ranking is all the harness uses. `decision_function`
+gives the margins themselves (a constant class: the largest float32, of its sign), `predict`
+recommends a hashtag whose margin is above 0 (its score above 0.5), and `n_iter_` holds each
+class model's iterations (0 for a constant class), as scikit-learn's estimators report them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from hashtagkit.heads.base import BLOCK_WEIGHTS, BlockWeights, Head, Laps, Param
+from hashtagkit.heads.base import BLOCK_WEIGHTS, STATE_FILE, BlockWeights, Laps, Param
 from hashtagkit.heads.data import TrainingData
+from hashtagkit.heads.estimator import HeadEstimator
 from hashtagkit.heads.projection import fit_projection, project, sample_positions
 
 # Rows the per-class models are fitted on, at most: 100,000 x 256 float32 is 100 MB, and a
 # logistic regression's cost grows with the rows. HARRISON (52k training rows) uses them all.
 MAX_ROWS = 100_000
+# decision_function of a class scored as a constant (no positive, or no negative, training row):
+# beyond any fitted float32 margin, of the constant's sign, so it ranks as predict_proba does
+CONSTANT_MARGIN = float(np.finfo(np.float32).max)
 
 
-def _fit_one(estimator, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    from sklearn.base import clone  # scikit-learn is imported by fitting, not by every start (recommend)
+def _fit_one(estimator, Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """(coefficients, intercept, iterations run) of one class's model."""
+    from sklearn.base import clone
 
     model = clone(estimator).fit(Z, y)
-    return model.coef_.ravel().astype(np.float32), float(np.ravel(model.intercept_)[0])
+    return (model.coef_.ravel().astype(np.float32), float(np.ravel(model.intercept_)[0]),
+            int(np.max(model.n_iter_)))
 
 
-class OVRHead(Head):
+class OVRHead(HeadEstimator):
     name = "ovr"
     state_attrs = ("coef_", "intercept_", "constant_", "pca_mean_", "pca_components_", "pca_scale_")
     param_spec = {
@@ -118,18 +129,40 @@ class OVRHead(Head):
         fits = list(tqdm(jobs, total=len(trainable), desc="ovr classes", unit="class", disable=None, leave=False))
         self.coef_ = np.zeros((self.n_classes_, Z.shape[1]), np.float32)
         self.intercept_ = np.zeros(self.n_classes_, np.float32)
-        for j, (w, b) in zip(trainable, fits, strict=True):
-            self.coef_[j], self.intercept_[j] = w, b
+        self.n_iter_ = np.zeros(self.n_classes_, np.int32)
+        for j, (w, b, n_iter) in zip(trainable, fits, strict=True):
+            self.coef_[j], self.intercept_[j], self.n_iter_[j] = w, b, n_iter
         self.report_ = {"rows_fitted": int(len(keep)), "rows": int(n), "pca_fit_rows": int(len(sample)),
                         "classes_fitted": int(len(trainable))}
         laps.lap("class_models")
         self.report_["seconds"] = laps.seconds
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_x(X)
-        margin = project(self._combine(X), self._projection) @ self.coef_.T + self.intercept_
-        scores = 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50)))
+    def _margin(self, X: np.ndarray) -> np.ndarray:
+        return project(self._combine(X), self._projection) @ self.coef_.T + self.intercept_
+
+    def _margins(self, X: np.ndarray) -> np.ndarray:
+        margin = self._margin(X)
+        fixed = ~np.isnan(self.constant_)
+        margin[:, fixed] = np.where(self.constant_[fixed] > 0, CONSTANT_MARGIN, -CONSTANT_MARGIN)
+        return margin
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Each class model's margin (n, C), float32; predict_proba is its sigmoid. Fitted on binary
+        labels: scikit-learn's (n,) score for classes_[1] (see HeadEstimator._decision)."""
+        return self._decision(X)
+
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
+        scores = 1.0 / (1.0 + np.exp(-np.clip(self._margin(X), -50, 50)))
         fixed = ~np.isnan(self.constant_)
         scores[:, fixed] = self.constant_[fixed]
         return scores.astype(np.float32)
+
+    def _save_state(self, directory: Path) -> None:
+        np.savez(directory / STATE_FILE, n_iter_=self.n_iter_, **{a: getattr(self, a) for a in self.state_attrs})
+
+    def _load_state(self, directory: Path) -> None:
+        super()._load_state(directory)
+        with np.load(directory / STATE_FILE, allow_pickle=False) as data:
+            # saved before n_iter_ was kept: unknown, so none is claimed
+            self.n_iter_ = data["n_iter_"] if "n_iter_" in data else np.zeros(len(self.coef_), np.int32)

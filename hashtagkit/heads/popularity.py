@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashtagkit.heads.base import Head
+from hashtagkit.heads.estimator import HeadEstimator
 
 
-class PopularityHead(Head):
+class PopularityHead(HeadEstimator):
+    """Each hashtag's score is its frequency among the training rows, whatever the image.
+
+    X may have any width, 0 included (`hashtagkit fit` gives it a store's rows without features);
+    predicting checks the width it was fitted on, like every head. `predict` recommends the
+    hashtags on more than half of the training rows (usually none): the floor ranks, it does not
+    decide. scikit-learn's DummyClassifier(strategy="prior") is the same model."""
+
     name = "popularity"
     needs_features = False
+    min_features = 0
+    poor_score = True
     state_attrs = ("frequency_",)
     param_spec = {}
 
@@ -29,6 +38,5 @@ class PopularityHead(Head):
         self.frequency_ = counts / data.n_rows
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        X = self._check_x(X)
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.frequency_, (len(X), self.n_classes_)).copy()

@@ -177,8 +177,8 @@ class TagPropHead(KNNHead):
     def _vote_temperature(self) -> float:
         return self.temperature_
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        out = super().predict_proba(X)  # knn's votes at the learned T
+    def _predict_scores(self, X: np.ndarray) -> np.ndarray:
+        out = super()._predict_scores(X)  # knn's votes at the learned T
         if self.sigmoid == "fit":
             out = 1.0 / (1.0 + np.exp(-np.clip(self.alpha_ * out + self.beta_, -50, 50)))
             out[:, ~self.has_positive_] = 0  # no training positive: no evidence, as knn scores it
