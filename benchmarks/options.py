@@ -59,21 +59,21 @@ def one_run(store: Path, workdir: Path, variant: str, seed: int, mlp: dict) -> d
                 postprocess=Options(rerank="cooc", threshold="per-tag"))
     record, head, opened = load_run(run)
     rows, _ = evaluation_rows(opened, "test")
-    raw = head.predict_proba(design_matrix(opened, head, record.get("features") or "both", rows))
+    raw = head.predict_proba(design_matrix(opened, head, record.features or "both", rows))
     post = load_postprocess(run, record)
     reranked = post.apply(raw)
     Y = opened.labels(rows).astype(bool)
-    pp = record["postprocess"]
+    pp = record.postprocess
     keys = ("precision@1", "recall@5", "accuracy@5", "map", "map_class")
     raw_m, rer_m = metrics.summary(raw, Y, ks=(1, 5)), metrics.summary(reranked, Y, ks=(1, 5))
     return {
-        "variant": variant, "seed": seed, "run": str(run), "fit_seconds": record["fit_seconds"],
+        "variant": variant, "seed": seed, "run": str(run), "fit_seconds": record.fit_seconds,
         "calibrate_seconds": pp["seconds"], "validation": pp["validation"], "alpha": pp["rerank"]["alpha"],
         "raw": {k: raw_m[k] for k in keys}, "reranked": {k: rer_m[k] for k in keys},
         "per_tag": metrics.f1_at_threshold(reranked, Y, post.thresholds),
         "global": metrics.f1_at_threshold(reranked, Y, pp["threshold"]["global"]),
         "val_per_tag": {k: pp["threshold"][f"val_{k}"] for k in ("f1_micro", "f1_macro")},
-        "n_test": int(len(rows)), "params": record["params"],
+        "n_test": int(len(rows)), "params": record.params,
     }
 
 

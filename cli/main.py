@@ -530,24 +530,24 @@ def fit(store: Path, head_name: str, view: str, sets: tuple[str, ...], seed: int
     torchrun --standalone --nproc_per_node=K -m hashtagkit.cli fit STORE --head mlp ...
     """
     from hashtagkit.outputs import refuse_existing
-    from hashtagkit.runs import fit, read_run
+    from hashtagkit.runs import fit
 
     refuse_existing(out, overwrite, kind="run", inputs=[store])
     from hashtagkit import ddp
 
     options = postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold)
-    fit(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite,
-            postprocess=options)
+    run = fit(store, head_name, out, params=parse_sets(sets), view=view, seed=seed, overwrite=overwrite,
+              postprocess=options)
     if not ddp.from_env().writer:
         return  # under torchrun only rank 0 speaks (and writes)
-    record = read_run(out)
-    echo_err(f"fitted {record['head']} on {record['n_train']:,} rows in {record['fit_seconds']:.2f}s -> {out}")
-    joined = (record.get("fit_report") or {}).get("feature_blocks")
+    record = run.record
+    echo_err(f"fitted {record.head} on {record.n_train:,} rows in {record.fit_seconds:.2f}s -> {out}")
+    joined = (record.fit_report or {}).get("feature_blocks")
     if joined:
         from hashtagkit.heads.blocks import BlockCombiner
 
         echo_err(f"joined the {view} view's blocks: {BlockCombiner.from_dict(joined).describe()}")
-    post = record.get("postprocess")
+    post = record.postprocess
     if post:
         chosen = [f"re-ranking strength {post['rerank']['alpha']:g}"] if post.get("rerank") else []
         if post.get("threshold"):
@@ -731,33 +731,13 @@ def show(run: Path, split: str, n: int, seed: int, worst: bool, best: bool, rand
     hashtags in both are red and bold. --worst / --best pick failures / successes by the
     image's Recall@TOP; the image list is printed too.
     """
-    import numpy as np
-
-    from hashtagkit.evaluation import open_split
-    from hashtagkit.metrics import recall_per_image
-    from hashtagkit.outputs import refuse_existing
-    from hashtagkit.show import draw_sheet, image_folder, select_rows, sheet_entries, write_sheet
+    from hashtagkit.show import contact_sheet
 
     given = [flag for flag, on in (("--worst", worst), ("--best", best), ("--random", random_sample)) if on]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} cannot be used together: choose one")
-    mode = given[0].lstrip("-") if given else "random"
-    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-        raise UserError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
-    refuse_existing(out, overwrite, kind="sheet", inputs=[run, store, images])
-    scorer = open_split(run, split, store)
-    root = image_folder(scorer.store, images)
-    # the split streamed once for each image's recall (no N x C matrix), then only the drawn photos scored whole
-    recall = np.concatenate([recall_per_image(s, y, top) for s, y, _ in scorer.batches()])
-    positions = select_rows(recall, n, mode, seed)
-    scored = scorer.score(positions)
-    entries = sheet_entries(scored, np.arange(len(positions)), top)
-    view = scored.record.get("features") or "no features"
-    picked = {"random": f"random sample (seed {seed})", "worst": f"lowest Recall@{top}",
-              "best": f"highest Recall@{top}"}[mode]
-    title = (f"{scored.record['head']} ({view}) on {split}: {len(entries)} of {len(scorer.rows):,} images, "
-             f"{picked}; mean Recall@{top} of the split {100 * recall.mean():.1f}%. Matches in red.")
-    write_sheet(draw_sheet(entries, root, title, cols=cols), out)
+    entries = contact_sheet(run, out, split=split, n=n, seed=seed, mode=given[0].lstrip("-") if given else "random",
+                            top=top, cols=cols, images=images, store=store, overwrite=overwrite)
     for e in entries:
         hits = " ".join(f"#{t}" for t, _, hit in e.predicted if hit) or "-"
         click.echo(f"{e.row}\t{e.path}\tR@{top} {100 * e.recall:.0f}%\tmatched {hits}")
@@ -905,35 +885,12 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
     sha256), so `extract` refuses to feed it other pixels. For the Places365 VGG-16 (vgg16-scene):
     hashtagkit convert-caffe vgg16_places365.caffemodel -o ~/.cache/hashtagkit/weights/vgg16_places365.pth
     """
-    import torch
+    from hashtagkit.backbones.caffe import convert_caffemodel
 
-    from hashtagkit import provenance
-    from hashtagkit.backbones import PREPROCESSINGS, weights_file_payload
-    from hashtagkit.backbones.caffe import raw_state_dict, read_caffemodel, vgg16_state_dict
-    from hashtagkit.outputs import atomic_file, refuse_existing
-
-    refuse_existing(out, overwrite, kind="weights", inputs=[model])
-    layers = read_caffemodel(model)
-    state = vgg16_state_dict(layers, keep_fc8) if arch == "vgg16" else raw_state_dict(layers)
-    if arch == "vgg16":
-        from hashtagkit.backbones.vgg import vgg16_fc7
-
-        try:
-            vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
-        except RuntimeError as e:
-            raise UserError(f"{model}: converted weights do not fit torchvision's vgg16: {str(e).splitlines()[0]}") from None
-    preprocessing = preprocessing or ("places365-caffe" if arch == "vgg16" else "none")
-    block = block or ("scene" if arch == "vgg16" else "none")
-    metadata = {
-        "arch": arch, "block": None if block == "none" else block,
-        "preprocessing": PREPROCESSINGS[preprocessing].describe() if preprocessing != "none" else None,
-        "source": {"caffemodel": model.name, "sha256": provenance.sha256_file(model)}, "keep_fc8": keep_fc8,
-        "created": provenance.now(),
-    }
-    with atomic_file(out) as tmp:
-        torch.save(weights_file_payload({k: torch.from_numpy(v) for k, v in state.items()}, metadata), tmp)
-    n_params = sum(v.size for v in state.values())
-    echo_err(f"wrote {out}: {len(state)} tensors, {n_params:,} parameters ({arch}, block {block}, preprocessing {preprocessing}); sha256 {provenance.sha256_file(out)}")
+    done = convert_caffemodel(model, out, arch=arch, keep_fc8=keep_fc8, preprocessing=preprocessing, block=block,
+                              overwrite=overwrite)
+    echo_err(f"wrote {out}: {done.tensors} tensors, {done.parameters:,} parameters ({done.arch}, block {done.block}, "
+             f"preprocessing {done.preprocessing}); sha256 {done.sha256}")
 
 
 # --- info --------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ _API: dict[str, str | tuple[str, str]] = {
     "evaluate": "hashtagkit.evaluation",
     "Scores": "hashtagkit.evaluation",
     "bench": "hashtagkit.benchmark",
+    "contact_sheet": "hashtagkit.show",
+    "convert_caffemodel": "hashtagkit.backbones.caffe",
+    "verify": ("hashtagkit.stores.verify", "verify"),
+    "upgrade_store": "hashtagkit.stores",
     "Recommender": "hashtagkit.recommend",
     "InputError": "hashtagkit.errors",
 }

@@ -20,7 +20,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.postprocess import Postprocess
-from hashtagkit.runs import design_matrix, load_postprocess, load_run
+from hashtagkit.runs import RunRecord, design_matrix, load_postprocess, load_run
 from hashtagkit.stores import Store
 
 PAPER_KS = (1, 5)  # P@1, R@5, A@5 are always reported
@@ -54,7 +54,7 @@ def evaluation_rows(store, split: str) -> tuple[np.ndarray, dict]:
 class ScoredSplit:
     """A run's scores on rows of one split of its store, with everything needed to judge or show them."""
 
-    record: dict
+    record: RunRecord
     head: Head
     store: Store
     split: str
@@ -71,7 +71,7 @@ class SplitScorer:
     whatever the split's size) or, for a few chosen rows, whole (`score`). `show` streams the
     split once for per-image recall and then scores only the photos it draws."""
 
-    record: dict
+    record: RunRecord
     head: Head
     store: Store
     split: str
@@ -81,7 +81,7 @@ class SplitScorer:
 
     @property
     def view(self) -> str:
-        return self.record.get("features") or "both"
+        return self.record.features or "both"
 
     def batches(self, batch_size: int = EVAL_BATCH):
         """(scores, labels, seconds in predict_proba and re-ranking) batch by batch, in the order of `rows`."""
@@ -207,8 +207,8 @@ def evaluate(
         result[key] = [None if np.isnan(v) else round(float(v), 6) for v in result[key]]
     result.update(
         {
-            "head": record["head"],
-            "features": record.get("features"),
+            "head": record.head,
+            "features": record.features,
             "split": split,
             "skipped": scorer.skipped,
             "predict_seconds": round(predict_seconds, 3),
@@ -219,10 +219,10 @@ def evaluate(
     return Scores(result)
 
 
-def postprocess_summary(record: dict, post: Postprocess | None, raw: bool) -> dict | None:
+def postprocess_summary(record: RunRecord, post: Postprocess | None, raw: bool) -> dict | None:
     """What was applied to the head's scores: None when the run has nothing, `raw` when asked
     to skip it, else the re-ranking strength and the threshold kind."""
-    if not record.get("postprocess"):
+    if not record.postprocess:
         return None
     if raw:
         return {"applied": False}

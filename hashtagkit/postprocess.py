@@ -103,9 +103,9 @@ class Postprocess:
         np.savez(Path(run_dir) / POSTPROCESS_FILE, **arrays)
 
     @classmethod
-    def load(cls, run_dir: str | Path, record: dict) -> Postprocess | None:
-        """The run's post-processing, or None for a run fitted without one."""
-        block = record.get("postprocess")
+    def load(cls, run_dir: str | Path, block: dict | None, n_classes: int) -> Postprocess | None:
+        """The run's post-processing (`block`: its record's `postprocess`, with arrays for
+        `n_classes` classes), or None for a run fitted without one."""
         if not block:
             return None
         path = Path(run_dir) / POSTPROCESS_FILE
@@ -114,7 +114,7 @@ class Postprocess:
         with np.load(path, allow_pickle=False) as data:
             cond = data["cond"] if "cond" in data else None
             thresholds = data["thresholds"] if "thresholds" in data else None
-        n = len(record["store"]["vocab"])
+        n = n_classes
         if (cond is not None and cond.shape != (n, n)) or (thresholds is not None and thresholds.shape != (n,)):
             raise InputError(f"{path} does not match the run's {n} classes")
         return cls(block, cond, thresholds)

@@ -33,7 +33,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.heads import Head
 from hashtagkit.images import DecodeError, decode_image, draft_side_of
 from hashtagkit.postprocess import Postprocess
-from hashtagkit.runs import MODEL_DIR, load_postprocess, read_run
+from hashtagkit.runs import MODEL_DIR, RunRecord, load_postprocess, read_run
 from hashtagkit.stores.store import mask_view
 
 if TYPE_CHECKING:
@@ -71,10 +71,10 @@ class Prepared:
     inputs: tuple[torch.Tensor, ...] = field(repr=False)
 
 
-def check_moved_weights(weights: dict[str, str], record: dict, head) -> None:
+def check_moved_weights(weights: dict[str, str], record: RunRecord, head) -> None:
     """Every moved weights file must be for a backbone this run loads from a file: a name the run
     does not have, or one with random weights, is an error, not silently ignored."""
-    blocks = record["store"].get("blocks") or []
+    blocks = record.store.get("blocks") or []
     from_files = [b["backbone"] for b in blocks if (b.get("weights") or {}).get("source") != "random"]
     for name in weights:
         if not head.needs_features:
@@ -88,16 +88,16 @@ def check_moved_weights(weights: dict[str, str], record: dict, head) -> None:
 class Recommender:
     """A fitted run loaded once; see the module docstring for the prepare / predict split."""
 
-    def __init__(self, run_dir: Path, record: dict, head: Head, extractor: Extractor | None, allow_truncated: bool,
+    def __init__(self, run_dir: Path, record: RunRecord, head: Head, extractor: Extractor | None, allow_truncated: bool,
                  post: Postprocess | None = None):
         self.run_dir, self.record, self.head, self.extractor = run_dir, record, head, extractor
         self.post = post
-        self._threshold_of = ({t: float(v) for t, v in zip(record["store"]["vocab"], post.thresholds, strict=True)}
+        self._threshold_of = ({t: float(v) for t, v in zip(record.store["vocab"], post.thresholds, strict=True)}
                               if post is not None and post.thresholds is not None else None)
         self.allow_truncated = allow_truncated
-        self.vocab: list[str] = list(record["store"]["vocab"])
-        self.blocks: list[dict] = record["store"].get("blocks") or []
-        self.view: str = record.get("features") or "both"
+        self.vocab: list[str] = list(record.store["vocab"])
+        self.blocks: list[dict] = record.store.get("blocks") or []
+        self.view: str = record.features or "both"
         # features as the store held them (float16 by default): the head was trained on those values
         self.dtype = self.blocks[0].get("dtype", "float16") if self.blocks else "float32"
         self.draft_side = draft_side_of(self.blocks)  # decoded as the store's photos were
@@ -111,16 +111,19 @@ class Recommender:
         `allow_truncated`: None follows the store's extraction."""
         run_dir = Path(run_dir)
         record = read_run(run_dir)
-        if not record["store"].get("vocab"):
+        if not record.store.get("vocab"):
             raise InputError(f"{run_dir}: run.json has no vocabulary (made by an older hashtagkit); fit it again")
         head = Head.load(run_dir / MODEL_DIR)
         check_moved_weights(weights or {}, record, head)
         # a head that ignores the image (the popularity floor) needs no extractor, only real photos
         from hashtagkit.extraction.engine import rebuild_extractor
 
-        extractor = rebuild_extractor(record, weights or {}, device, precision) if head.needs_features else None
+        extraction = record.store.get("extraction") or {}
+        extractor = (rebuild_extractor(record.store.get("blocks") or [], weights or {}, device, precision,
+                                       stored_precision=extraction.get("precision"))
+                     if head.needs_features else None)
         if allow_truncated is None:
-            allow_truncated = bool(record["store"].get("extraction", {}).get("allow_truncated", False))
+            allow_truncated = bool(extraction.get("allow_truncated", False))
         return cls(run_dir, record, head, extractor, allow_truncated, load_postprocess(run_dir, record))
 
     def info(self) -> dict:
@@ -132,8 +135,8 @@ class Recommender:
         ex = self.extractor
         return {
             "run": str(self.run_dir.resolve()),
-            "head": self.record.get("head"),
-            "view": self.record.get("features"),
+            "head": self.record.head,
+            "view": self.record.features,
             "vocabulary_size": len(self.vocab),
             "backbones": backbones if ex else [],
             "device": str(ex.device) if ex else None,

@@ -17,9 +17,9 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,22 +31,22 @@ from hashtagkit.heads.base import refuse_nonfinite_features
 from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.postprocess import Options, Postprocess, calibrate
+from hashtagkit.records import JsonRecord
 from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_store
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
 
 
-@dataclass(frozen=True)
-class RunRecord:
+@dataclass
+class RunRecord(JsonRecord):
     """A run's `run.json`, typed: what was fitted (head, params, view, seed), on which store
     (`store`: path, split sha256, vocabulary, blocks, extraction settings), how it went
-    (`fit_report`, `fit_seconds`, `distributed`) and how it was made (`provenance`).
+    (`fit_report`, `fit_seconds`, `distributed`) and how it was made (`provenance`); runs of
+    earlier and later releases round-trip exactly (`JsonRecord`)."""
 
-    `from_json`/`to_json` round-trip a record exactly, runs of earlier releases included: keys
-    they lack stay absent, keys this release does not know are kept in `extra`."""
-
-    head: str
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("postprocess",)  # only runs fitted with --rerank/--threshold
+    head: str = ""
     params: dict = field(default_factory=dict)
     features: str | None = None
     seed: int = 0
@@ -58,24 +58,12 @@ class RunRecord:
     store: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     postprocess: dict | None = None
-    extra: dict = field(default_factory=dict)
-    absent: frozenset = field(default=frozenset(), compare=False, repr=False)  # known keys the JSON lacked
 
     @classmethod
     def from_json(cls, data: dict) -> RunRecord:
         if not isinstance(data, dict) or not isinstance(data.get("head"), str):
             raise InputError("a run record must be a JSON object with a 'head'")
-        names = [f.name for f in fields(cls) if f.name not in ("extra", "absent")]
-        return cls(**{k: data[k] for k in names if k in data},
-                   extra={k: v for k, v in data.items() if k not in names},
-                   absent=frozenset(k for k in names if k not in data))
-
-    def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("extra", "absent") and f.name not in self.absent}
-        if self.postprocess is None and "postprocess" not in self.absent:
-            out.pop("postprocess")  # written only by runs fitted with --rerank/--threshold
-        return out | self.extra
+        return super().from_json(data)
 
     @property
     def store_path(self) -> Path:
@@ -92,7 +80,7 @@ class Run:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Run:
-        return cls(Path(path), RunRecord.from_json(read_run(path)))
+        return cls(Path(path), read_run(path))
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -249,40 +237,45 @@ def distributed_record(world: ddp.World, head: Head) -> dict | None:
             "batch_per_process": report.get("batch_per_process"), "steps_per_epoch": report.get("steps_per_epoch")}
 
 
-def read_run(run_dir: str | Path) -> dict:
+def read_run(run_dir: str | Path) -> RunRecord:
+    """The run's record (`run.json`), typed; a folder that is not a run is a clear error."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise InputError(f"{run_dir} is not a run directory ({RUN_FILE} missing; make one with `hashtagkit fit`)")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is damaged: {e.msg}") from None
+    try:
+        return RunRecord.from_json(data)
+    except InputError as e:
+        raise InputError(f"{path} is damaged: {e}") from None
 
 
-def load_postprocess(run_dir: str | Path, record: dict) -> Postprocess | None:
+def load_postprocess(run_dir: str | Path, record: RunRecord) -> Postprocess | None:
     """The run's re-ranking and thresholds (None for a run fitted without them)."""
-    return Postprocess.load(run_dir, record)
+    return Postprocess.load(run_dir, record.postprocess, len(record.store.get("vocab") or []))
 
 
-def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple[dict, Head, Store]:
+def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple[RunRecord, Head, Store]:
     """The run's record, its head and its store, checked to belong together."""
     record = read_run(run_dir)
     head = Head.load(Path(run_dir) / MODEL_DIR)
-    store = open_store(store_path or record["store"]["path"])
-    if store.verify_split() != record["store"]["split_sha256"]:
+    store = open_store(store_path or record.store["path"])
+    if store.verify_split() != record.store["split_sha256"]:
         raise InputError(
             f"{store.path}: its split differs from the one this run was trained on "
-            f"(sha256 {record['store']['split_sha256'][:12]}...): evaluating would leak training rows"
+            f"(sha256 {record.store['split_sha256'][:12]}...): evaluating would leak training rows"
         )
     check_store_fits(store, record, head)
     return record, head, store
 
 
-def check_store_fits(store: Store, record: dict, head: Head) -> None:
+def check_store_fits(store: Store, record: RunRecord, head: Head) -> None:
     """Refuse a store whose columns would mean something else to the head: another vocabulary
     (a scrambled class order scores nonsense), other backbones or weights, another width."""
-    trained = record["store"]
+    trained = record.store
     if store.n_classes != head.n_classes_:
         raise InputError(f"{store.path} has {store.n_classes} classes, the run's head {head.n_classes_}")
     if "vocab" in trained and store.vocab != list(trained["vocab"]):

@@ -158,3 +158,40 @@ def write_sheet(fig, out: Path) -> Path:
     with atomic_file(out) as tmp:
         fig.savefig(tmp, dpi=110, **_marker_kwargs(Path(out).suffix))
     return out
+
+
+SHEET_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def contact_sheet(run: str | Path, out: str | Path, *, split: str = "test", n: int = 12, seed: int = 0,
+                  mode: str = "random", top: int = 5, cols: int = 4, images: str | Path | None = None,
+                  store: str | Path | None = None, overwrite: bool = False) -> list[Entry]:
+    """Draw a contact sheet of the run's predictions on `split` into `out` (.png, .pdf, .svg,
+    .jpg), like the paper's Figures 6-8: `n` photos picked at random (`seed`), or those with
+    the lowest (`mode="worst"`) or highest (`"best"`) Recall@`top`, each with its top hashtags
+    and its ground truth. Returns the photos drawn, in order.
+
+    The split is streamed once for each photo's recall (no N x C matrix), then only the drawn
+    photos are scored whole."""
+    from hashtagkit.evaluation import open_split
+    from hashtagkit.outputs import refuse_existing
+
+    out = Path(out)
+    if mode not in MODES:
+        raise InputError(f"{{param}} must be one of {', '.join(MODES)}, got {mode!r}", param="mode")
+    if out.suffix.lower() not in SHEET_SUFFIXES:
+        raise InputError(f"{out}: write the sheet as .png, .pdf, .svg or .jpg")
+    refuse_existing(out, overwrite, kind="sheet", inputs=[run, store, images])
+    scorer = open_split(run, split, store)
+    root = image_folder(scorer.store, images)
+    recall = np.concatenate([metrics.recall_per_image(s, y, top) for s, y, _ in scorer.batches()])
+    positions = select_rows(recall, n, mode, seed)
+    scored = scorer.score(positions)
+    entries = sheet_entries(scored, np.arange(len(positions)), top)
+    view = scored.record.features or "no features"
+    picked = {"random": f"random sample (seed {seed})", "worst": f"lowest Recall@{top}",
+              "best": f"highest Recall@{top}"}[mode]
+    title = (f"{scored.record.head} ({view}) on {split}: {len(entries)} of {len(scorer.rows):,} images, "
+             f"{picked}; mean Recall@{top} of the split {100 * recall.mean():.1f}%. Matches in red.")
+    write_sheet(draw_sheet(entries, root, title, cols=cols), out)
+    return entries

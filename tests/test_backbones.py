@@ -184,7 +184,8 @@ def test_vgg16_caffemodel_round_trip_is_exact(vgg_state, tmp_path):
     assert load_backbone("vgg16-object", str(dropped), preprocessing="weights").preprocessing == PLACES365_CAFFE
     assert load_backbone("vgg16-object", str(dropped), preprocessing="imagenet").preprocessing == IMAGENET
     make_store(tmp_path / "s.zarr", n=4, features=False, test=1)
-    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "s.zarr"), "--backbone", f"vgg16-object={dropped}"])
+    res = CliRunner().invoke(cli, ["extract", str(tmp_path / "s.zarr"), "--images", str(tmp_path),
+                                   "--backbone", f"vgg16-object={dropped}"])
     assert res.exit_code == 2 and "--preprocessing" in res.output
     # an ImageNet-preprocessing file is accepted as vgg16-object without any flag
     imagenet = tmp_path / "imagenet.pth"

@@ -123,10 +123,10 @@ def test_two_processes_train_the_same_model_as_one(store, tmp_path):
     fit_in_process(Path(store.path), one, sets(**FULL_BATCH))
 
     record = read_run(two)
-    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch": 512,
+    assert record.distributed == {"world_size": 2, "backend": "gloo", "global_batch": 512,
                                      "batch_per_process": 256, "steps_per_epoch": 1}
-    assert record["fit_report"]["world_size"] == 2 and record["fit_report"]["iterations"] == 30
-    assert read_run(one)["distributed"] is None
+    assert record.fit_report["world_size"] == 2 and record.fit_report["iterations"] == 30
+    assert read_run(one).distributed is None
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) == [MODEL_DIR, RUN_FILE]
     assert sorted(p.name for p in (two / MODEL_DIR).iterdir()) == sorted(p.name for p in (one / MODEL_DIR).iterdir())
 
@@ -151,11 +151,11 @@ def test_streamed_minibatch_run_with_early_stopping(store, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     fit_in_process(Path(store.path), one, sets(**{**MINI_BATCH, "workers": 0}))
     record = read_run(two)
-    assert record["distributed"]["world_size"] == 2 and record["distributed"]["global_batch"] == 32
-    assert record["fit_report"]["data"] == "stream" and record["distributed"]["batch_per_process"] == 16
+    assert record.distributed["world_size"] == 2 and record.distributed["global_batch"] == 32
+    assert record.fit_report["data"] == "stream" and record.distributed["batch_per_process"] == 16
     history = json.loads((two / MODEL_DIR / "history.json").read_text())
     steps = [e["step"] for e in history["epochs"]]
-    assert steps == [record["distributed"]["steps_per_epoch"] * (i + 1) for i in range(len(steps))]
+    assert steps == [record.distributed["steps_per_epoch"] * (i + 1) for i in range(len(steps))]
     assert all("val_recall@5" in e for e in history["epochs"])
 
     m1, m2 = evaluate(one), evaluate(two)
@@ -175,7 +175,7 @@ def test_only_rank_zero_writes(store, tmp_path, monkeypatch):
     monkeypatch.setattr(ddp, "stop", lambda world: None)
     out = tmp_path / "runs" / "r"
     out.parent.mkdir()
-    assert runs.fit(store.path, "mlp", out, params={"hidden": 8, "epochs": 1}) == out
+    assert runs.fit(store.path, "mlp", out, params={"hidden": 8, "epochs": 1}).path == out
     assert list(out.parent.iterdir()) == []
 
 
@@ -215,7 +215,7 @@ def test_the_readmes_command_on_a_store_of_one_chunk_sees_every_row(tmp_path):
                     "epochs=2", "--set", "precision=fp32", "-o", tmp_path / "run"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
-    report = read_run(tmp_path / "run")["fit_report"]
+    report = read_run(tmp_path / "run").fit_report
     n_train = report["training_rows"]
     assert 0 <= n_train - report["rows_per_epoch"] < 512, report  # all but less than one global batch
     assert report["rows_per_epoch"] == report["steps_per_epoch"] * 512

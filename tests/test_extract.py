@@ -485,8 +485,9 @@ def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
     from hashtagkit.runs import read_run
 
     record = read_run(tmp / "run")
-    record["store"]["blocks"][0]["preprocessing"] = PLACES365_CAFFE.describe()
-    assert rebuild_extractor(record, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
+    blocks = record.store["blocks"]
+    blocks[0]["preprocessing"] = PLACES365_CAFFE.describe()
+    assert rebuild_extractor(blocks, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
 
 
 def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatch):

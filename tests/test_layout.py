@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"hashtagkit": REPO / "hashtagkit", "hashtagkit.stores": REPO / "stores", "hashtagkit.cli": REPO / "cli"}
 
 LAYERS = [  # lowest first: a module's layer is that of its longest matching prefix
-    ("hashtagkit.errors", "hashtagkit.choices", "hashtagkit.provenance", "hashtagkit.outputs", "hashtagkit.metrics",
+    ("hashtagkit.errors", "hashtagkit.choices", "hashtagkit.records", "hashtagkit.provenance", "hashtagkit.outputs",
+     "hashtagkit.metrics",
      "hashtagkit.images", "hashtagkit.plots"),
     ("hashtagkit.stores", "hashtagkit.devices", "hashtagkit.ddp"),
     ("hashtagkit.data", "hashtagkit.backbones"),

@@ -434,7 +434,7 @@ def test_photos_are_decoded_as_the_stores_photos_were(run, rec, tmp_path):
     big = tmp_path / "big.jpg"  # shorter side 900: the default decodes it whole, fast reduces it by 2
     Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(big, quality=90)
     record = copy.deepcopy(rec.record)
-    for b in record["store"]["blocks"]:
+    for b in record.store["blocks"]:
         b["preprocessing"] = {**b.get("preprocessing", {}), "decode": {"mode": "fast", "jpeg_draft_min_side": 256}}
     fast = Recommender(rec.run_dir, record, rec.head, rec.extractor, rec.allow_truncated)
     assert (rec.draft_side, fast.draft_side) == (DRAFT_SIDE, FAST_DRAFT_SIDE)
@@ -446,9 +446,9 @@ def test_photos_are_decoded_as_the_stores_photos_were(run, rec, tmp_path):
         assert torch.equal(fast.prepare(big.read_bytes()).inputs[i], t(reduced))  # an upload alike
     assert not torch.equal(fast.prepare(big).inputs[0], rec.prepare(big).inputs[0])
     # only a store extracted wholly with fast decoding gets it
-    blocks = record["store"]["blocks"]
+    blocks = record.store["blocks"]
     assert draft_side_of(blocks) == FAST_DRAFT_SIDE
-    assert draft_side_of(blocks[:1] + rec.record["store"]["blocks"][1:]) == DRAFT_SIDE
+    assert draft_side_of(blocks[:1] + rec.record.store["blocks"][1:]) == DRAFT_SIDE
     assert draft_side_of([]) == DRAFT_SIDE
 
 

@@ -134,10 +134,10 @@ def runs(tmp_path_factory):
 def test_a_run_keeps_its_reranking_and_evaluate_applies_it(runs):
     store, root = runs
     record = read_run(root / "cooc")
-    pp = record["postprocess"]
+    pp = record.postprocess
     assert pp["validation"]["source"].startswith("held-out training rows")
     n_val = pp["validation"]["rows"] + pp["validation"]["untagged_left_out"]
-    assert pp["rerank"]["pairs_from_rows"] == record["n_train"] - n_val  # validation labels left out
+    assert pp["rerank"]["pairs_from_rows"] == record.n_train - n_val  # validation labels left out
     assert [r["alpha"] for r in pp["rerank"]["grid"]] == list(cooc.ALPHAS)
     assert pp["rerank"]["alpha"] == max(pp["rerank"]["grid"], key=lambda r: (r["map"], -r["alpha"]))["alpha"]
     # the head is the one fitted on every row: raw scores equal the run fitted without options
@@ -167,8 +167,8 @@ def test_forced_strength_changes_rankings_through_the_run(runs):
     store, root = runs
     shutil.copytree(root / "cooc", root / "forced")
     record = read_run(root / "forced")
-    record["postprocess"]["rerank"]["alpha"] = 0.8
-    (root / "forced" / "run.json").write_text(json.dumps(record))
+    record.postprocess["rerank"]["alpha"] = 0.8
+    (root / "forced" / "run.json").write_text(json.dumps(record.to_json()))
     forced, raw = evaluate(root / "forced"), evaluate(root / "forced", raw=True)
     assert forced["postprocess"]["alpha"] == 0.8
     assert (forced["map"], forced["precision@1"]) != (raw["map"], raw["precision@1"])
@@ -186,7 +186,7 @@ def test_store_val_split_is_used_before_anything_else(tmp_path):
     create_store(tmp_path / "v.zarr", paths=[f"{i}.jpg" for i in range(n)], labels=Y, vocab=[f"t{j}" for j in range(c)],
                  split=split, split_info=info, kind="test", image_root=None, synthetic=True)
     fit(tmp_path / "v.zarr", "popularity", tmp_path / "run", postprocess=Options(rerank="cooc"))
-    pp = read_run(tmp_path / "run")["postprocess"]
+    pp = read_run(tmp_path / "run").postprocess
     assert pp["validation"]["source"] == "the store's val split"
     assert pp["validation"]["rows"] + pp["validation"]["untagged_left_out"] == 30
     assert pp["rerank"]["pairs_from_rows"] == 130  # every training row: the val split is not training

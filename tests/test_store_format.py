@@ -135,7 +135,7 @@ def test_write_chunk_writes_one_object_per_piece_and_checks_its_rows(tmp_path):
 def test_a_damaged_chunk_log_object_is_no_log_not_a_crash(tmp_path):
     """The log is advisory: garbage in one chunk's log object costs that chunk's log, not every
     later gather (which would stop each `extract` after its work, before the record is written)."""
-    from hashtagkit.extraction.record import gather_chunk_log
+    from hashtagkit.extraction.record import ExtractionRecord, gather_chunk_log
 
     path = shared_store(tmp_path, 3, 2)
     store = open_store(path, mode="r+")
@@ -145,8 +145,8 @@ def test_a_damaged_chunk_log_object_is_no_log_not_a_crash(tmp_path):
     (path / "chunk_log" / "c" / "1").write_bytes(b"not zstd at all")
     logs = open_store(path).chunk_log()
     assert logs[1] is None and logs[0]["pid"] == 0 and logs[2]["pid"] == 2
-    gathered = gather_chunk_log(open_store(path), {"runs": [{}], "chunk_runs": [0, 0, 0]})
-    assert gathered["runs"][0]["chunks"] == 2
+    gathered = gather_chunk_log(open_store(path), ExtractionRecord(runs=[{}], chunk_runs=[0, 0, 0]))
+    assert gathered.runs[0]["chunks"] == 2
 
 
 def test_a_damaged_done_object_reads_as_not_done(tmp_path):
@@ -186,7 +186,7 @@ def test_paths_are_chunked_and_read_by_range(tmp_path):
 
 
 def test_chunk_log_gathered_into_the_record_equals_what_was_written(tmp_path):
-    from hashtagkit.extraction.record import gather_chunk_log
+    from hashtagkit.extraction.record import ExtractionRecord, gather_chunk_log
 
     path = shared_store(tmp_path, 6, 2)
     store = open_store(path, mode="r+")
@@ -199,10 +199,10 @@ def test_chunk_log_gathered_into_the_record_equals_what_was_written(tmp_path):
         store.write_chunk(c, feats, valid, reasons, info=info)
         written[c] = info
     store.mark_not_done([4])  # a log whose chunk is not done does not count
-    record = {"runs": [{"started": "x", "seconds": 99.0}, {"started": "y"}], "chunk_runs": [1] * 6}
+    record = ExtractionRecord(runs=[{"started": "x", "seconds": 99.0}, {"started": "y"}], chunk_runs=[1] * 6)
     gathered = gather_chunk_log(store, record)
-    assert gathered["chunk_runs"] == [0, 0, 1, 1, 1, 1]  # chunk 5 was never logged: its record stays
-    r0, r1 = gathered["runs"]
+    assert gathered.chunk_runs == [0, 0, 1, 1, 1, 1]  # chunk 5 was never logged: its record stays
+    r0, r1 = gathered.runs
     assert r0["hosts"] == ["a"] and r0["worker_names"] == ["w1", "w2"] and r0["chunk_seconds"] == 3.0
     assert r0["seconds"] == 99.0 and r0["chunks"] == 2 and r0["rows_done"] == 4
     assert r1["hosts"] == ["b", "c"] and r1["worker_names"] == ["w1", "w3"] and r1["chunk_seconds"] == 12.0
@@ -216,7 +216,7 @@ def test_chunk_log_gathered_into_the_record_equals_what_was_written(tmp_path):
             if r:
                 expected_invalid[r] = expected_invalid.get(r, 0) + 1
     assert r1["invalid"] == expected_invalid
-    assert record["runs"][0] == {"started": "x", "seconds": 99.0}  # the caller's record is not modified
+    assert record.runs[0] == {"started": "x", "seconds": 99.0}  # the caller's record is not modified
 
 
 def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, monkeypatch):
@@ -269,7 +269,9 @@ def test_in_process_extract_writes_a_log_per_chunk_and_gathers_them(tmp_path, mo
         assert run["chunk_seconds"] == pytest.approx(sum(log["seconds"] for log in logs if log["run"] == r), abs=1e-3)
     assert record["runs"][1]["rows_done"] == 3 and record["runs"][0]["rows_done"] == 4
     assert json.loads(json.dumps(record)) == record
-    assert engine.gather_chunk_log(store, record) == record  # gathering again changes nothing
+    typed = engine.ExtractionRecord.from_json(record)
+    assert typed.to_json() == record and list(typed.to_json()) == list(record)  # round trip, key order kept
+    assert engine.gather_chunk_log(store, typed) == typed  # gathering again changes nothing
     res = CliRunner().invoke(cli, ["info", str(path)])
     assert f"written by 1 worker(s) (in-process) on {socket.gethostname()}" in res.output
     assert "format     2\n" in res.output
@@ -525,22 +527,3 @@ def test_extract_upgrades_a_format1_store_and_resumes_it(tmp_path):
     logs = store.chunk_log()
     assert logs[:2] == [None, None] and [log["run"] for log in logs[2:]] == [1, 1]
     assert store.group.attrs["extraction"]["chunk_runs"] == [0, 0, 1, 1]
-
-
-def test_xarray_opens_a_store_by_its_dimension_names(tmp_path):
-    """A plain Zarr v3 reader that needs `dimension_names` (xarray) opens a store: every array
-    under its named dimensions, equal to what the store API reads (issue #25 found it refused)."""
-    import warnings
-
-    import xarray as xr
-
-    store = make_store(tmp_path / "s.zarr", n=50, test=10, chunk_rows=16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr's note on the extract lock file beside the arrays
-        ds = xr.open_zarr(store.path, consolidated=False)
-        assert ds["labels"].dims == ("row", "class") and ds["features"].dims == ("row", "feature")
-        assert ds["done"].dims == ("chunk",) and ds.sizes["row"] == 50
-        assert np.array_equal(ds["labels"].values, store.labels())
-        assert np.array_equal(ds["features"].values, store.features())
-        assert np.array_equal(ds["split"].values, store.split())
-        assert ds.attrs["vocab"] == store.vocab

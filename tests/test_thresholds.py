@@ -223,7 +223,7 @@ def test_bench_takes_the_options_and_keeps_their_records_apart(tmp_path):
     assert len(done) == 1 and done[0]["key"] != plain[0]["key"]
     run = done[0]["run"]
     assert done[0]["f1_micro"] == pytest.approx(evaluate(run)["f1_micro"])
-    assert read_run(run)["postprocess"]["options"]["threshold"] == "global"
+    assert read_run(run).postprocess["options"]["threshold"] == "global"
     res = CliRunner().invoke(cli, ["bench", str(store.path), "--heads", "popularity", "-o", str(out),
                                    "--threshold", "some"])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1

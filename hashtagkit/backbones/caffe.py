@@ -234,3 +234,56 @@ def _key(number: int, wire: int) -> bytes:
 def _enc_bytes(data: bytes) -> bytes:
     return _enc_varint(len(data)) + data
 
+
+@dataclass
+class Converted:
+    """What `convert_caffemodel` wrote: the weights file, its tensors and parameters, its sha256."""
+
+    path: Path
+    tensors: int
+    parameters: int
+    arch: str
+    block: str
+    preprocessing: str
+    sha256: str
+
+
+def convert_caffemodel(model: str | Path, out: str | Path, *, arch: str = "vgg16", keep_fc8: bool = False,
+                       preprocessing: str | None = None, block: str | None = None,
+                       overwrite: bool = False) -> Converted:
+    """A Caffe .caffemodel as a PyTorch weights file, without Caffe: the state dict (`arch`
+    vgg16: torchvision's VGG-16 names, checked by loading it; raw: `<layer>.weight/.bias` for
+    any net) and what it expects (the `preprocessing` and `block` it was trained for, the
+    caffemodel's name and sha256), so `extract` refuses to feed it other pixels."""
+    import torch
+
+    from hashtagkit import provenance
+    from hashtagkit.backbones import PREPROCESSINGS, weights_file_payload
+    from hashtagkit.outputs import atomic_file, refuse_existing
+
+    model, out = Path(model), Path(out)
+    if arch not in ("vgg16", "raw"):
+        raise InputError(f"{{param}} must be vgg16 or raw, got {arch!r}", param="arch")
+    refuse_existing(out, overwrite, kind="weights", inputs=[model])
+    layers = read_caffemodel(model)
+    state = vgg16_state_dict(layers, keep_fc8) if arch == "vgg16" else raw_state_dict(layers)
+    if arch == "vgg16":
+        from hashtagkit.backbones.vgg import vgg16_fc7
+
+        try:
+            vgg16_fc7({k: torch.from_numpy(v) for k, v in state.items()})
+        except RuntimeError as e:
+            raise InputError(f"{model}: converted weights do not fit torchvision's vgg16: "
+                             f"{str(e).splitlines()[0]}") from None
+    preprocessing = preprocessing or ("places365-caffe" if arch == "vgg16" else "none")
+    block = block or ("scene" if arch == "vgg16" else "none")
+    metadata = {
+        "arch": arch, "block": None if block == "none" else block,
+        "preprocessing": PREPROCESSINGS[preprocessing].describe() if preprocessing != "none" else None,
+        "source": {"caffemodel": model.name, "sha256": provenance.sha256_file(model)}, "keep_fc8": keep_fc8,
+        "created": provenance.now(),
+    }
+    with atomic_file(out) as tmp:
+        torch.save(weights_file_payload({k: torch.from_numpy(v) for k, v in state.items()}, metadata), tmp)
+    return Converted(out, len(state), int(sum(v.size for v in state.values())), arch, block, preprocessing,
+                     provenance.sha256_file(out))

@@ -133,7 +133,7 @@ def worker_extractor(job: Job):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # random weights: the coordinator already said so
-                engine = rebuild_extractor({"store": {"blocks": job.blocks}}, weights, job.device, job.precision)
+                engine = rebuild_extractor(job.blocks, weights, job.device, job.precision)
         except InputError as e:
             raise InputError(f"worker on {socket.gethostname()}: {str(e).split('; pass --weights')[0]} "
                              "(every worker needs the weights at the same path, or the same hub cache)") from None

@@ -117,11 +117,12 @@ class Extractor:
         return out
 
 
-def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precision: str) -> Extractor:
-    """The extractor a run's store was extracted with (`record["store"]`: its blocks and extraction
-    record): same backbones, weights (sha256 checked; `weights` maps a backbone to a moved
-    file), preprocessing; `precision` auto keeps the store's where this device can run it."""
-    blocks = record["store"].get("blocks") or []
+def rebuild_extractor(blocks: list[dict], weights: dict[str, str], device: str, precision: str,
+                      stored_precision: str | None = None) -> Extractor:
+    """The extractor a store's features were computed with, from its recorded `blocks`: same
+    backbones, weights (sha256 checked; `weights` maps a backbone to a moved file),
+    preprocessing; `precision` auto keeps the store's (`stored_precision`) where this device
+    can run it."""
     if not blocks:
         raise InputError("this run's store has no image features: fit on a store made by `hashtagkit extract`")
     if any(b.get("backbone") == "planted" for b in blocks):
@@ -141,6 +142,6 @@ def rebuild_extractor(record: dict, weights: dict[str, str], device: str, precis
         loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256"), preprocessing=recorded))
     dev = pick_device(device)
     if precision == "auto":  # the store's own precision where this device can run it
-        stored = record["store"].get("extraction", {}).get("precision")
+        stored = stored_precision
         precision = stored if stored in ("fp32", "bf16") or (stored == "fp16" and dev.type == "cuda") else "auto"
     return Extractor(loaded, dev, pick_precision(precision, dev))

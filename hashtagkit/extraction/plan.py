@@ -9,7 +9,7 @@ import numpy as np
 
 from hashtagkit.errors import InputError
 from hashtagkit.extraction.config import ExtractConfig
-from hashtagkit.extraction.record import check_resume, chunk_fingerprints
+from hashtagkit.extraction.record import ExtractionRecord, check_resume, chunk_fingerprints
 from hashtagkit.stores import AsideStore, Store, blocks_differ_in, describe_blocks
 from hashtagkit.stores.store import chunk_bounds
 
@@ -40,7 +40,7 @@ class Resume:
 
     plan: Plan
     done: np.ndarray
-    record: dict
+    record: ExtractionRecord
     prints: list[str] = field(default_factory=list)
     refused: str | None = None
 
@@ -72,7 +72,7 @@ def plan_and_check(target: Store, blocks: list[dict], config: ExtractConfig, roo
     """The plan of a run and the record it continues, checked by `check_resume`."""
     plan = prepare_arrays(target, blocks, config.dtype, config.chunk_rows, config.overwrite)
     done = target.done_flags()
-    record = {} if plan.fresh else target.extraction_record
+    record = ExtractionRecord() if plan.fresh else ExtractionRecord.of(target)
     prints = chunk_fingerprints(root, paths, plan.chunk_rows)
     try:
         check_resume(record, done, root, prints, precision, config.allow_truncated, config.allow_mixed_precision,

@@ -25,7 +25,7 @@ from hashtagkit.extraction.config import ExtractConfig, decode_record
 from hashtagkit.extraction.engine import Extractor
 from hashtagkit.extraction.plan import plan_and_check
 from hashtagkit.extraction.reader import ImageReader, collate
-from hashtagkit.extraction.record import gather_chunk_log, reasons_text, start_record
+from hashtagkit.extraction.record import finish_record, reasons_text, start_record
 from hashtagkit.images import MAX_PIXELS
 from hashtagkit.stores import AsideStore, Store, finish_swap, has_aside, open_store, swap_in, upgrade_store
 from hashtagkit.stores.store import is_url
@@ -163,7 +163,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
                 log(f"--decode {config.decode}: fc7 cosine against the exact decode on {check['photos']} of these "
                     f"photos: min {check['cosine_min']:.5f}, mean {check['cosine_mean']:.5f}")
         record = start_record(target, resume.record, resume.done, plan.pending, resume.prints, run, root)
-        run_index = len(record["runs"]) - 1
+        run_index = len(record.runs) - 1
         if config.distributed:
             todo, invalid, seconds = distributed.run_chunks(target, engine, plan, root, config, run, run_index, log)
         else:
@@ -174,9 +174,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
         store_invalid = target.invalid_counts()
         run.update(finished=provenance.now(), rows=todo, seconds=round(seconds, 2), invalid=dict(invalid),
                    images_per_second=round(todo / seconds, 2) if seconds > 0 else None)
-        record["runs"][-1] = run
-        record = gather_chunk_log(target, record)
-        target.write_extraction_record(record | provenance.record(
+        finish_record(target, record, run, provenance.record(
             device=str(dev), precision=prec, batch_size=config.batch_size, workers=budget.workers,
             dtype=config.dtype, chunk_rows=plan.chunk_rows, allow_truncated=config.allow_truncated,
             image_root=str(root.resolve()), invalid=store_invalid,
