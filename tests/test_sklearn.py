@@ -26,12 +26,14 @@ from sklearn.utils.validation import check_is_fitted
 from hashtagkit.heads import HEADS, Head, make_head
 from hashtagkit.heads import NotFittedError as HeadsNotFittedError
 
-# small and fast: the MLP trains every epoch (no validation part: early stopping on 3 classes'
-# Recall@5, always 1, would stop at the first epoch's weights). Fusion blends knn and ovr, not the
-# MLP: scikit-learn's check_methods_sample_order_invariance wants a row's scores equal to 1e-9
-# whatever its place in the batch, and torch's float32 matmul differs by an ulp (~3e-8) with a
-# row's position, which fusion's per-image minmax magnifies past that (the MLP alone stays within)
-MLP = {"hidden": 16, "epochs": 20, "lr": 0.01, "dropout": 0.0, "val_fraction": 0.0}
+# Small and fast. The MLP trains every epoch (no validation part: early stopping on 3 classes'
+# Recall@5, always 1, would stop at the first epoch's weights), on the CPU in fp32 on any machine:
+# scikit-learn's checks compare scores to 1e-7 or closer, which bf16/fp16 autocast ('auto' where the
+# hardware has it) does not hold. Fusion blends knn and ovr, not the MLP: the sample-order check
+# wants a row's scores equal to 1e-9 wherever the row sits in the batch, torch's float32 matmul
+# differs by an ulp (~3e-8) with the row's position, and fusion's per-image minmax magnifies that
+MLP = {"hidden": 16, "epochs": 20, "lr": 0.01, "dropout": 0.0, "val_fraction": 0.0, "device": "cpu",
+       "precision": "fp32"}
 SMALL = {
     "mlp": MLP,
     "knn": {"k": 5},
