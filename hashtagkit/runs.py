@@ -85,6 +85,10 @@ class Run:
     def __fspath__(self) -> str:
         return str(self.path)
 
+    def __truediv__(self, name: str) -> Path:
+        """A file of the run: `run / "run.json"`, as with its folder's Path."""
+        return self.path / name
+
     def load_head(self) -> Head:
         """The fitted head (a scikit-learn estimator) saved in the run."""
         return Head.load(self.path / MODEL_DIR)
