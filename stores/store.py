@@ -1,16 +1,23 @@
 """The store: one Zarr v3 group per dataset, holding everything a step hands to the next.
 
-| member      | shape / type          | meaning                                                  |
-|-------------|-----------------------|----------------------------------------------------------|
-| `labels`    | (N, C) uint8 multi-hot| C = vocabulary size                                      |
-| `split`     | (N,) uint8            | 0 train, 1 test, 2 val; seed and sha256 in attrs `split` |
-| `paths`     | (N,) str, chunks 4,096| image path relative to attrs `hashtagkit.image_root`     |
-| `features`  | (N, D) float16/32     | added by `extract`; chunks (rows, D); blocks in `blocks` |
-| `valid`     | (N,) bool, chunks rows| the row's image decoded (else `reason` says why)         |
-| `reason`    | (N,) str, chunks rows | why an image failed, '' for a valid row                  |
-| `chunk_log` | (n_chunks,) str, (1,) | JSON: who computed chunk c (run, host, worker, pid, ...) |
-| `done`      | (n_chunks,) bool, (1,)| chunk c's rows of features/valid/reason are written      |
+| member      | dimensions / type            | meaning                                                 |
+|-------------|------------------------------|---------------------------------------------------------|
+| `labels`    | (image, tag) uint8 multi-hot | tag = vocabulary size                                   |
+| `tag`       | (tag,) str                   | the vocabulary again: the tag dimension's coordinate    |
+| `split`     | (image,) uint8               | 0 train, 1 test, 2 val; seed and sha256 in attrs `split`|
+| `paths`     | (image,) str, chunks 4,096   | image path relative to attrs `hashtagkit.image_root`    |
+| `features`  | (image, feature) float16/32  | added by `extract`; chunks (rows, D); fill NaN; `blocks`|
+| `valid`     | (image,) bool, chunks rows   | the row's image decoded (else `reason` says why)        |
+| `reason`    | (image,) str, chunks rows    | why an image failed, '' for a valid row                 |
+| `chunk_log` | (chunk,) str, chunks (1,)    | JSON: who computed chunk c (run, host, worker, pid, ...)|
+| `done`      | (chunk,) bool, chunks (1,)   | chunk c's rows of features/valid/reason are written     |
 | attrs       | `vocab`, `split`, `blocks`, `extraction`, `hashtagkit` (format, kind, image root, ...) |
+
+docs/store-format.md is the exact reference (dtypes, fill values, every attribute). Every array
+names its dimensions (`DIMS`) and the per-image ones name `paths` and `split` as their CF
+`coordinates`, so `xarray.open_zarr(STORE, consolidated=False)` gives a Dataset sliced by image,
+tag and feature. A store has no consolidated metadata, on purpose: its writer adds arrays and
+attributes as it goes, and a stale consolidated copy would mislead every Zarr reader.
 
 Format 2 (this one) lets many processes write one store at once: whatever a worker writes for
 chunk c (its rows of `features`, `valid`, `reason`, then `chunk_log[c]`, then `done[c]`) is a
@@ -18,13 +25,16 @@ Zarr chunk object of its own, so workers writing different chunks never read-mod
 shared object (Zarr v3 is safe for concurrent writers of *different* chunks only). The group's
 attributes are written by the coordinating process alone. Format 1 (hashtagkit before it) kept
 `done` and `paths` in one chunk each and had no `chunk_log`: it is still read, and
-`upgrade_store` (`hashtagkit upgrade`, or any `extract`) rewrites it in place.
+`upgrade_store` (`hashtagkit upgrade`, or any `extract`) rewrites it in place; so it does a
+format-2 store of the layout before the named coordinates (dimensions row/class, fill 0).
 
 Rows per chunk are chosen so a chunk is a few MiB: big enough to compress and read fast,
 small enough that a resumed extraction loses little. A store is created complete or not at
 all (written to a hidden sibling, then renamed). One process writes a store at a time
-(`store_lock`). A done chunk always has its files; one that is missing or does not decode is
-an error naming it, never rows of zeros (`damaged_chunks`, `hashtagkit info --verify`).
+(`store_lock`, on `STORE.lock` beside the store's folder). A done chunk always has its files;
+one that is missing or does not decode is an error naming it, never rows of zeros or NaN
+(`damaged_chunks`, `hashtagkit info --verify`); rows of a chunk not done read as NaN to a
+plain reader, and hashtagkit reads features only from a complete store.
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ FORMAT = 2  # 1: `done` and `paths` in one chunk each, no `chunk_log` (see the m
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 CHUNK_BYTES = 4 << 20
-LOCK_FILE = ".extract.lock"  # the name extract always used: an old lock file stays harmless
+LOCK_FILE = ".lock"  # the writer's lock is STORE.lock, beside the store's folder (see `lock_path`)
+LEGACY_LOCK_FILE = ".extract.lock"  # where the lock was, inside the store: removed by the next writer
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
 SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
@@ -61,9 +72,16 @@ PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks
 BASE_ARRAYS = ("labels", "split", "paths")  # written whole by `prepare`: every chunk is there
 ALL_CHUNKS_MARK = "every_chunk_has_a_file"  # attr of a base array written with its empty chunks too
 DTYPES = {"labels": "uint8", "split": "uint8", "valid": "bool", "done": "bool"}  # what each array must hold
-# each array's dimensions, by name (Zarr v3 `dimension_names`): xarray opens a store by them
-DIMS = {"labels": ("row", "class"), "split": ("row",), "paths": ("row",), "features": ("row", "feature"),
-        "valid": ("row",), "reason": ("row",), "done": ("chunk",), "chunk_log": ("chunk",)}
+# each array's dimensions, by name (Zarr v3 `dimension_names`): xarray opens a store by them. One
+# vocabulary: a row is an `image`, a column of labels a `tag` (the `tag` array names them: the tag
+# dimension's coordinate), a column of features a `feature`, a feature chunk a `chunk`
+DIMS = {"labels": ("image", "tag"), "split": ("image",), "paths": ("image",), "features": ("image", "feature"),
+        "valid": ("image",), "reason": ("image",), "done": ("chunk",), "chunk_log": ("chunk",), "tag": ("tag",)}
+# the per-image arrays' non-dimension coordinates: their CF `coordinates` attribute, which xarray decodes
+COORDINATES = "paths split"
+WITH_COORDINATES = ("labels", "features", "valid", "reason")  # the data variables along `image`
+# CF flags of `split`, so a plain reader sees what its codes mean
+SPLIT_FLAGS = {"flag_values": list(SPLIT_NAMES), "flag_meanings": " ".join(SPLIT_NAMES.values())}
 
 
 def is_url(path: str | Path) -> bool:
@@ -82,12 +100,23 @@ def split_sha256(split: np.ndarray) -> str:
     return provenance.sha256_bytes(np.ascontiguousarray(split, dtype=np.uint8).tobytes())
 
 
+def lock_path(path: str | Path) -> Path:
+    """The writer's lock of a local store: `STORE.lock`, a file beside the store's folder (of the
+    folder itself where the path is a symbolic link). Not inside it: zarr warns about every file in
+    a group's folder that is not a Zarr node (listing the hierarchy, and so opening it in
+    xarray). The file stays between writes (removing a lock file on release races with the
+    next writer's open); it is empty but for the holder's pid."""
+    real = Path(path).resolve()
+    return real.with_name(real.name + LOCK_FILE)
+
+
 @contextlib.contextmanager
 def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
-    """One writer per store: an OS lock on a file inside the store, released even if the
-    process is killed. `extract` holds it while it writes; `create_store` takes the old store's
-    lock before replacing it, so `prepare --overwrite` cannot rename a store away under an
-    extraction (nor start one on a store being replaced).
+    """One writer per store: an OS lock on `lock_path(path)`, beside the store, released even if
+    the process is killed. `extract` holds it while it writes; `create_store` takes the old
+    store's lock before replacing it, so `prepare --overwrite` cannot rename a store away under
+    an extraction (nor start one on a store being replaced). The lock outlives the store folder
+    it guards, so a replaced store keeps its lock.
 
     A POSIX record lock (`lockf`), not `flock`: decode workers are forked children, and an
     `flock` lock belongs to the open file they inherit, so after a SIGKILL of the main process
@@ -95,31 +124,61 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
     record lock belongs to the process that took it and dies with it. `doing` ("extracted",
     "replaced") completes the refusal another process gets: "... is being extracted by ...".
 
+    Stores used to hold their lock inside (`LEGACY_LOCK_FILE`): the holder of the new lock
+    removes that file unless a process holds it (a hashtagkit from before, still writing: then
+    this is refused as any held lock is), and a store where it cannot be removed (read-only) only
+    keeps a harmless file.
+
     The coordinator's lock, a local file: a store at a URL (s3://...) has no such lock, so there
     it warns and the user must make sure that one coordinator writes it at a time."""
     if is_url(path):
         warnings.warn(f"{path}: no lock on a store at a URL: run one extract per store at a time", stacklevel=3)
         yield
         return
-    path = Path(path)
+    path, lock = Path(path), lock_path(path)
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:  # a read-only store, or one on a read-only disk: it cannot be written anyway
-        raise InputError(f"{path} cannot be {doing}: {e.strerror} ({path / LOCK_FILE})") from None
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only folder or disk: the store cannot be written anyway
+        raise InputError(f"{path} cannot be {doing}: {e.strerror} ({lock})") from None
     try:
         try:
             import fcntl
-
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:  # not POSIX: no lock, but say so
+            fcntl = None
             warnings.warn("no file locking on this platform: run one writer per store at a time", stacklevel=3)
-        except OSError:  # EAGAIN / EACCES: held by another process
-            pid, _, what = os.pread(fd, 80, 0).decode(errors="replace").strip().partition(":")
-            raise InputError(f"{path} is being {what or 'written'} by another process ({pid or 'unknown pid'}); "
-                             "wait for it to finish") from None
+        if fcntl is not None:
+            _take(fd, path)
+            _remove_legacy_lock(path)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}:{doing}".encode(), 0)  # what the refused one is told
         yield
+    finally:
+        os.close(fd)
+
+
+def _take(fd: int, path: Path) -> None:
+    """Lock the open lock file `fd`, or refuse naming the process that holds it."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EAGAIN / EACCES: held by another process
+        pid, _, what = os.pread(fd, 80, 0).decode(errors="replace").strip().partition(":")
+        raise InputError(f"{path} is being {what or 'written'} by another process ({pid or 'unknown pid'}); "
+                         "wait for it to finish") from None
+
+
+def _remove_legacy_lock(path: Path) -> None:
+    """Remove the lock file a store used to hold inside it (`LEGACY_LOCK_FILE`), unless held."""
+    old = path / LEGACY_LOCK_FILE
+    try:
+        fd = os.open(old, os.O_RDWR)
+    except OSError:  # none (the usual case), or one this process may not open: leave it
+        return
+    try:
+        _take(fd, path)  # held: an older hashtagkit is writing the store
+        with contextlib.suppress(OSError):  # a read-only store keeps it: zarr only warns about it
+            os.unlink(old)
     finally:
         os.close(fd)
 
@@ -185,18 +244,20 @@ def create_store(
         marked = {ALL_CHUNKS_MARK: True}
         lab = group.create_array(
             "labels", shape=labels.shape, dtype="uint8", chunks=(min(max(n, 1), rows_per_chunk(c)), c),
-            compressors=_compressors(), config=every, attributes=marked, dimension_names=DIMS["labels"],
+            compressors=_compressors(), config=every, attributes={**marked, "coordinates": COORDINATES},
+            dimension_names=DIMS["labels"],
         )
         for a in range(0, n, lab.chunks[0]):  # a chunk at a time: labels may be made on demand
             lab[a : a + lab.chunks[0]] = np.asarray(labels[a : a + lab.chunks[0]], dtype=np.uint8)
         sp = group.create_array("split", shape=(n,), dtype="uint8", chunks=(max(n, 1),), compressors=_compressors(),
-                                config=every, attributes=marked, dimension_names=DIMS["split"])
+                                config=every, attributes={**marked, **SPLIT_FLAGS}, dimension_names=DIMS["split"])
         sp[...] = split.astype(np.uint8)
         pa = group.create_array("paths", shape=(n,), dtype=str, chunks=(min(max(n, 1), PATH_CHUNK_ROWS),),
                                 compressors=_compressors(), config=every, attributes=marked,
                                 dimension_names=DIMS["paths"])
         for a in range(0, n, PATH_CHUNK_ROWS):
             pa[a : a + PATH_CHUNK_ROWS] = np.asarray(list(paths[a : a + PATH_CHUNK_ROWS]), dtype=str)
+        create_tag_array(group, vocab)
         group.attrs.update(
             {
                 "vocab": list(vocab),
@@ -500,12 +561,15 @@ class Store:
         g, n = self.group, self.n_rows
         rows = chunk_rows or rows_per_chunk(dim * np.dtype(dtype).itemsize)
         rows = max(1, min(rows, max(n, 1)))
+        coords = {"coordinates": COORDINATES}
+        # NaN: rows not extracted yet read as missing to a plain reader, not as zeros (hashtagkit
+        # reads only complete stores, and every done chunk has its files: see `write_chunk`)
         g.create_array("features", shape=(n, dim), dtype=dtype, chunks=(rows, dim), compressors=feature_compressors(),
-                       fill_value=0, dimension_names=DIMS["features"])
+                       fill_value=np.nan, attributes=coords, dimension_names=DIMS["features"])
         g.create_array("valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False, compressors=_compressors(),
-                       dimension_names=DIMS["valid"])
+                       attributes=coords, dimension_names=DIMS["valid"])
         g.create_array("reason", shape=(n,), dtype=str, chunks=(rows,), compressors=_compressors(),
-                       dimension_names=DIMS["reason"])
+                       attributes=coords, dimension_names=DIMS["reason"])
         n_chunks = max(1, -(-n // rows))
         create_chunk_log(g, n_chunks)
         g.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False,
@@ -882,6 +946,17 @@ class _SliceReader:
                 self.kept = (c, chunk)
                 parts.append(chunk[lo - c * self.rows:hi - c * self.rows].copy())
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def create_tag_array(group: zarr.Group, vocab: Sequence[str]) -> zarr.Array:
+    """The `tag` array: the vocabulary again (the `vocab` attribute is what hashtagkit reads), as
+    the coordinate of the `tag` dimension, so xarray labels the columns of `labels` by hashtag."""
+    arr = group.create_array("tag", shape=(len(vocab),), dtype=str, chunks=(max(1, len(vocab)),),
+                             compressors=_compressors(), config={"write_empty_chunks": True},
+                             dimension_names=DIMS["tag"], overwrite=True)
+    if len(vocab):
+        arr[...] = np.asarray(list(vocab), dtype=str)
+    return arr
 
 
 def create_chunk_log(group: zarr.Group, n_chunks: int) -> zarr.Array:
