@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
 import numpy as np
 import pytest
@@ -503,7 +504,7 @@ def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatc
     faults.install(monkeypatch, spare_pid=os.getpid())  # its forked decode workers die on boom.jpg
     res = CliRunner().invoke(cli, ["extract", str(store), "--backbone", "resnet50-object=random", "--no-progress",
                                    "--workers", "2", *args])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, res.output + ("".join(traceback.format_exception(*res.exc_info)) if res.exc_info else "")
     assert "1 decoder died" in res.output
     s, ref = open_store(store), open_store(tmp_path / "ref.zarr")
     assert s.completeness() == (2, 2)

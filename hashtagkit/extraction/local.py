@@ -118,6 +118,31 @@ def isolate(writer: ChunkWriter, reader: ImageReader) -> None:
     writer.flush()
 
 
+def recover(error: BaseException, loading, lanes: Lanes, writer: ChunkWriter, reader: ImageReader) -> None:
+    """After a decode worker died: stop the loader's other workers, take in the batches already
+    computed, and isolate the rest of the current chunk (`isolate`); `error` is re-raised if it
+    was not a worker's death. DataLoader learns of a death twice, from the broken hand-over and
+    from its SIGCHLD handler, which raises its own error wherever the main thread is, this
+    recovery included: that second report of the same death is absorbed here (the recovery is
+    idempotent), never the end of the run."""
+    for _ in range(4):
+        try:
+            if not is_worker_death(error):
+                raise error
+            stop = getattr(loading, "_shutdown_workers", None)  # also ends its SIGCHLD watch of them
+            if stop is not None:
+                stop()
+            lanes.drain()
+            if writer.pending:
+                isolate(writer, reader)
+            return
+        except RuntimeError as late:
+            if late is error or not is_worker_death(late):
+                raise
+            error = late
+    raise error
+
+
 class Lanes:
     """Up to `n` batches in the model at once, each on its own thread, results taken in order.
 
@@ -188,16 +213,15 @@ def run_chunks(store: Store, engine: Extractor, plan: Plan, reader: ImageReader,
         with torch_threads(budget.threads):
             while writer.pending:
                 batches = ChunkBatches(writer.pending, plan.chunk_rows, store.n_rows, batch_size).batches
+                loading = iter(loader_for(reader, batches, budget.workers, dev))
                 try:
-                    for batch in loader_for(reader, batches, budget.workers, dev):
+                    for batch in loading:
                         lanes.submit(*reader.on_device(batch, dev))
                     lanes.drain()
-                except RuntimeError as e:
-                    if budget.workers == 0 or not is_worker_death(e):
+                except (RuntimeError, ConnectionError, EOFError) as e:  # see is_worker_death
+                    if budget.workers == 0:
                         raise
-                    lanes.drain()
-                    if writer.pending:
-                        isolate(writer, reader)
+                    recover(e, loading, lanes, writer, reader)
     finally:
         lanes.close()
     bar.close()

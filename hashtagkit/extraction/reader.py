@@ -94,8 +94,12 @@ class ImageReader(torch.utils.data.Dataset):
 DECODER_DIED = "decoder died"
 
 
-def is_worker_death(e: RuntimeError) -> bool:
-    """DataLoader's error for a worker process that died (killed, out of memory, segfault)."""
+def is_worker_death(e: BaseException) -> bool:
+    """Whether a DataLoader error means a worker process died (killed, out of memory, segfault):
+    DataLoader's own RuntimeError, or, when the worker dies while the main process takes a
+    batch's shared memory from it, the broken connection of that hand-over."""
+    if isinstance(e, (ConnectionError, EOFError)):
+        return True
     return "DataLoader worker" in str(e) and ("exited unexpectedly" in str(e) or "killed" in str(e))
 
 
