@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 
 # Import name -> folder in the repository. Every package under these folders (any folder with an
 # __init__.py) is found, so a subpackage added later cannot be left out of the wheel by a stale list;
-# tests/test_packaging.py compares the built wheel against the source tree.
+# tests/project/test_packaging.py compares the built wheel against the source tree.
 PACKAGE_DIRS = {"hashtagkit": "hashtagkit", "hashtagkit.stores": "stores", "hashtagkit.cli": "cli"}
 PACKAGES = [sub for name, folder in PACKAGE_DIRS.items()
             for sub in (name, *(f"{name}.{found}" for found in find_packages(HERE / folder)))]
@@ -56,7 +56,7 @@ setup(
         # playwright drives the system's Chromium (/usr/bin/chromium) in the browser tests
         "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80", "httpx>=0.27", "playwright>=1.40", "xarray>=2024.1",
                  "schemathesis>=4.0",
-                 # tests/test_packaging.py: `python -m build --no-isolation` with the venv's setuptools,
+                 # tests/project/test_packaging.py: `python -m build --no-isolation` with the venv's setuptools,
                  # which needs 70.1+ to build wheels by itself (a new venv comes with an older one)
                  "build>=1.0", "setuptools>=70.1",
                  *DISTRIBUTED, *SERVE],

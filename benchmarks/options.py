@@ -44,7 +44,7 @@ def one_run(store: Path, workdir: Path, variant: str, seed: int, mlp: dict) -> d
     """Fit (or reuse) one run and score its test split once: the head's own scores (what
     `evaluate --raw` scores) and the same scores post-processed as the run answers (what
     `evaluate` scores), with the metrics of hashtagkit.metrics (evaluate's streamed numbers equal
-    them to 1e-12, tests/test_evaluate_stream.py). One read of the test rows' features: a random
+    them to 1e-12, tests/evaluation/test_evaluate_stream.py). One read of the test rows' features: a random
     5,000-row test split touches every chunk of the store."""
     from hashtagkit import metrics
     from hashtagkit.evaluation import evaluation_rows

@@ -130,7 +130,7 @@ def measure_bandwidth(timer: Timer, device: torch.device, cfg: dict) -> tuple[li
 def mlp_step_flops(batch: int, d: int, h: int, c: int) -> float:
     """Matmul FLOPs of one training step: forward 2·B·(weights), backward the same for the
     weights' gradients and for the inputs' gradients of every layer but the first (its input,
-    the data, needs none). tests/test_roofline.py checks it against torch's FlopCounterMode."""
+    the data, needs none). tests/evaluation/test_roofline.py checks it against torch's FlopCounterMode."""
     return 2.0 * batch * (3 * (d * h + h * h + h * c) - d * h)
 
 

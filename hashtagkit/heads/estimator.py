@@ -4,7 +4,7 @@ Every registered head subclasses `HeadEstimator`: scikit-learn's `ClassifierMixi
 `MultiOutputMixin` and `BaseEstimator` around the project's `Head` (hyper-parameters, the
 `fit_data` path a run trains by, save/load). So `clone`, `Pipeline`, `GridSearchCV`,
 `cross_val_score`, pickling and the HTML repr work on a head, and
-`sklearn.utils.estimator_checks` checks it (tests/test_sklearn.py). What it adds:
+`sklearn.utils.estimator_checks` checks it (tests/heads/test_sklearn.py). What it adds:
 
 - `fit(X, Y)`: X (n, d) numbers, checked by `validate_data` (which sets `n_features_in_`, and
   `feature_names_in_` for a DataFrame) and for NaN/inf. Y is either an (n, C) 0/1 indicator

@@ -12,7 +12,7 @@ decisions, and why:
   classic CombSUM normalisation of score fusion); `rank` replaces scores by their rank among
   the image's tags (average rank for ties, divided by C): blind to confidence, robust to
   skewed scales. Both are increasing per image, so one component with weight 1 ranks every
-  image exactly as that component does (tests/test_fusion.py checks it): every per-image
+  image exactly as that component does (tests/heads/test_fusion.py checks it): every per-image
   metric (P/R/A@K, per-image mAP) is the component's. Per-class mAP ranks *images* by one tag's
   score, which a per-image rescaling changes, so it can differ. Fused scores are float64: a
   float32 cast could merge two close scores into a tie the component did not have.

@@ -20,7 +20,7 @@ can judge the transfer without a held-out part, as in the paper.
   fitted first, then the sigmoids on the votes they give (the paper optimises both together;
   staged, each step is a small convex or one-dimensional problem). A tag with no training
   positive scores 0, as in knn. `sigmoid=identity` scores the votes themselves: with
-  `weighting=fixed` that is exactly today's knn (tests/test_tagprop.py checks it).
+  `weighting=fixed` that is exactly today's knn (tests/heads/test_tagprop.py checks it).
 
 Bounded memory, like knn: the index is built block by block by `KNNHead.fit_data`; the
 leave-one-out rows are a seeded sample of at most `loo_rows` training rows (10,000 by default;
