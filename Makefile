@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
-.PHONY: install dist system-deps test lint docs demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
+.PHONY: install dist system-deps test test-fast lint docs demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
         bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract
 
 # constraints.txt: the exact versions the project is tested with (setup.py has lower bounds only).
@@ -32,6 +32,11 @@ system-deps:
 
 test: $(STAMP) system-deps lint docs
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (Dask clusters, torchrun, Chromium, compile,
+# kill loops, real VGG-16 passes, the docs' pages run end to end); about 2 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The documentation (docs/, mkdocs.yml) built strictly into site/: a broken link, a page missing from the
 # nav or a docstring reference that does not resolve fails. MkDocs is installed from docs/requirements.txt.

@@ -21,6 +21,7 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_popularity_floor_on_real_harrison(harrison_root, tmp_path):
     """Matches the reference measured independently (shared/README: seed 0, 5,000 test images)."""
     store, out = tmp_path / "h.zarr", tmp_path / "run"

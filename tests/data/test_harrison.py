@@ -65,6 +65,7 @@ def test_split_sizes_from_1_up_are_row_counts(tmp_path, size, test_rows):
     assert open_store(tmp_path / "s.zarr").split_info["counts"]["test"] == test_rows
 
 
+@pytest.mark.slow
 def test_split_is_seeded_random_and_reproducible(harrison_root, tmp_path):
     a, b, c = (tmp_path / n for n in ("a.zarr", "b.zarr", "c.zarr"))
     assert run("prepare", "harrison", harrison_root, "-o", a).exit_code == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from hashtagkit.data.planted import PlantedConfig, PlantedPaths, ZipfLabels, fill_planted
 from hashtagkit.data.split import random_split
@@ -35,6 +36,7 @@ def _peak_bytes(path, n: int) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_writing_a_planted_store_takes_flat_memory(tmp_path):
     small, large = _peak_bytes(tmp_path / "a.zarr", 20_000), _peak_bytes(tmp_path / "b.zarr", 80_000)
     # the whole label matrix would be 20 MB and 80 MB (features 20 and 80 MB more); a chunk at a time, the peak stays put

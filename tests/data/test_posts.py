@@ -52,6 +52,7 @@ def test_max_tags_counted_after_the_vocabulary():
     assert data.paths == ["b.jpg", "c.jpg"]
 
 
+@pytest.mark.slow
 def test_harrison_tag_lists_reproduce_harrison(harrison_root, tmp_path):
     lines = (harrison_root / "data_list.txt").read_text().splitlines()
     tags = (harrison_root / "tag_list.txt").read_text().splitlines()
@@ -81,6 +82,7 @@ def lemma():
         need_data(False, f"no WordNet on this machine ({e}); install it: make system-deps")
 
 
+@pytest.mark.slow
 def test_lemmatisation_matches_harrison_vocabulary(lemma):
     assert lemma("friends") == "friend"
     assert lemma("sunglasses") == "sunglass"  # HARRISON has 'sunglass'
@@ -106,6 +108,7 @@ def test_missing_wordnet_is_a_clear_error(monkeypatch, tmp_path):
         wordnet.noun_lemmatizer()
 
 
+@pytest.mark.slow
 def test_corpus_built_from_system_files_is_a_copy(tmp_path, monkeypatch):
     dirs = wordnet.system_dirs()
     need_data(bool(dirs), "no system WordNet (Debian wordnet-base); install it: make system-deps")

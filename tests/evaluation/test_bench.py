@@ -21,6 +21,7 @@ def bench(store, out, *args):
     return CliRunner().invoke(cli, ["bench", str(store), "-o", str(out), *args])
 
 
+@pytest.mark.slow
 def test_bench_writes_all_three_files_and_resumes(tmp_path):
     store = make_store(tmp_path / "s.zarr").path
     out = tmp_path / "bench"
@@ -145,6 +146,7 @@ def test_table_says_when_features_come_from_random_weights(tmp_path):
     assert "RANDOM" not in (tmp_path / "c" / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_record_made_with_other_settings_is_recomputed(tmp_path):
     store = make_store(tmp_path / "s.zarr").path
     out = tmp_path / "b"

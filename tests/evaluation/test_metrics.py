@@ -57,6 +57,7 @@ def test_top_k_equals_stable_full_sort(dtype):
         assert np.array_equal(metrics.top_k(scores, k), full[:, : min(k, 30)])
 
 
+@pytest.mark.slow
 def test_against_brute_force_on_real_harrison_labels(harrison_store):
     labels = harrison_store.labels(harrison_store.split_rows("test"))[:600]
     rng = np.random.default_rng(0)

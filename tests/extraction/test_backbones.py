@@ -63,6 +63,7 @@ def test_caffe_preprocessing_is_bgr_minus_mean():
     assert torch.isclose(x[0].mean() + 104.051, torch.tensor(crop[:, :, 2].mean()), atol=0.1)  # channel 0 is blue
 
 
+@pytest.mark.slow
 def test_local_weights_file_loads_and_is_recorded(vgg_file, vgg_state):
     loaded = load_backbone("vgg16-object", str(vgg_file))
     assert loaded.weights["sha256"] == hashlib.sha256(vgg_file.read_bytes()).hexdigest()
@@ -84,6 +85,7 @@ def test_wrong_architecture_file_is_refused(tmp_path):
         load_backbone("vgg16-object", str(tmp_path / "junk.pth"))
 
 
+@pytest.mark.slow
 def test_torch_hub_cache_is_used(vgg_file, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     target = cached_path(VGG16_Weights.IMAGENET1K_V1)
@@ -149,6 +151,7 @@ def test_convert_raw_on_lenet(tmp_path):
     assert net(img).argmax().item() == 1
 
 
+@pytest.mark.slow
 def test_vgg16_caffemodel_round_trip_is_exact(vgg_state, tmp_path):
     names = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
              "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3", "fc6", "fc7", "fc8a"]

@@ -37,6 +37,8 @@ from tests import faults
 from ..conftest import run_cli
 from ..extraction.test_extract import make_image_store, tiny_scene_backbone
 
+pytestmark = pytest.mark.slow  # Dask clusters
+
 distributed = pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -59,6 +59,7 @@ def make_image_store(tmp_path, n=6, name="s.zarr", seed=0, extra: dict | None = 
     return tmp_path / name
 
 
+@pytest.mark.slow
 def test_fp32_features_equal_torchvision_forward(tmp_path, vgg_file, vgg_state):  # noqa: F811
     store = make_image_store(tmp_path, n=3)
     backbone = load_backbone("vgg16-object", str(vgg_file))
@@ -106,6 +107,7 @@ def test_bf16_close_to_fp32(tmp_path, vgg_file):  # noqa: F811
                 overwrite=True)
 
 
+@pytest.mark.slow
 def test_two_backbones_one_pass(tmp_path):
     store = make_image_store(tmp_path, n=4)
     with pytest.warns(UserWarning):
@@ -183,6 +185,7 @@ def test_real_truncated_harrison_photos(tmp_path):
     assert open_store(store).group.attrs["extraction"]["allow_truncated"] is True
 
 
+@pytest.mark.slow
 def test_second_extract_is_refused_while_one_runs(tmp_path):
     store = make_image_store(tmp_path, n=2)
     with open_store(store).lock("extracted"):
@@ -217,6 +220,7 @@ def test_cli_errors(tmp_path):
         pick_precision("fp16", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_store(tmp_path):
     """SIGKILL mid-way, run again: the store equals one from an uninterrupted run (fp32)."""
     store = make_image_store(tmp_path, n=30)
@@ -299,6 +303,7 @@ def extracted_demo(tmp_path_factory):
     return tmp, store, weights
 
 
+@pytest.mark.slow
 def test_recommend_reproduces_store_features(extracted_demo):
     """An image of the store, re-extracted by `recommend`, scores as its stored features do."""
     tmp, store, _ = extracted_demo
@@ -377,6 +382,7 @@ def stop_after(store, chunks: int) -> None:
     done[...] = flags
 
 
+@pytest.mark.slow
 def test_resume_with_other_precision_is_refused_and_mix_is_shown(tmp_path):
     store = make_image_store(tmp_path, n=4)
     assert run_extract(store, "--precision", "fp32").exit_code == 0
@@ -443,6 +449,7 @@ def test_resume_with_other_preprocessing_needs_overwrite(tmp_path):
     assert open_store(store).blocks[0]["preprocessing"]["colour_order"] == "BGR"
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_features_until_the_new_ones_are_complete(tmp_path, monkeypatch):
     store = make_image_store(tmp_path, n=6)
     shutil.copytree(store, tmp_path / "ref.zarr")
@@ -491,6 +498,7 @@ def test_recommend_rebuilds_the_recorded_preprocessing(extracted_demo):
     assert rebuild_extractor(blocks, {}, "cpu", "fp32").transforms == [PLACES365_CAFFE]
 
 
+@pytest.mark.slow
 def test_a_dying_decoder_costs_its_image_not_the_extraction(tmp_path, monkeypatch):
     """A decode worker SIGKILLed on one photo (as the OS kills one out of memory): only that row
     is invalid ('decoder died'); the others equal an undisturbed run's; a resume has nothing to do."""
@@ -530,6 +538,7 @@ def tiny_scene_backbone():
         ))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["object", "scene"])
 def test_single_view_run_on_two_block_store_scores_as_its_masked_features(tmp_path, view):
     """recommend with a one-view run on a two-block store: the other block is masked as in training,
@@ -582,6 +591,7 @@ def test_recommend_with_the_popularity_floor_needs_no_extractor(tmp_path):
     assert bad.error and not bad.hashtags
 
 
+@pytest.mark.slow
 def test_a_kill_while_swapping_loses_nothing_and_the_next_extract_finishes_it(tmp_path, monkeypatch):
     """`--overwrite` killed half-way through moving its new arrays in: readers are refused (not
     served a half-swapped store), and the next extract completes the swap to the new features."""
@@ -614,6 +624,7 @@ def test_a_kill_while_swapping_loses_nothing_and_the_next_extract_finishes_it(tm
     assert np.array_equal(s.features(), ref.features())
 
 
+@pytest.mark.slow
 def test_overwrite_with_other_settings_restarts_its_interrupted_start(tmp_path, monkeypatch):
     """An interrupted `--overwrite` followed by `--overwrite` with other settings starts the new
     features again instead of refusing with 'pass --overwrite'."""

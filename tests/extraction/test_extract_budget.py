@@ -36,6 +36,7 @@ def test_budget_overrides_and_cuda():
         extraction_budget(CPU, cores=2, lanes=0)
 
 
+@pytest.mark.slow
 def test_lanes_give_the_features_of_one_lane(tmp_path):
     """Two lanes over 3 chunks of 3 rows, batches of 2 (a partial batch per chunk, a bad photo):
     the same features row by row as one lane, every chunk done, the budget recorded."""

@@ -18,6 +18,8 @@ from hashtagkit.errors import InputError
 from hashtagkit.extraction import ExtractConfig, Extractor, extract
 from hashtagkit.stores import open_store
 
+pytestmark = pytest.mark.slow  # torch.compile
+
 
 def tiny_conv_backbone() -> None:
     """A small convolutional 'object' backbone: weights to freeze, a conv+ReLU to fuse, compiled in seconds."""

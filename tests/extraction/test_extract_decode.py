@@ -18,6 +18,7 @@ from ..data.test_images_decode import photo, save_jpeg
 from ..extraction.test_extract import make_image_store
 
 
+@pytest.mark.slow
 def test_fast_decode_is_measured_recorded_and_part_of_the_preprocessing(tmp_path):
     store = make_image_store(tmp_path, n=2, extra={"big.jpg": None})
     save_jpeg(tmp_path / "images" / "big.jpg", photo(1200, 1600))  # reduced by --decode fast only

@@ -26,6 +26,8 @@ from hashtagkit.heads import Head
 from hashtagkit.runs import MODEL_DIR, RUN_FILE, read_run
 from hashtagkit.stores import SPLIT_CODES, create_store, open_store
 
+pytestmark = pytest.mark.slow  # torchrun
+
 TIMEOUT = 120  # seconds for one torchrun launch (about 5 s here when nothing hangs)
 CHUNK = 32
 

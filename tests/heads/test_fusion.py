@@ -171,6 +171,7 @@ def test_fit_evaluate_and_help_through_the_cli(tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_recommend_and_bench_with_the_new_heads(tmp_path):
     """`recommend` re-extracts a store photo and ranks it as the saved head ranks the stored
     features (tagprop, and fusion of knn + tagprop); `bench` runs both and tables them."""

@@ -271,6 +271,7 @@ def test_both_views_beat_one_for_mlp(planted, tmp_path):
     assert both["recall@5"] >= max(obj["recall@5"], scene["recall@5"])
 
 
+@pytest.mark.slow
 def test_long_fits_show_progress_on_a_terminal():
     """ovr's per-class fits, kNN's index and fusion's weight grid draw a progress bar when stderr is a
     terminal (issue #23: a 650 s ovr fit printed nothing), and nothing when it is not (logs, tests)."""

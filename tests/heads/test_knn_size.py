@@ -6,6 +6,7 @@ saved with the old packed labels still loads."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from hashtagkit.heads import Head, KNNHead
@@ -57,6 +58,7 @@ def test_ivfpq_above_the_limits_with_recall_checked_by_brute_force():
     np.testing.assert_allclose(head.predict_proba(X[:50]), dense_votes(head, X[:50], Y), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_index_stores_its_vectors_as_finely_as_the_memory_budget_allows():
     """6,000 vectors of 32 dims: 750 KiB whole, 188 KiB at 8 bits a dimension, 24 KiB as PQ."""
     X, Y = blobs(6000, 64, c=12)

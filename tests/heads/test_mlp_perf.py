@@ -51,6 +51,7 @@ def test_cached_epochs_hold_prepared_training_rows_once_each():
                                       X[rows, 1:].astype(np.float32))
 
 
+@pytest.mark.slow
 def test_streamed_batches_are_prepared_in_the_worker():
     X, mean, std = features(n=200)
     mask = np.ones(len(X), bool)

@@ -42,6 +42,7 @@ def test_training_stats_equal_the_whole_matrix():
     np.testing.assert_allclose(prior, Y[mask].mean(axis=0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_epoch_yields_every_training_row_once(workers):
     n = 700
@@ -114,6 +115,7 @@ def test_streamed_and_cached_training_reach_the_same_quality():
     assert abs(p1["memory"] - p1["stream"]) <= 0.04, p1  # ... equally well (400 test rows: 0.04 is ~2 s.e.)
 
 
+@pytest.mark.slow
 def test_fit_streams_from_a_store_through_the_cli_with_a_worker(tmp_path):
     store = make_store(tmp_path / "s.zarr", n=200, chunk_rows=16).path
     run_cli(["fit", store, "--head", "mlp", "--set", "hidden=16", "--set", "epochs=2", "--set", "cache=stream",
@@ -175,6 +177,7 @@ def test_default_workers_read_in_a_thread_on_small_machines(tmp_path):
     assert not prefetch_threads()
 
 
+@pytest.mark.slow
 def test_the_reading_thread_yields_the_batches_one_loader_process_yields():
     """Switching the default from one loader process to the in-process thread (on 2 cores)
     changes no batch: the same rows in the same order, epoch after epoch, so training is the same."""

@@ -171,6 +171,7 @@ def venv(dist) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_outside_the_repository(venv, dist):
     from hashtagkit.cli.main import cli
 

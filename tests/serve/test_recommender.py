@@ -47,6 +47,7 @@ def store_photos(run, n=3) -> list[str]:
     return [str(tmp / "demo_images" / p) for p in s.paths(s.split_rows("test")[:n])]
 
 
+@pytest.mark.slow
 def test_predict_equals_recommend_and_the_heads_scores_of_stored_features(run, rec):
     tmp, s = run
     paths = [*store_photos(run), sample_photo()]
@@ -233,6 +234,7 @@ def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert sa[k].device.type == "cpu" and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fp32, fc8 of 365 classes", "fp16 file, no fc8"])
 def test_vgg_weights_load_equals_the_copying_load_bit_for_bit(tmp_path, variant):
     """The meta-device load gives exactly the module the old path (random init, then a copying
@@ -260,6 +262,7 @@ def test_vgg_weights_load_equals_the_copying_load_bit_for_bit(tmp_path, variant)
         assert torch.equal(fast(x), slow(x))
 
 
+@pytest.mark.slow
 def test_resnet_weights_load_equals_the_copying_load_and_random_weights_are_unchanged(tmp_path):
     from torchvision.models import resnet50, vgg16
 
@@ -282,6 +285,7 @@ def test_resnet_weights_load_equals_the_copying_load_and_random_weights_are_unch
     _states_equal(rand, reference)
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_does_not_fit_is_still_refused(tmp_path):
     from torchvision.models import vgg16
 
@@ -343,6 +347,7 @@ def test_sha256_cache_hashes_an_unchanged_file_once_and_a_changed_one_again(tmp_
     assert [p.name for p in cache.parent.iterdir()] == ["sha256.json"]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_loading_weights_twice_hashes_once_and_still_refuses_other_weights(tmp_path, sha_cache):
     from torchvision.models import vgg16
 
@@ -408,6 +413,7 @@ def test_preprocessing_without_torchvision_equals_torchvision_pixel_for_pixel():
             assert np.array_equal(np.asarray(ours), np.asarray(ref)), (w, h, p)
 
 
+@pytest.mark.slow
 def test_recommend_imports_neither_torchvision_nor_sklearn():
     """What the fast start relies on: loading VGG-16 weights from files, a kNN head and decoding
     need neither torchvision (torch._dynamo with it) nor scikit-learn (checked in a fresh process)."""

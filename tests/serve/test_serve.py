@@ -528,6 +528,7 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, seconds: float = 60) ->
     raise AssertionError(f"serve did not become healthy within {seconds:g} s")
 
 
+@pytest.mark.slow
 def test_cli_serves_until_sigterm(run, tmp_path):
     """The real command in its own process (the popularity run needs no test backbone): it loads
     the run, answers as the library does, and stops cleanly on SIGTERM."""
@@ -593,6 +594,7 @@ def test_the_batcher_drains_queued_work_then_refuses_with_503():
     assert all(r.status_code == 503 and r.headers["Retry-After"] for r in refused)
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_answers_every_request_200_or_503(run, tmp_path):
     """`hashtagkit serve` in its own process, 16 clients uploading 12 photos each, one photo a
     batch, then SIGTERM: every request gets its answer or a JSON 503 with Retry-After, never a 500;
@@ -640,6 +642,7 @@ def test_sigterm_under_load_answers_every_request_200_or_503(run, tmp_path):
     assert "Traceback" not in output and "hashtagkit serve: stopped" in output, output
 
 
+@pytest.mark.slow
 def test_big_uploads_are_decoded_within_a_pixel_budget(run):
     """Six concurrent 64-megapixel PNGs of ~200 KB each (issue #23: 16 of them took the server from
     1.3 to 2.9 GB): with four decode threads at most two are decoded at once (the budget is two
@@ -717,6 +720,7 @@ def test_serve_refuses_a_run_that_cannot_score(run, tmp_path):
     Recommender.from_run(run[0] / "floor", device="cpu").check_scores()  # a sound run passes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", [None, "tok"])
 def test_schemathesis_finds_the_service_true_to_its_openapi_schema(run, tmp_path, token):
     """Schemathesis, the OpenAPI peers' own fuzzer, against `hashtagkit serve` with and without a

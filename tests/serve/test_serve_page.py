@@ -25,6 +25,8 @@ import pytest
 from ..conftest import REPO, REQUIRE_SHARED, SHARED, need_data, run_cli
 from ..extraction.test_extract import tiny_scene_backbone
 
+pytestmark = pytest.mark.slow  # Chromium
+
 CHROMIUM = Path(os.environ.get("HASHTAGKIT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

@@ -141,6 +141,7 @@ while True:  # a big, changing attribute, so that every rewrite of zarr.json tak
 """
 
 
+@pytest.mark.slow
 def test_store_survives_sigkill_while_its_attributes_are_rewritten(tmp_path):
     """zarr >= 3.1.3 replaces zarr.json atomically: a writer killed at any moment leaves the old or
     the new attributes, never a torn file that loses the vocabulary and split."""

@@ -441,6 +441,7 @@ def upgrade_steps(path: Path) -> list[str]:
     return steps
 
 
+@pytest.mark.slow
 def test_an_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path, monkeypatch):
     """The upgrade fails after step k (for every k): readers are told to finish it or read the
     old store; the next `upgrade` completes it and nothing is lost, whatever k was."""
