@@ -120,13 +120,16 @@ def _first_line(message: str) -> str:
     return lines[0] if lines else "invalid input"
 
 
+FLAGS = {"top_m": "--rerank-m", "smoothing": "--rerank-smoothing"}  # library names the options do not carry
+
+
 def _flag(param: str, command: click.Command | None = None) -> str:
     """The option of `command` that sets library parameter `param` (the CLI's options carry the
-    library's names), else `--param-name`."""
+    library's names), else a known alias (`FLAGS`), else `--param-name`."""
     for p in command.params if command is not None else ():
         if isinstance(p, click.Option) and p.name == param:
             return max(p.opts, key=len)
-    return "--" + param.replace("_", "-")
+    return FLAGS.get(param) or "--" + param.replace("_", "-")
 
 
 class Command(click.Command):
@@ -137,8 +140,8 @@ class Command(click.Command):
         try:
             return super().invoke(ctx)
         except InputError as e:
-            if e.param and not hasattr(e, "flag"):
-                e.flag = _flag(e.param, self)
+            if not hasattr(e, "flag_of"):  # the innermost command names the flags
+                e.flag_of = lambda name: _flag(name, self)
             raise
 
 
@@ -158,7 +161,7 @@ class Group(click.Group):
         except InputError as e:
             if debugging():
                 raise
-            raise UserError(_first_line(e.naming(getattr(e, "flag", None) or _flag(e.param or "")))) from None
+            raise UserError(_first_line(e.naming(getattr(e, "flag_of", None) or _flag))) from None
         except click.UsageError as e:
             if isinstance(e, OneLineUsage):
                 raise

@@ -90,7 +90,7 @@ def extraction_budget(device: torch.device, cores: int | None = None, lanes: int
     decode in this process)."""
     cores = max(1, cores or os.cpu_count() or 1)
     if lanes is not None and lanes < 1:
-        raise InputError(f"--lanes must be at least 1, got {lanes}")
+        raise InputError(f"{{param}} must be at least 1, got {lanes}", param="lanes")
     if device.type == "cuda":
         lanes = lanes or 1
         workers = max(1, min(8, cores - 1)) if workers is None else workers

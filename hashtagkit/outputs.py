@@ -221,7 +221,7 @@ def refuse_existing(target: str | Path, overwrite: bool, kind: str | None = None
     if resume and matches:
         return target
     if not overwrite and not resume:
-        raise InputError(f"{target} already exists: pass --overwrite to replace it")
+        raise InputError(f"{target} already exists: pass {{opt:overwrite=True}} to replace it")
     if not matches:
         what = _DESCRIPTIONS[kind] if kind else "hashtagkit output"
         it_is = f"it is a {_DESCRIPTIONS[found]}" if found else \
@@ -303,7 +303,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, kind: str | None = N
     else:
         remove_stale_temporaries(target)
     if kind is None and (target.exists() or target.is_symlink()) and not overwrite:
-        raise InputError(f"{target} already exists: pass --overwrite to replace it")
+        raise InputError(f"{target} already exists: pass {{opt:overwrite=True}} to replace it")
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

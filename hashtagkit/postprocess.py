@@ -56,13 +56,14 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.rerank not in RERANKS:
-            raise InputError(f"--rerank must be one of {', '.join(RERANKS)}, got {self.rerank!r}")
+            raise InputError(f"{{param}} must be one of {', '.join(RERANKS)}, got {self.rerank!r}", param="rerank")
         if self.threshold not in THRESHOLDS:
-            raise InputError(f"--threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}")
+            raise InputError(f"{{param}} must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}",
+                             param="threshold")
         if isinstance(self.top_m, bool) or not isinstance(self.top_m, int) or self.top_m < 1:
-            raise InputError(f"--rerank-m must be an integer >= 1, got {self.top_m!r}")
+            raise InputError(f"{{param}} must be an integer >= 1, got {self.top_m!r}", param="top_m")
         if not np.isfinite(self.smoothing) or self.smoothing < 0:
-            raise InputError(f"--rerank-smoothing must be a finite number >= 0, got {self.smoothing!r}")
+            raise InputError(f"{{param}} must be a finite number >= 0, got {self.smoothing!r}", param="smoothing")
 
     @property
     def active(self) -> bool:
@@ -149,7 +150,7 @@ def held_out_parts(data: TrainingData, seed: int) -> tuple[TrainingData, Trainin
         rest = np.setdiff1d(np.arange(data.n_blocks), blocks)
         return data.subset(rest), data.subset(blocks), data.positions(blocks)
     if data.n_rows < 2:
-        raise InputError("calibrating --rerank/--threshold needs at least 2 training rows")
+        raise InputError("calibrating {opt:rerank}/{opt:threshold} needs at least 2 training rows")
     rng = np.random.default_rng([seed, 15])
     held = np.sort(rng.choice(data.n_rows, min(max(1, int(VAL_FRACTION * data.n_rows)), data.n_rows - 1),
                               replace=False))
@@ -190,7 +191,7 @@ def calibrate(store, head, data: TrainingData, view: str | None, seed: int, opti
     tagged = labels.any(axis=1)
     scores, labels = scores[tagged], labels[tagged]
     if not len(scores):
-        raise InputError("no validation row has a hashtag: nothing to calibrate --rerank/--threshold on")
+        raise InputError("no validation row has a hashtag: nothing to calibrate {opt:rerank}/{opt:threshold} on")
     record: dict = {"options": options.as_dict(),
                     "validation": {**how, "rows": int(len(scores)), "untagged_left_out": int((~tagged).sum()),
                                    "seed": seed},

@@ -214,7 +214,7 @@ class Recommender:
         """The hashtags of a full ranking whose score reaches their threshold, best first, at most
         `top` (None: all of them; possibly none)."""
         if self._threshold_of is None:
-            raise InputError(f"{self.run_dir} has no thresholds: fit it with --threshold global|per-tag")
+            raise InputError(f"{self.run_dir} has no thresholds: fit it with {{opt:threshold}} global|per-tag")
         kept = [(t, s) for t, s in ranked if s >= self._threshold_of[t]]
         return kept if top is None else kept[:top]
 

@@ -140,7 +140,7 @@ def image_folder(store: Store, images: str | Path | None) -> Path:
                              "a sheet needs the photos")
         root = Path(root_text)
     if not root.is_dir():
-        raise InputError(f"image folder {root} does not exist: pass --images DIR")
+        raise InputError(f"image folder {root} does not exist: pass {{param}} DIR", param="images")
     return root
 
 

@@ -163,7 +163,7 @@ def vgg16_state_dict(layers: list[CaffeLayer], keep_fc8: bool = False) -> dict[s
     if keep_fc8:
         fc8 = [n for n in by_name if n.startswith("fc8")]
         if len(fc8) != 1:
-            raise InputError(f"--keep-fc8: expected one fc8 layer, found {fc8 or 'none'}")
+            raise InputError(f"{{opt:keep_fc8}}: expected one fc8 layer, found {fc8 or 'none'}")
         targets[fc8[0]] = "classifier.6"
     missing = [n for n in targets if n not in by_name]
     if missing:

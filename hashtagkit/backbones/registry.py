@@ -124,7 +124,7 @@ def choose_preprocessing(spec: BackboneSpec, path: Path, meta: dict, asked: str 
         raise InputError(
             f"{path} was made for {wants} (block {block or '?'}), but {spec.name} feeds "
             f"{preprocessing_name(spec.preprocessing)} (block {spec.block}): use the right file, or say which "
-            f"pixels to feed with --preprocessing {spec.name}=weights (the file's) or ={preprocessing_name(spec.preprocessing)}"
+            f"pixels to feed with {{opt:preprocessing}} {spec.name}=weights (the file's) or ={preprocessing_name(spec.preprocessing)}"
         )
     return spec.preprocessing
 
@@ -227,5 +227,5 @@ def parse_backbone_option(text: str) -> tuple[str, str | None]:
     name, sep, source = text.partition("=")
     get_spec(name)
     if sep and not source:
-        raise InputError(f"--backbone {text!r}: give a weights path or 'random' after '='")
+        raise InputError(f"{{opt:backbones}} {text!r}: give a weights path or 'random' after '='")
     return name, (source or None)

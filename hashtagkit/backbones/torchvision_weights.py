@@ -27,6 +27,6 @@ def torchvision_source(weights, backbone: str) -> Path:
         raise InputError(
             f"{backbone}: pretrained weights {path.name} are not in the torch hub cache ({path}) and could not be "
             f"downloaded ({type(e).__name__}). Copy {weights.url} to that path (or set TORCH_HOME), "
-            f"or pass --backbone {backbone}=PATH"
+            f"or pass {{opt:backbones}} {backbone}=PATH"
         ) from None
     return path

@@ -79,7 +79,7 @@ def places_source() -> Path:
     raise InputError(
         f"vgg16-scene: no converted Places365 VGG-16 at {path}. Download vgg16_places365.caffemodel "
         f"(the Places365 project, CSAIL MIT) and run `hashtagkit convert-caffe vgg16_places365.caffemodel "
-        f"--arch vgg16 -o {path}`, or pass --backbone vgg16-scene=PATH"
+        f"--arch vgg16 -o {path}`, or pass {{opt:backbones}} vgg16-scene=PATH"
     )
 
 

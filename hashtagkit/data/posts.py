@@ -89,9 +89,9 @@ def build_dataset(
     source: dict | None = None,
 ) -> LabelledImages:
     if vocab_size < 1:
-        raise InputError("--vocab-size must be at least 1")
+        raise InputError("{param} must be at least 1", param="vocab_size")
     if min_tags < 0 or max_tags < min_tags:
-        raise InputError(f"need 0 <= --min-tags <= --max-tags, got {min_tags} and {max_tags}")
+        raise InputError(f"need 0 <= {{opt:min_tags}} <= {{opt:max_tags}}, got {min_tags} and {max_tags}")
     images = [image for image, _ in posts]
     tag_lists = [[strip_hash(t) for t in tags] for _, tags in posts]
     _report(log, "read", tag_lists)
@@ -114,7 +114,7 @@ def build_dataset(
     tag_lists = [tag_lists[i] for i in keep]
     _report(log, f"posts outside {min_tags}..{max_tags} tags dropped", tag_lists)
     if not tag_lists:
-        raise InputError("no post is left after filtering: check --min-tags/--max-tags/--vocab-size")
+        raise InputError("no post is left after filtering: check {opt:min_tags}/{opt:max_tags}/{opt:vocab_size}")
     if not any(tag_lists):  # --min-tags 0 kept posts, but no hashtag survived the cleaning
         raise InputError("no hashtag is left after cleaning (every one was rejected or dropped): there is nothing "
                          "to learn; check the posts' hashtags")

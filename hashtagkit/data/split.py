@@ -25,10 +25,10 @@ METHOD = "random.Random(seed).shuffle(list(range(n))): first test_size rows test
 def random_split(n: int, test_size: int, val_size: int = 0, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Return (split codes of length n, a description to record in the store)."""
     if test_size < 0 or val_size < 0:
-        raise InputError("--test-size and --val-size must not be negative")
+        raise InputError("{opt:test_size} and {opt:val_size} must not be negative")
     if test_size + val_size >= n:
         raise InputError(
-            f"--test-size {test_size} + --val-size {val_size} leaves no training rows out of {n}"
+            f"{{opt:test_size}} {test_size} + {{opt:val_size}} {val_size} leaves no training rows out of {n}"
         )
     order = list(range(n))
     random.Random(seed).shuffle(order)

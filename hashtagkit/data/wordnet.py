@@ -36,7 +36,7 @@ OPTIONAL = ("index.sense", "cntlist.rev", "cntlist", "sentidx.vrb", "sents.vrb",
 HOW_TO_GET = (
     "WordNet is needed to lemmatise hashtags: run `python -m nltk.downloader wordnet`, "
     "or install it from your system (Debian/Ubuntu: `apt-get install wordnet-base`), "
-    "or pass --no-lemmatize"
+    "or pass {opt:lemmatize=False}"
 )
 
 

@@ -135,7 +135,7 @@ def worker_extractor(job: Job):
                 warnings.simplefilter("ignore")  # random weights: the coordinator already said so
                 engine = rebuild_extractor(job.blocks, weights, job.device, job.precision)
         except InputError as e:
-            raise InputError(f"worker on {socket.gethostname()}: {str(e).split('; pass --weights')[0]} "
+            raise InputError(f"worker on {socket.gethostname()}: {str(e).split('; pass weights')[0]} "
                              "(every worker needs the weights at the same path, or the same hub cache)") from None
         _EXTRACTORS[key] = engine
         return engine
@@ -277,7 +277,7 @@ def connect(cluster: str | None, scheduler: str | None, device: str, log=print):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise InputError("--cluster/--scheduler need Dask distributed: pip install 'hashtagkit[distributed]'") from None
+        raise InputError("{opt:cluster}/{opt:scheduler} need Dask distributed: pip install 'hashtagkit[distributed]'") from None
     if scheduler:
         try:
             client = Client(parse_scheduler(scheduler), timeout=CONNECT_TIMEOUT)

@@ -95,8 +95,8 @@ class Extractor:
             if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
                 raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise InputError(f"--compile: torch.compile could not build the model on this machine ({first}); "
-                             "run without --compile") from None
+            raise InputError(f"{{opt:compile}}: torch.compile could not build the model on this machine ({first}); "
+                             "run without {opt:compile}") from None
 
     def prepare(self, x: torch.Tensor, transform: Preprocessing) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -137,7 +137,7 @@ def rebuild_extractor(blocks: list[dict], weights: dict[str, str], device: str, 
             continue
         path = weights.get(b["backbone"]) or w.get("path")
         if not path or not Path(path).is_file():
-            raise InputError(f"{b['backbone']}: weights file {path} not found; pass --weights {b['backbone']}=PATH "
+            raise InputError(f"{b['backbone']}: weights file {path} not found; pass {{opt:weights}} {b['backbone']}=PATH "
                              f"(sha256 {str(w.get('sha256'))[:12]}...)")
         loaded.append(load_backbone(b["backbone"], path, expect_sha256=w.get("sha256"), preprocessing=recorded))
     dev = pick_device(device)

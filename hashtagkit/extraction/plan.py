@@ -55,7 +55,7 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
             raise InputError(f"{store.path} already has features from "
                              f"{describe_blocks(store.blocks, store.feature_dtype)}, not "
                              f"{describe_blocks(blocks, dtype)}{blocks_differ_in(store.blocks, blocks)}; pass "
-                             "--overwrite to replace them")
+                             "{opt:overwrite=True} to replace them")
         if not same:
             store.drop_features()
     fresh = store.feature_dtype is None

@@ -93,28 +93,28 @@ def check_resume(record: ExtractionRecord, done: np.ndarray, root: Path, prints:
         ({record.allow_truncated} if record.allow_truncated is not None else set())
     if before and before != {allow_truncated}:
         flag = "with" if True in before else "without"
-        raise InputError(f"the done chunks were extracted {flag} --allow-truncated: resume the same way, "
-                         "or --overwrite to start again")
+        raise InputError(f"the done chunks were extracted {flag} {{opt:allow_truncated=True}}: resume the same "
+                         "way, or {opt:overwrite=True} to start again")
     used = settings_of_done_chunks(record, done)
     precisions = sorted({p for p, _ in used if p})
     if precisions and precisions != [precision] and not allow_mixed_precision:
         raise InputError(
             f"the done chunks were extracted in {', '.join(precisions)}, this run would use {precision}: "
-            f"resume with --precision {precisions[0]}, or pass --allow-mixed-precision to mix them, "
-            "or --overwrite to start again")
+            f"resume with {{opt:precision}} {precisions[0]}, or pass {{opt:allow_mixed_precision=True}} to mix them, "
+            "or {opt:overwrite=True} to start again")
     if allow_other_images:
         return
     old_root = record.image_root
     if old_root and Path(old_root) != root.resolve():
         raise InputError(f"the done chunks were read from {old_root}, this run would read {root.resolve()}: "
-                         "pass the same --images, or --allow-other-images if the photos are the same, "
-                         "or --overwrite to start again")
+                         "pass the same {opt:images}, or {opt:allow_other_images=True} if the photos are the "
+                         "same, or {opt:overwrite=True} to start again")
     old = record.fingerprints or []
     changed = [c for c in np.flatnonzero(done).tolist() if c < len(old) and old[c] and old[c] != prints[c]]
     if changed:
         raise InputError(f"{len(changed)} done chunk(s) (first: {changed[0]}) hold features of photos that have "
-                         "changed since (size or modification time): pass --overwrite to extract again, or "
-                         "--allow-other-images to keep them")
+                         "changed since (size or modification time): pass {opt:overwrite=True} to extract again, or "
+                         "{opt:allow_other_images=True} to keep them")
 
 
 def settings_of_done_chunks(record: ExtractionRecord, done: np.ndarray) -> list[tuple[str | None, str | None]]:

@@ -131,7 +131,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
         target = store
         if config.overwrite and (store.feature_dtype is not None or has_aside(store)):
             if is_url(store.path):  # the swap moves folders: a local file system only, for now
-                raise InputError(f"{store_path}: --overwrite of a store at a URL is not supported; "
+                raise InputError(f"{store_path}: {{opt:overwrite}} of a store at a URL is not supported; "
                                  "extract into a new store instead")
             target = AsideStore(store)
             log("--overwrite: the new features are written beside the old ones, which stay readable until "

@@ -36,7 +36,7 @@ def refuse_nonfinite_features(store_path, rows: np.ndarray, X: np.ndarray) -> np
         named = ", ".join(str(r) for r in np.asarray(rows)[bad][:10].tolist())
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise InputError(f"store {store_path}: rows {named}{more} have non-finite features (NaN/inf); "
-                         "re-extract them (e.g. with --precision fp32) or drop them")
+                         "re-extract them (e.g. with {opt:precision} fp32) or drop them")
     return X
 
 

@@ -119,7 +119,10 @@ def test_a_run_record_round_trips_keys_it_lacks_and_keys_it_does_not_know():
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path):
     with pytest.raises(InputError, match=r"^dtype must be one of float16, float32, got 'int8'") as e:
         hashtagkit.ExtractConfig(dtype="int8").check()
-    assert e.value.param == "dtype" and e.value.naming("--dtype").startswith("--dtype must be")
+    assert e.value.param == "dtype" and e.value.naming(lambda name: f"--{name}").startswith("--dtype must be")
+    err = InputError("x exists: pass {opt:overwrite=True} to replace it, or another {opt:out_dir}")
+    assert str(err) == "x exists: pass overwrite=True to replace it, or another out_dir"
+    assert err.naming(lambda n: "--" + n.replace("_", "-")) == "x exists: pass --overwrite to replace it, or another --out-dir"
     with pytest.raises(InputError, match="no setting 'batchsize'"):
         hashtagkit.extract(tmp_path / "none.zarr", batchsize=3)
     store = hashtagkit.prepare.demo(tmp_path / "d.zarr", n=12)

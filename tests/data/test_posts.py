@@ -104,7 +104,7 @@ def test_lexnames_match_the_manual_page():
 def test_missing_wordnet_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(wordnet, "_nltk_has_wordnet", lambda: False)
     monkeypatch.setattr(wordnet, "system_dirs", lambda: [])
-    with pytest.raises(InputError, match="--no-lemmatize"):
+    with pytest.raises(InputError, match="lemmatize=False"):
         wordnet.noun_lemmatizer()
 
 

@@ -181,7 +181,7 @@ def test_vgg16_caffemodel_round_trip_is_exact(vgg_state, tmp_path):
     assert torch.equal(loaded.module.classifier[3].weight, vgg_state["classifier.3.weight"])
     assert loaded.preprocessing == PLACES365_CAFFE and loaded.weights["metadata"]["block"] == "scene"
     # a Caffe (BGR 0-255) file is refused as the ImageNet (RGB 0-1) backbone...
-    with pytest.raises(InputError, match="places365-caffe.*--preprocessing vgg16-object=weights"):
+    with pytest.raises(InputError, match="places365-caffe.*preprocessing vgg16-object=weights"):
         load_backbone("vgg16-object", str(dropped))
     # ... unless the user says which pixels to feed it
     assert load_backbone("vgg16-object", str(dropped), preprocessing="weights").preprocessing == PLACES365_CAFFE

@@ -32,7 +32,7 @@ def test_budget_overrides_and_cuda():
         {"lanes": 1, "threads_per_lane": 8, "decode_workers": 0}
     gpu = extraction_budget(CUDA, cores=16)
     assert (gpu.lanes, gpu.workers) == (1, 8)  # a GPU is fed by many decoders
-    with pytest.raises(InputError, match="--lanes"):
+    with pytest.raises(InputError, match="lanes must be at least 1"):
         extraction_budget(CPU, cores=2, lanes=0)
 
 

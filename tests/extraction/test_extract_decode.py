@@ -33,7 +33,7 @@ def test_fast_decode_is_measured_recorded_and_part_of_the_preprocessing(tmp_path
     assert check["cosine_min"] < 1.0  # the big photo's pixels really differ
     assert any("--decode fast: fc7 cosine" in line for line in lines)
     fast = s.features()
-    with pytest.raises(InputError, match="--overwrite"):  # other pixels: not a resume of these features
+    with pytest.raises(InputError, match="overwrite=True"):  # other pixels: not a resume of these features
         extract(store, [backbone], precision="fp32", dtype="float32", workers=0, progress=False, log=lambda s: None)
     extract(store, [backbone], precision="fp32", dtype="float32", workers=0, progress=False, log=lambda s: None,
             overwrite=True)

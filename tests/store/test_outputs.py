@@ -75,7 +75,7 @@ def test_overwrite_only_replaces_the_same_kind(artefacts):
     tmp, paths = artefacts
     for kind in ("store", "run", "bench", "images", "weights"):
         assert refuse_existing(paths[kind], True, kind=kind) == paths[kind]
-        with pytest.raises(InputError, match="already exists: pass --overwrite"):
+        with pytest.raises(InputError, match="already exists: pass overwrite=True"):
             refuse_existing(paths[kind], False, kind=kind)
         wrong = "run" if kind != "run" else "store"
         with pytest.raises(InputError, match="refusing to replace"):

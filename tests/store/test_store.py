@@ -56,7 +56,7 @@ def test_crash_leaves_nothing_and_keeps_old(tmp_path):
         raise RuntimeError("crash mid-way")
     assert (target / "f").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    with pytest.raises(InputError, match="--overwrite"), atomic_dir(target):
+    with pytest.raises(InputError, match="overwrite=True"), atomic_dir(target):
         pass
 
 
