@@ -100,3 +100,24 @@ def make_store(path: Path, n: int = 60, c: int = 7, seed: int = 0, features: boo
             stop = min(start + rows, n)
             store.write_chunk(chunk, X[start:stop], valid[start:stop], reasons[start:stop])
     return open_store(path)
+
+
+def stop_upgrade_after(k: int, path: Path, monkeypatch) -> None:
+    """Run `upgrade_store` on the store at `path`, interrupted (KeyboardInterrupt) just before
+    its step k+1: the state a kill at that moment leaves (every step goes through `upgrade.act`)."""
+    from hashtagkit.stores import open_store, upgrade
+
+    real_act, count = upgrade.act, []
+
+    def fail_after_k(what, fn, *a):
+        if len(count) == k:
+            raise KeyboardInterrupt(f"killed before {what}")
+        count.append(what)
+        fn(*a)
+
+    monkeypatch.setattr(upgrade, "act", fail_after_k)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            upgrade.upgrade_store(open_store(path, mode="r+"))
+    finally:
+        monkeypatch.setattr(upgrade, "act", real_act)

@@ -14,7 +14,7 @@ import pytest
 
 from hashtagkit.stores import open_store
 
-from ..conftest import make_store
+from ..conftest import make_store, stop_upgrade_after
 
 DIM = 4
 
@@ -458,22 +458,10 @@ def test_an_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path, monk
     w = format1_store(template, done=(0, 1, 4), aside=(0, 2))
     steps = upgrade_steps(template)
     assert [s for s in steps if s.startswith("copy")] == ["copy done", "copy done", "copy paths"]  # root, aside
-    real_act = upgrade.act
     for k in range(len(steps)):
         path = tmp_path / f"k{k}.zarr"
         shutil.copytree(template, path)
-        count = []
-
-        def fail_after_k(what, fn, *a, k=k, count=count):
-            if len(count) == k:
-                raise KeyboardInterrupt(f"killed before {what}")
-            count.append(what)
-            fn(*a)
-
-        monkeypatch.setattr(upgrade, "act", fail_after_k)
-        with pytest.raises(KeyboardInterrupt):
-            upgrade.upgrade_store(open_store(path, mode="r+"))
-        monkeypatch.setattr(upgrade, "act", real_act)
+        stop_upgrade_after(k, path, monkeypatch)
         half = open_store(path)
         if k > 0:  # the store says what to do rather than serve a half-moved array
             with pytest.raises(InputError, match="upgrade .* was interrupted; run `hashtagkit upgrade"):

@@ -22,7 +22,7 @@ from hashtagkit.errors import InputError
 from hashtagkit.stores import open_store, store_lock
 from hashtagkit.stores.store import COORDINATES, DIMS, FILES_MARK, LEGACY_LOCK_FILE, lock_path
 
-from ..conftest import make_store
+from ..conftest import make_store, stop_upgrade_after
 
 REPO = Path(__file__).resolve().parents[2]
 OLD_COMMIT = "cc8f205"  # the last release of the layout before this one (format 2, dimensions row/class)
@@ -326,18 +326,7 @@ def test_a_layout_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path
     for k in range(len(steps)):
         path = tmp_path / f"k{k}.zarr"
         shutil.copytree(template, path)
-        count = []
-
-        def fail_after_k(what, fn, *a, k=k, count=count):
-            if len(count) == k:
-                raise KeyboardInterrupt(f"killed before {what}")
-            count.append(what)
-            fn(*a)
-
-        monkeypatch.setattr(upgrade, "act", fail_after_k)
-        with pytest.raises(KeyboardInterrupt):
-            upgrade.upgrade_store(open_store(path, mode="r+"))
-        monkeypatch.setattr(upgrade, "act", real_act)
+        stop_upgrade_after(k, path, monkeypatch)
         half = open_store(path)
         assert half.paths() == w["paths"] and half.vocab == w["vocab"] and half.completeness() == (3, w["n_chunks"])
         rows = w["rows"]
