@@ -56,10 +56,7 @@ class Detail(BaseModel):
 
 
 class Unsupported(Detail):
-    """415: the body is not multipart/form-data, or no uploaded file is an image (then each
-    file's reason is in `results`)."""
-
-    results: list[ImageResult] = []
+    """415: the body is not multipart/form-data."""
 
 
 def result_json(name: str, hashtags: list[tuple[str, float]], error: str | None = None) -> dict:
@@ -183,13 +180,12 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=guarded,
               openapi_extra=multipart_body, tags=["api"],
-              responses={400: {"description": "no files, more than 256, or threshold=true for a run without thresholds",
+              responses={400: {"description": "no files, more than 256, a `files` part that is a form field rather "
+                                              "than a file, or threshold=true for a run without thresholds",
                                "model": Detail},
                          **unauthorized,
                          413: {"description": "upload too large", "model": Detail},
-                         415: {"description": "not multipart/form-data, or no file is an image (each file's "
-                                               "reason in `results`)",
-                               "model": Unsupported},
+                         415: {"description": "not multipart/form-data", "model": Unsupported},
                          503: {"description": "the server is busy or shutting down (Retry-After says when to try "
                                                "again)", "model": Detail}})
     async def recommend(request: Request,
@@ -213,11 +209,8 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
             prepared = await asyncio.gather(*(prepare(u) for u in uploads))
         good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
         errors = {i: p for i, p in enumerate(prepared) if isinstance(p, str)}
-        if not good:
-            reasons = "; ".join(f"{uploads[i].name}: {errors[i]}" for i in errors)
-            return JSONResponse({"detail": f"no uploaded file is an image ({reasons})",
-                                 "results": [result_json(uploads[i].name, [], errors[i]) for i in errors]},
-                                status_code=415)
+        if not good:  # every photo answered with its own error, as in a request with some good ones
+            return {"results": [result_json(uploads[i].name, [], errors[i]) for i in errors]}
         n_ranked = len(recommender.vocab) if threshold else min(top, len(recommender.vocab))
         answers = await batcher.submit([prepared[i] for i in good], n_ranked)
         if threshold:  # the full ranking, cut where the scores fall below their thresholds

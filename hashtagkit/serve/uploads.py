@@ -57,7 +57,10 @@ class UploadReader:
             return
         if len(self.uploads) >= MAX_FILES:
             raise HTTPException(400, f"too many files in one request (limit {MAX_FILES}); send several requests")
-        filename = options.get(b"filename", b"").decode("utf-8", "replace")[:MAX_NAME]
+        if b"filename" not in options:  # a form field, not a file: the schema's `files` are files
+            raise HTTPException(400, "each part named 'files' must be a file upload (a filename in its "
+                                     "Content-Disposition), not a form field")
+        filename = options[b"filename"].decode("utf-8", "replace")[:MAX_NAME]
         self.current = Upload(filename or f"upload {len(self.uploads) + 1}", bytearray())
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

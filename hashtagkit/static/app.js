@@ -140,7 +140,7 @@
       askForToken();
       return;
     }
-    // one photo per request, so its answer is results[0]; a 415 ("no file is an image") has it too
+    // one photo per request, so its answer is results[0] (its hashtags, or its error)
     const result = data && Array.isArray(data.results) ? data.results[0] : null;
     if (!res.ok && !(result && result.error)) {
       showError(item, data && typeof data.detail === "string" ? data.detail : "HTTP " + res.status);
