@@ -906,12 +906,14 @@ def info(store: Path, as_json: bool, verify: bool) -> None:
     """What STORE holds: rows, classes, split, feature blocks and completeness, provenance."""
     from hashtagkit.extraction.record import extraction_summary
     from hashtagkit.stores import open_store
+    from hashtagkit.stores.upgrade import layout_steps
 
     if verify:
         sys.exit(verify_store(store))
     opened = open_store(store)
     data = opened.info()
     data["extraction"] = extraction_summary(opened)
+    data["older_layout"] = bool(layout_steps(opened))  # dimension names, tag array, NaN fill of this version
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -926,7 +928,9 @@ def info(store: Path, as_json: bool, verify: bool) -> None:
         f"format     {data['format']}" + (
             "   (upgrade interrupted: run `hashtagkit upgrade STORE` to finish it)" if data["upgrading"] else
             "   (readable; `hashtagkit upgrade STORE` or any `extract` rewrites it as format 2)"
-            if data["format"] < 2 else ""),
+            if data["format"] < 2 else
+            "   (an older layout: `hashtagkit upgrade STORE` gives it the coordinates xarray reads)"
+            if data["older_layout"] else ""),
     ]
     if not data["blocks"]:
         lines.append("features   none yet (run `hashtagkit extract`)")

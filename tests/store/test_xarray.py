@@ -250,9 +250,12 @@ def test_a_store_of_the_previous_layout_reads_scores_alike_and_upgrades(tmp_path
     store = open_store(path)
     assert np.array_equal(store.features(), w["X"]) and store.paths() == w["paths"] and store.vocab == w["vocab"]
     before = scores(path, fit(path, tmp_path / "run"))
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 0 and "an older layout: `hashtagkit upgrade STORE`" in res.output, res.output
     res = CliRunner().invoke(cli, ["upgrade", str(path)])
     assert res.exit_code == 0, res.output
     assert "upgraded" in res.output and "current layout of store format 2" in res.output, res.output
+    assert "older layout" not in CliRunner().invoke(cli, ["info", str(path)]).output
     assert "rows not extracted read as NaN" in res.output
     assert not (path / LEGACY_LOCK_FILE).exists()  # the upgrade took the lock beside the store
     check_layout(path)
