@@ -190,10 +190,10 @@ def _compressors() -> list:
 
 
 def feature_compressors() -> list:
-    """The features' codec: plain zstd level 1. In a one-off comparison on ReLU-like float16
-    features it compressed best (2.2x) and wrote about twice as fast as Blosc zstd-3 + shuffle
-    (2.0x) and well ahead of lz4 (1.1-1.3x); benchmarks/extract_throughput.py measures it
-    against .npy on every run."""
+    """The features' codec: plain zstd level 1, which on ReLU-like float16 features compressed
+    better and wrote faster than Blosc zstd + shuffle and lz4; benchmarks/extract_throughput.py
+    measures it against .npy on every run (benchmarks/results/extract_throughput.md). CRC32C
+    after it, so damage on disk is found on read."""
     return [zarr.codecs.ZstdCodec(level=1), zarr.codecs.Crc32cCodec()]
 
 

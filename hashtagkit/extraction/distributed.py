@@ -271,9 +271,9 @@ def connect(cluster: str | None, scheduler: str | None, device: str, log=print):
     """A Client on the asked cluster, and (torch threads, decoding threads) for each task (None:
     each worker decides from its own cores and Dask threads). On the CPU a local worker gets
     cores / N Dask threads, each running a chunk on one torch thread beside one decoding thread,
-    all sharing one copy of the models: on 2 cores this measured 12 images/s of VGG-16 where one
-    chunk at a time on two torch threads did 10 (OpenMP's threads wait for each other while
-    decoding takes a core). Everything started here is stopped on the way out."""
+    all sharing one copy of the models: faster than one chunk at a time on all torch threads,
+    whose OpenMP threads wait for each other while decoding takes a core
+    (benchmarks/results/extract_distributed.md). Everything started here is stopped on the way out."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:

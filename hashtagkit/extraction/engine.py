@@ -38,9 +38,9 @@ class Extractor:
     """The model half of the engine, shared by `extract` and `recommend`.
 
     bf16 and fp16 run on weights cast to that type, not under autocast: autocast casts every
-    weight again at every call (VGG-16's fc6 alone is 103M values), about 15% of a batch of 32
-    on the CPU; the features stay within bf16 tolerance of the fp32 forward (cosine >= 0.9999,
-    tests/extraction/test_extract.py, benchmarks/roofline_extract.py). The backbones' modules are the
+    weight again at every call (VGG-16's fc6 alone is 103M values: benchmarks/results/
+    roofline_extract.md); the features stay within bf16 tolerance of the fp32 forward
+    (tests/extraction/test_extract.py checks it). The backbones' modules are the
     extractor's from then on (moved, cast and set to channels_last in place). Calls may come from
     several threads at once (the engine's lanes): nothing here changes state after __init__."""
 

@@ -2,9 +2,9 @@
 
 Features are L2-normalised so inner product is cosine similarity, then by default reduced by
 a PCA to `pca` = 256 dimensions and normalised again (`pca=null` keeps all dimensions: the index
-then holds 8,192 floats a row, which does not scale). In one run on the planted HARRISON-size
-store while choosing this default, the PCA raised P@1 from 15.6% to 20.8% (it drops noise
-dimensions) and cut prediction time about 10x. Each of the k neighbours votes for its hashtags
+then holds 8,192 floats a row, which does not scale); the PCA drops noise dimensions, which
+helps both P@1 and prediction time (benchmarks/results/knn_ovr_size.md). Each of the k
+neighbours votes for its hashtags
 with weight exp(similarity / temperature); the votes are divided by their sum, so scores are in
 [0, 1] per image (clipped there: a float32 rounding never makes one 1.0000001). `predict`
 recommends a hashtag carried by more than half of the neighbours' weight.
@@ -22,8 +22,8 @@ sees GPUs.
 An approximate index is only as good as its search breadth, and the breadth a dataset needs is
 not known in advance: on clustered photo features a few IVF lists hold the neighbours, on
 features without cluster structure (the planted stores: signal plus isotropic noise) the
-neighbours are spread over all lists, and a fixed nprobe of 1/16 of the lists found 8% of them
-at 1 M rows. So the breadth (IVF's nprobe, HNSW's efSearch) is tuned after the index is built:
+neighbours are spread over all lists, where a fixed nprobe finds few of them
+(benchmarks/results/knn_ovr_size.md). So the breadth (IVF's nprobe, HNSW's efSearch) is tuned after the index is built:
 doubled from its default until recall@k against exact search on RECALL_QUERIES training rows
 reaches `target_recall` (0.9), or the whole index is searched; the curve is recorded.
 """

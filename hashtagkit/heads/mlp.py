@@ -258,9 +258,8 @@ PREFETCH = 4  # batches read ahead of the model, as the loader processes' prefet
 
 def default_workers(cores: int | None = None) -> int:
     """Loader processes for the streamed path when `workers` is not given: none on 2 cores or
-    fewer, where a process of its own took the model's cores (a streamed step took 400 ms with
-    one loader process, 333 ms with the in-process reading thread, against 327 ms for a plain
-    torch loop: benchmarks/results/roofline.md), else one."""
+    fewer, where a process of its own takes the model's cores and the in-process reading thread
+    keeps a streamed step near a plain torch loop's (benchmarks/results/roofline.md), else one."""
     return 0 if (cores or os.cpu_count() or 1) <= 2 else 1
 
 
