@@ -121,3 +121,31 @@ def stop_upgrade_after(k: int, path: Path, monkeypatch) -> None:
             upgrade.upgrade_store(open_store(path, mode="r+"))
     finally:
         monkeypatch.setattr(upgrade, "act", real_act)
+
+
+TINY_EXTRACT = ["--backbone", "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32",
+                "--dtype", "float32", "--chunk-rows", "2"]
+
+
+def old_twin(tmp_path: Path, module):
+    """A store of 7 photos extracted by this release with the tiny test backbone (`ref.zarr`,
+    `TINY_EXTRACT`), and the same store made by an earlier release's writer `module` (a verbatim
+    copy kept in tests/store/) with its feature arrays created and nothing written yet
+    (`old.zarr`): (ref, path of the old one, the old writer's handle)."""
+    from click.testing import CliRunner
+
+    from hashtagkit.cli.main import cli
+    from hashtagkit.stores import open_store
+
+    from .extraction.test_extract import make_image_store, tiny_scene_backbone
+
+    tiny_scene_backbone()
+    ref_path = make_image_store(tmp_path, n=7, name="ref.zarr")
+    assert CliRunner().invoke(cli, ["extract", str(ref_path), *TINY_EXTRACT]).exit_code == 0
+    ref = open_store(ref_path)
+    path = tmp_path / "old.zarr"
+    module.create_store(path, paths=ref.paths(), labels=ref.labels(), vocab=ref.vocab, split=ref.split(),
+                        split_info={"seed": 0}, kind="test", image_root=ref.image_root)
+    writer = module.open_store(path, mode="r+")
+    writer.init_features(ref.feature_width, "float32", ref.blocks, 2)
+    return ref, path, writer

@@ -485,21 +485,11 @@ def test_extract_upgrades_a_format1_store_and_resumes_it(tmp_path):
 
     from hashtagkit.cli.main import cli
 
-    from ..extraction.test_extract import make_image_store, tiny_scene_backbone
+    from ..conftest import TINY_EXTRACT as args
+    from ..conftest import old_twin
 
-    tiny_scene_backbone()
-    ref_path = make_image_store(tmp_path, n=7, name="ref.zarr")
-    args = ["--backbone", "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32",
-            "--dtype", "float32", "--chunk-rows", "2"]
-    assert CliRunner().invoke(cli, ["extract", str(ref_path), *args]).exit_code == 0
-    ref = open_store(ref_path)
     # the same store as the release wrote it: prepared, then chunks 0 and 1 extracted
-    old = format1_module()
-    path = tmp_path / "old.zarr"
-    old.create_store(path, paths=ref.paths(), labels=ref.labels(), vocab=ref.vocab, split=ref.split(),
-                     split_info={"seed": 0}, kind="test", image_root=ref.image_root)
-    writer = old.open_store(path, mode="r+")
-    writer.init_features(ref.group["features"].shape[1], "float32", ref.blocks, 2)
+    ref, path, writer = old_twin(tmp_path, format1_module())
     for c in (0, 1):
         writer.write_chunk(c, ref.features()[2 * c:2 * c + 2], ref.valid()[2 * c:2 * c + 2])
     record = dict(ref.group.attrs["extraction"])

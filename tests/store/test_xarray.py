@@ -346,20 +346,10 @@ def test_a_layout_upgrade_killed_after_any_step_is_finished_by_the_next(tmp_path
 def test_extract_upgrades_a_store_of_the_previous_layout_and_resumes_it(tmp_path):
     """`extract` on a half-extracted store of the previous release: one line says it was
     upgraded, the chunks not done are computed, and the features equal an uninterrupted run's."""
-    from ..extraction.test_extract import make_image_store, tiny_scene_backbone
+    from ..conftest import TINY_EXTRACT as args
+    from ..conftest import old_twin
 
-    tiny_scene_backbone()
-    args = ["--backbone", "tiny-scene=random", "--no-progress", "--workers", "0", "--precision", "fp32",
-            "--dtype", "float32", "--chunk-rows", "2"]
-    ref_path = make_image_store(tmp_path, n=7, name="ref.zarr")
-    assert CliRunner().invoke(cli, ["extract", str(ref_path), *args]).exit_code == 0
-    ref = open_store(ref_path)
-    old = old_module()
-    path = tmp_path / "old.zarr"
-    old.create_store(path, paths=ref.paths(), labels=ref.labels(), vocab=ref.vocab, split=ref.split(),
-                     split_info={"seed": 0}, kind="test", image_root=ref.image_root)
-    writer = old.open_store(path, mode="r+")
-    writer.init_features(ref.feature_width, "float32", ref.blocks, 2)
+    ref, path, writer = old_twin(tmp_path, old_module())
     for c in (0, 1):
         writer.write_chunk(c, ref.features()[2 * c:2 * c + 2], ref.valid()[2 * c:2 * c + 2],
                            info={"run": 0, "host": "h", "worker": "w", "pid": 1, "device": "cpu",
