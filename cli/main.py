@@ -375,8 +375,9 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     """
     from hashtagkit import prepare
 
-    store = prepare.posts(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags, lemmatize=lemmatize,
-                    test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite, log=echo_err)
+    store = prepare.posts(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags,
+                          lemmatize=lemmatize, test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite,
+                          log=echo_err)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
@@ -396,8 +397,8 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
     from hashtagkit import prepare
 
     with LazyBar(total=n, desc="drawing", unit="img") as bar:
-        store = prepare.demo(out, n=n, seed=seed, images=images, test_size=test_size, val_size=val_size, overwrite=overwrite,
-                        progress=bar)
+        store = prepare.demo(out, n=n, seed=seed, images=images, test_size=test_size, val_size=val_size,
+                             overwrite=overwrite, progress=bar)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 
@@ -424,10 +425,11 @@ def prepare_planted(out: Path, labels: Path | None, n: int | None, classes: int,
     are non-negative and half zero, like fc7. Every head and command runs on it unchanged.
     """
     from hashtagkit import prepare
+    from hashtagkit.data.planted import HARRISON_ROWS
 
-    with LazyBar(total=n or 57_383, unit="row", desc="generating") as bar:
-        store = prepare.planted(out, labels=labels, n=n, classes=classes, dim=dim, strength=strength, test_size=test_size,
-                        val_size=val_size, seed=seed, overwrite=overwrite, progress=bar)
+    with LazyBar(total=n or HARRISON_ROWS, unit="row", desc="generating") as bar:
+        store = prepare.planted(out, labels=labels, n=n, classes=classes, dim=dim, strength=strength,
+                                test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite, progress=bar)
     said_written(store, out, f"{store.n_rows:,} rows x {2 * dim:,} planted features, {store.n_classes:,} classes")
 
 
@@ -781,8 +783,8 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
         params.setdefault(head, {})[name] = value
     seed_list = [parse_seed(x.strip(), "--seeds") for x in seeds.split(",") if x.strip()]
     bench(store, out, [h.strip() for h in heads.split(",") if h.strip()],
-              [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err,
-              postprocess=postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold))
+          [v.strip() for v in views.split(",") if v.strip()], seed_list or [0], params, log=echo_err,
+          postprocess=postprocess_choice(rerank, rerank_m, rerank_smoothing, threshold))
     click.echo((out / TABLE).read_text())
 
 

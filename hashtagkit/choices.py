@@ -1,8 +1,8 @@
 """Every closed list of names a user chooses from, defined once, importing nothing heavy.
 
 The library checks against these and the CLI offers them as its choices, without importing
-torch (its start-up stays fast). A test checks each against the place that implements it
-(`HEAD_NAMES` against the heads registry, `DEVICES` against the device picker...).
+torch (its start-up stays fast). tests/project/test_layout.py checks `HEAD_NAMES` against the
+heads registry, `SPLITS` against the store's split codes, and the CLI's choices against these.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple
     """The run's record, its head and its store, checked to belong together."""
     record = read_run(run_dir)
     head = Head.load(Path(run_dir) / MODEL_DIR)
-    store = open_store(store_path or record.store["path"])
+    store = open_store(store_path or record.store_path)
     if store.verify_split() != record.store["split_sha256"]:
         raise InputError(
             f"{store.path}: its split differs from the one this run was trained on "

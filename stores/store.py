@@ -383,7 +383,7 @@ class Store:
     def refresh(self) -> Store:
         """Read the store's metadata again (Zarr reads it once, at open): after an `extract`
         through another handle, this one sees the new features. Returns self."""
-        self.group = zarr.open_group(self.path, mode=self.group.store.read_only and "r" or "r+", zarr_format=3)
+        self.group = zarr.open_group(self.path, mode="r" if self.group.store.read_only else "r+", zarr_format=3)
         return self
 
     # --- what the store describes -------------------------------------------------------

@@ -26,11 +26,10 @@ def verify(path: str | Path) -> Verification:
     lines: list[str] = []
     store = open_store(path, mode="r+", check=False)  # damage is what it reports, not a reason to stop
     base = store.damaged_base(decode=True)
-    for line in base:
-        lines.append(line)
+    lines.extend(base)
     if base:
         lines.append(f"{path}: its labels, split or paths are damaged: restore the store from a copy or make it "
-                   "again with `hashtagkit prepare` (extract cannot repair them)")
+                     "again with `hashtagkit prepare` (extract cannot repair them)")
         return Verification(False, lines)
     if not store.has_features():
         lines.append(f"{path}: labels, split and paths present; no features to verify")
@@ -54,12 +53,12 @@ def verify(path: str | Path) -> Verification:
                 unmarkable = f"{e.strerror}: {os.fsdecode(e.filename or '')}"
         if damaged and unmarkable is not None:
             lines.append(f"{path}: {len(damaged)} damaged chunk(s), but they could not be marked not done "
-                       f"({unmarkable}); make the store writable and verify again")
+                         f"({unmarkable}); make the store writable and verify again")
             return Verification(False, lines)
     done, total = store.completeness()
     if not damaged:
         lines.append(f"{path}: all {done} done chunk(s) of {total} present and readable")
         return Verification(True, lines)
     lines.append(f"{path}: {len(damaged)} damaged chunk(s) marked not done; repair with "
-               f"`hashtagkit extract {path}` and the same backbones (it redoes only those)")
+                 f"`hashtagkit extract {path}` and the same backbones (it redoes only those)")
     return Verification(False, lines)

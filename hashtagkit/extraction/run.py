@@ -62,17 +62,12 @@ def load_backbones(backbones: Sequence[BackboneInput] | None, seed: int = 0,
     or already loaded; None: the paper's two (`DEFAULT_BACKBONES`). `preprocessing` feeds a
     backbone (by name) other pixels than its own; `seed` is the seed of random weights."""
     preprocessing = dict(preprocessing or {})
-    named = [parse_backbone_option(b) for b in backbones or DEFAULT_BACKBONES if isinstance(b, str)]
-    unknown = sorted(set(preprocessing) - {name for name, _ in named})
+    given = [parse_backbone_option(b) if isinstance(b, str) else b for b in backbones or DEFAULT_BACKBONES]
+    unknown = sorted(set(preprocessing) - {b[0] for b in given if isinstance(b, tuple)})
     if unknown:
         raise InputError(f"{{param}} names {unknown[0]!r}, not a backbone being extracted", param="preprocessing")
-    out = []
-    for b in backbones or DEFAULT_BACKBONES:
-        if isinstance(b, str):
-            name, source = parse_backbone_option(b)
-            b = load_backbone(name, source, seed=seed, preprocessing=preprocessing.get(name))
-        out.append(b)
-    return out
+    return [load_backbone(b[0], b[1], seed=seed, preprocessing=preprocessing.get(b[0])) if isinstance(b, tuple) else b
+            for b in given]
 
 
 def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None = None,

@@ -55,10 +55,6 @@ class Detail(BaseModel):
     detail: str
 
 
-class Unsupported(Detail):
-    """415: the body is not multipart/form-data."""
-
-
 def result_json(name: str, hashtags: list[tuple[str, float]], error: str | None = None) -> dict:
     """One image's answer in `recommend --json`'s shape (the Recommendation decides it)."""
     return Recommendation(name, hashtags, error).as_json()
@@ -185,7 +181,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
                                "model": Detail},
                          **unauthorized,
                          413: {"description": "upload too large", "model": Detail},
-                         415: {"description": "not multipart/form-data", "model": Unsupported},
+                         415: {"description": "not multipart/form-data", "model": Detail},
                          503: {"description": "the server is busy or shutting down (Retry-After says when to try "
                                                "again)", "model": Detail}})
     async def recommend(request: Request,
