@@ -20,6 +20,7 @@ PACKAGES = [sub for name, folder in PACKAGE_DIRS.items()
 
 DISTRIBUTED = ["dask>=2024.1", "distributed>=2024.1"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"]
+S3 = ["s3fs>=2024.12"]  # 2024.12: conditional writes (the store's lease); gs:// needs gcsfs, az:// adlfs
 
 setup(
     name="hashtagkit",
@@ -53,9 +54,14 @@ setup(
         "distributed": DISTRIBUTED,
         # `hashtagkit serve`: the JSON API and upload page
         "serve": SERVE,
+        # stores and photos at s3:// URLs
+        "s3": S3,
         # playwright drives the system's Chromium (/usr/bin/chromium) in the browser tests
         "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.80", "httpx>=0.27", "playwright>=1.40", "xarray>=2024.1",
                  "schemathesis>=4.0",
+                 # object storage: moto's S3 server (as s3fs and zarr test themselves); webdataset writes
+                 # the shards the tests read
+                 "moto[s3]>=5.0", "flask>=2.2", "flask-cors>=4.0", "boto3>=1.34", "webdataset>=0.2", *S3,
                  # tests/project/test_packaging.py: `python -m build --no-isolation` with the venv's setuptools,
                  # which needs 70.1+ to build wheels by itself (a new venv comes with an older one)
                  "build>=1.0", "setuptools>=70.1",

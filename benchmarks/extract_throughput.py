@@ -194,6 +194,7 @@ def decode_modes(sets: dict[str, tuple[Path, list[str]]]) -> list[dict]:
     thread) and the fc7 cosine of both backbones (fp32, random weights) against the exact decode
     (Pillow, full size). `gpu` is its code path run on the CPU (torchvision's libjpeg-turbo for
     nvJPEG, the same tensor resize): its pixels, not nvJPEG's speed."""
+    from hashtagkit.data.photos import FolderPhotos
     from hashtagkit.extraction.reader import ImageReader, collate
 
     with warnings.catch_warnings():
@@ -203,7 +204,7 @@ def decode_modes(sets: dict[str, tuple[Path, list[str]]]) -> list[dict]:
     out = []
     with torch_threads(1):
         for label, (folder, names) in sets.items():
-            exact = ImageReader.exact(folder, names, engine.transforms, allow_truncated=True)
+            exact = ImageReader.exact(FolderPhotos(folder, names), engine.transforms, allow_truncated=True)
             rows = list(range(len(names)))
             t0 = time.perf_counter()
             reference = collate([exact.decoded(r) for r in rows])
@@ -212,7 +213,7 @@ def decode_modes(sets: dict[str, tuple[Path, list[str]]]) -> list[dict]:
                 f_ref = engine(reference[1]).astype(np.float64)
             out.append({"set": label, "mode": "exact (no reduction)", "ms": exact_ms, "cos_min": 1.0, "cos_mean": 1.0})
             for mode in ("default", "fast", "gpu"):
-                reader = ImageReader(folder, names, engine.transforms, allow_truncated=True, decode_mode=mode)
+                reader = ImageReader(FolderPhotos(folder, names), engine.transforms, allow_truncated=True, decode_mode=mode)
                 t0 = time.perf_counter()
                 batch = reader.on_device(collate([reader[r] for r in rows]), torch.device("cpu"))
                 ms = 1000 * (time.perf_counter() - t0) / len(rows)

@@ -148,9 +148,10 @@ def setup(device: str, quick: bool, work: Path):
 
 def decode_core_seconds(photos: Path, names: list[str], transforms, mode: str) -> float:
     """CPU seconds one photo's decode, resize and crop take (one process, one thread)."""
+    from hashtagkit.data.photos import FolderPhotos
     from hashtagkit.extraction.reader import ImageReader
 
-    reader = ImageReader(photos, names, transforms, allow_truncated=False, decode_mode=mode)
+    reader = ImageReader(FolderPhotos(photos, names), transforms, allow_truncated=False, decode_mode=mode)
     with torch_threads(1):
         reader[0]
         t0 = time.process_time()

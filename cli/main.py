@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from hashtagkit import __version__
+from hashtagkit import __version__, remote
 from hashtagkit.choices import (
     DECODE_MODES,
     DEVICES,
@@ -207,6 +207,45 @@ class OutputPath(click.Path):
         return path
 
 
+class Location(click.ParamType):
+    """A store, photo folder or output that may live in object storage: a URL (s3://bucket/h.zarr,
+    gs://..., file://...) stays a string, anything else is a local Path (as click.Path gives)."""
+
+    name = "path"
+
+    def __init__(self, output: bool = False):
+        self.output = output
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        raw = os.fsdecode(value)
+        if remote.is_remote(raw):
+            scheme, _, rest = raw.partition("://")
+            if not rest.strip("/"):
+                self.fail(f"{raw!r} names no bucket or object", param, ctx)
+            return raw.rstrip("/")
+        if self.output and (not raw.strip() or os.path.basename(raw.rstrip(os.sep)) in ("", ".", "..")):
+            self.fail(f"{raw!r} names no file or folder to create", param, ctx)
+        return remote.local_path(raw)
+
+
+STORE = Location()
+OUTPUT_STORE = Location(output=True)
+
+
+def _storage_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    """`--storage-option KEY=VALUE` (repeatable), over HASHTAGKIT_STORAGE_OPTIONS: the options
+    every URL of this command is opened with (never printed, never recorded)."""
+    if not values:
+        return
+    try:
+        options = remote.storage_options() | dict(remote.parse_option(v) for v in values)
+    except InputError as e:
+        raise click.BadParameter(e.naming(lambda name: "--storage-option"), ctx, param) from None
+    remote.use_storage_options(options)
+
+
 class FiniteFloat(click.ParamType):
     """A finite float in [min, max]: `nan` and `inf` are refused like any other bad number."""
 
@@ -275,6 +314,12 @@ def echo_err(message: str) -> None:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="hashtagkit")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", expose_value=False,
+              callback=_storage_options, is_eager=True,
+              help="An option for stores and photos at URLs (s3fs: endpoint_url=..., anon=true, profile=...), "
+                   "over the JSON object in HASHTAGKIT_STORAGE_OPTIONS; credentials otherwise come from the "
+                   "backend's own environment and profiles. Never printed nor recorded. Repeatable; before the "
+                   "command: `hashtagkit --storage-option endpoint_url=http://127.0.0.1:9000 info s3://b/h.zarr`.")
 def cli() -> None:
     """Recommend hashtags for photos (the HARRISON benchmark and your own data).
 
@@ -290,6 +335,9 @@ def cli() -> None:
       hashtagkit info STORE                                   what a store holds and how it was made
       hashtagkit upgrade STORE                                a store of an older format to the current one
       hashtagkit serve RUN                                    a JSON API and an upload page
+
+    A STORE (and --images) may be a URL: s3://bucket/harrison.zarr, gs://..., az://... (see
+    --storage-option for endpoints and credentials).
     """
 
 
@@ -300,7 +348,7 @@ def split_options(default_test: str):
         f = click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the random split.")(f)
         f = click.option("--val-size", default="0", show_default=True, type=SplitSize(), help="Validation rows: a count or a fraction.")(f)
         f = click.option("--test-size", default=default_test, show_default=True, type=SplitSize(), help="Test rows: a count or a fraction.")(f)
-        f = click.option("-o", "--out", "out", required=True, type=OutputPath(path_type=Path), help="The store to create (a folder, e.g. harrison.zarr).")(f)
+        f = click.option("-o", "--out", "out", required=True, type=OUTPUT_STORE, help="The store to create (a folder, e.g. harrison.zarr, or a URL, s3://bucket/harrison.zarr).")(f)
         return f
 
     return wrap
@@ -358,8 +406,8 @@ def prepare_harrison(root: Path, out: Path, test_size, val_size, seed: int, over
 
 @prepare.command("posts")
 @click.argument("posts", type=click.Path(path_type=Path))
-@click.option("--images", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Folder the posts' image paths are relative to (it must exist).")
+@click.option("--images", required=True, type=STORE,
+              help="Folder (or URL prefix, s3://bucket/photos) the posts' image paths are relative to (it must exist).")
 @click.option("--vocab-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Classes kept: the most frequent hashtags.")
 @click.option("--min-tags", default=1, show_default=True, type=click.IntRange(min=0), help="Drop posts left with fewer hashtags.")
 @click.option("--max-tags", default=10, show_default=True, type=click.IntRange(min=0), help="Drop posts left with more hashtags (likely commercial).")
@@ -403,7 +451,7 @@ def prepare_demo(out: Path, test_size, val_size, seed: int, overwrite: bool, n: 
 
 
 @prepare.command("planted")
-@click.option("-o", "--out", "out", required=True, type=OutputPath(path_type=Path), help="The store to create.")
+@click.option("-o", "--out", "out", required=True, type=OUTPUT_STORE, help="The store to create (a folder or a URL).")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="HARRISON label files (ROOT or ROOT/HARRISON) to take the label matrix from [default: Zipf-shaped].")
 @click.option("--n", type=click.IntRange(min=10, max=2_000_000),
@@ -508,7 +556,7 @@ def postprocess_choice(rerank: str, rerank_m: int, rerank_smoothing: float, thre
 
 
 @cli.command(cls=FitCommand)
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--head", "head_name", required=True, type=click.Choice(HEAD_NAMES),
               help="mlp: the paper's two-layer MLP; knn: FAISS label transfer; ovr: one-vs-rest linear (scikit-learn); "
                    "popularity: the floor; tagprop: kNN with learned weights and per-tag sigmoids (TagProp); "
@@ -579,7 +627,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
 @click.option("--k", "ks", default="1,5,10", show_default=True,
               help="Cut-offs K (P@1, R@5, A@5 always included); a K above the vocabulary size is computed at it, "
                    "labelled so.")
-@click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
+@click.option("--store", type=STORE, help="Read this store instead of the run's (same split required).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1, max=1_000_000),
               help="Rows scored at once: memory is about this many rows of features and scores, whatever the split's size.")
@@ -724,7 +772,7 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 @click.option("--cols", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Images per row.")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False),
               help="Image folder [default: the one extraction read].")
-@click.option("--store", type=click.Path(path_type=Path), help="Read this store instead of the run's (same split required).")
+@click.option("--store", type=STORE, help="Read this store instead of the run's (same split required).")
 @click.option("-o", "--out", required=True, type=OutputPath(path_type=Path, dir_okay=False),
               help="The sheet to write: .png, .pdf, .svg or .jpg.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
@@ -750,7 +798,7 @@ def show(run: Path, split: str, n: int, seed: int, worst: bool, best: bool, rand
 
 
 @cli.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--heads", default="mlp,knn,ovr,popularity", show_default=True, help="Comma-separated heads.")
 @click.option("--features", "views", default="object,scene,both", show_default=True,
               help="Comma-separated feature views; views the store lacks are skipped.")
@@ -790,11 +838,11 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
 
 # --- extract / convert-caffe ----------------------------------------------------------------------
 @cli.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--backbone", "backbones", multiple=True, metavar="NAME[=PATH|random]",
               help="A backbone to run (repeatable) [default: vgg16-object and vgg16-scene]. NAME=PATH loads a "
                    "local weights file; NAME=random is random init for smoke tests only (recorded as such).")
-@click.option("--images", type=click.Path(path_type=Path, file_okay=False), help="Image folder [default: the store's].")
+@click.option("--images", type=STORE, help="Image folder or URL prefix (s3://bucket/photos) [default: the store's].")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES))
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
               help="auto: fp16 on CUDA, bf16 on a CPU that supports it, else fp32.")
@@ -900,7 +948,7 @@ def convert_caffe(model: Path, arch: str, keep_fc8: bool, out: Path, overwrite: 
 
 # --- info --------------------------------------------------------------------------------------
 @cli.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.option("--verify", is_flag=True,
               help="Read every chunk marked done; mark damaged ones not done (exit 1) so `extract` redoes them.")
@@ -942,7 +990,7 @@ def info(store: Path, as_json: bool, verify: bool) -> None:
 
 
 @cli.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=STORE)
 def upgrade(store: Path) -> None:
     """Rewrite STORE in place in the current store format (2), keeping every feature and flag.
 

@@ -258,21 +258,28 @@ def _decode(open_image, allow_truncated: bool, max_pixels: int, own: bool = True
 EXIF_ORIENTATION = 0x0112
 
 
-def jpeg_for_device(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int] | None:
+def jpeg_for_device(source: Path | bytes, max_pixels: int = MAX_PIXELS) -> tuple[bytes, int] | None:
     """The bytes and EXIF orientation of a whole RGB or grey JPEG for the GPU to decode, or None
     when Pillow must decide (another format, CMYK, no end marker - truncated or trailing bytes -,
     over the pixel limit, unreadable): Pillow then gives the same pixels or reason as ever.
-    Only the header is parsed here. A missing file or a FIFO raises DecodeError as `decode` does."""
-    path = Path(path)
-    check_regular_file(path)
+    Only the header is parsed here. `source` is a file (a missing one or a FIFO raises
+    DecodeError as `decode` does) or a photo's bytes already read (from a URL or a shard)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        opened = io.BytesIO(data)
+    else:
+        path = Path(source)
+        check_regular_file(path)
+        data, opened = None, path
     try:
-        with Image.open(path, formats=("JPEG",)) as im:
+        with Image.open(opened, formats=("JPEG",)) as im:
             w, h = im.size
             limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
             if im.format != "JPEG" or im.mode not in ("RGB", "L") or w * h > limit:
                 return None
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
-        data = path.read_bytes()
+        if data is None:
+            data = path.read_bytes()
     except Exception:  # noqa: BLE001 - whatever it is, Pillow's decode gives the reason
         return None
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):  # truncated: Pillow applies --allow-truncated

@@ -176,7 +176,7 @@ def refuse_inputs(target: str | Path, inputs: Iterable[str | Path | None]) -> No
     out = Path(os.path.abspath(target))
     out_real = Path(os.path.realpath(target))
     for given in inputs:
-        if given is None:
+        if given is None or "://" in str(given):  # an input at a URL is never a local output
             continue
         src, src_real = Path(os.path.abspath(given)), Path(os.path.realpath(given))
         if _within(src, out) or _within(src_real, out_real):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hashtagkit import ddp, provenance
+from hashtagkit import ddp, provenance, remote
 from hashtagkit.choices import VIEWS
 from hashtagkit.errors import InputError
 from hashtagkit.heads import Head, make_head
@@ -66,8 +66,9 @@ class RunRecord(JsonRecord):
         return super().from_json(data)
 
     @property
-    def store_path(self) -> Path:
-        return Path(self.store["path"])
+    def store_path(self) -> str | Path:
+        """The store the run was fitted on: a local Path, or its URL (s3://...) as a string."""
+        return remote.normalise(self.store["path"])
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _fit(store: Store, head: Head, out: Path, view: str, seed: int, overwrite: b
             fit_report=head.fit_report(),
             distributed=distributed_record(world, head),
             store={
-                "path": str(Path(store.path).resolve()),
+                "path": str(store.path) if remote.is_remote(store.path) else str(Path(store.path).resolve()),
                 "kind": store.meta.get("kind"),
                 "synthetic": store.meta.get("synthetic", False),
                 "split_sha256": split_sha,

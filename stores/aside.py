@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashtagkit.stores.store import SWAPPING, Store, move_array, read_done
+from hashtagkit.stores.store import SWAPPING, Store, is_url, move_array, read_done
 
 ASIDE = "overwriting"  # the subgroup the new features grow in while the old ones stay readable
 FEATURE_ARRAYS = ("features", "valid", "reason", "chunk_log", "done")  # done last: moved, it says "complete"
@@ -23,7 +23,7 @@ class AsideStore(Store):
     """The new features of `extract --overwrite`, in a subgroup of the store until complete."""
 
     def __init__(self, store: Store):
-        super().__init__(store.path, store.group.require_group(ASIDE))
+        super().__init__(store.path, store.group.require_group(ASIDE), store.storage_options)
         self.parent = store
 
     @property
@@ -58,12 +58,21 @@ def finish_swap(store: Store) -> bool:
     pending = store.group.attrs.get(SWAPPING)
     if pending is None:
         return False
-    base = Path(store.path)
-    for name in FEATURE_ARRAYS:
-        new, old = base / ASIDE / name, base / name
-        if new.exists():
-            move_array(new, old)
-    store.group.attrs.update({"extraction": pending["extraction"], "blocks": pending["blocks"]})
-    shutil.rmtree(base / ASIDE, ignore_errors=True)
+    if is_url(store.path):  # object storage: arrays move by copy (`objects.move_prefix`), no rename
+        from hashtagkit.stores.objects import move_prefix, remove_prefix
+
+        base = str(store.path)
+        for name in FEATURE_ARRAYS:
+            move_prefix(f"{base}/{ASIDE}/{name}", f"{base}/{name}", store.storage_options)
+        store.group.attrs.update({"extraction": pending["extraction"], "blocks": pending["blocks"]})
+        remove_prefix(f"{base}/{ASIDE}", store.storage_options)
+    else:
+        base = Path(store.path)
+        for name in FEATURE_ARRAYS:
+            new, old = base / ASIDE / name, base / name
+            if new.exists():
+                move_array(new, old)
+        store.group.attrs.update({"extraction": pending["extraction"], "blocks": pending["blocks"]})
+        shutil.rmtree(base / ASIDE, ignore_errors=True)
     del store.group.attrs[SWAPPING]
     return True

@@ -53,7 +53,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from hashtagkit import provenance
+from hashtagkit import provenance, remote
 from hashtagkit.errors import InputError
 from hashtagkit.outputs import atomic_dir, refuse_existing
 
@@ -66,6 +66,7 @@ LEGACY_LOCK_FILE = ".extract.lock"  # where the lock was, inside the store: remo
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
 SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
+STARTED = "hashtagkit_being_prepared"  # group attr of a store `prepare` is still writing (renamed at its end)
 UPGRADING = "upgrading_to_format_2"  # group attr while `upgrade_store` rewrites a format-1 store
 ROW_ARRAYS = ("features", "labels", "valid")  # what iter_rows reads by default
 PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks for its rows
@@ -77,6 +78,7 @@ DTYPES = {"labels": "uint8", "split": "uint8", "valid": "bool", "done": "bool"} 
 # dimension's coordinate), a column of features a `feature`, a feature chunk a `chunk`
 DIMS = {"labels": ("image", "tag"), "split": ("image",), "paths": ("image",), "features": ("image", "feature"),
         "valid": ("image",), "reason": ("image",), "done": ("chunk",), "chunk_log": ("chunk",), "tag": ("tag",)}
+MEMBERS_DIMS = ("image", "range")  # `members`, of a store of webdataset shards only
 # the per-image arrays' non-dimension coordinates: their CF `coordinates` attribute, which xarray decodes
 COORDINATES = "paths split"
 WITH_COORDINATES = ("labels", "features", "valid", "reason")  # the data variables along `image`
@@ -85,9 +87,9 @@ SPLIT_FLAGS = {"flag_values": list(SPLIT_NAMES), "flag_meanings": " ".join(SPLIT
 
 
 def is_url(path: str | Path) -> bool:
-    """An fsspec URL (s3://, gs://...) rather than a local path: Zarr opens it, but the
-    coordinator's local-file checks (lock file, chunk files' presence, upgrade) cannot apply."""
-    return "://" in str(path)
+    """A store in object storage (s3://, gs://...; `file://` is a local path): no rename, no
+    locks, no chunk files to stat; `hashtagkit.stores.objects` does those parts there."""
+    return remote.is_remote(path)
 
 
 def rows_per_chunk(row_bytes: int, target: int = CHUNK_BYTES) -> int:
@@ -111,7 +113,7 @@ def lock_path(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
+def store_lock(path: str | Path, doing: str = "written", storage_options: dict | None = None) -> Iterator[None]:
     """One writer per store: an OS lock on `lock_path(path)`, beside the store, released even if
     the process is killed. `extract` holds it while it writes; `create_store` takes the old
     store's lock before replacing it, so `prepare --overwrite` cannot rename a store away under
@@ -129,13 +131,15 @@ def store_lock(path: str | Path, doing: str = "written") -> Iterator[None]:
     this is refused as any held lock is), and a store where it cannot be removed (read-only) only
     keeps a harmless file.
 
-    The coordinator's lock, a local file: a store at a URL (s3://...) has no such lock, so there
-    it warns and the user must make sure that one coordinator writes it at a time."""
+    A store at a URL (s3://...) has no file to lock: there the lock is a lease object beside the
+    store (`hashtagkit.stores.objects.Lease`), taken and renewed with conditional writes."""
     if is_url(path):
-        warnings.warn(f"{path}: no lock on a store at a URL: run one extract per store at a time", stacklevel=3)
-        yield
+        from hashtagkit.stores.objects import lease
+
+        with lease(str(path), doing, storage_options):
+            yield
         return
-    path, lock = Path(path), lock_path(path)
+    path, lock = remote.local_path(path), lock_path(path)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:  # a read-only folder or disk: the store cannot be written anyway
@@ -211,12 +215,16 @@ def create_store(
     source: dict | None = None,
     overwrite: bool = False,
     fill: Callable[[Store], None] | None = None,
+    members: np.ndarray | None = None,
+    storage_options: dict | None = None,
 ) -> Store:
     """Write a new store (atomically) and return it opened read-only.
 
     `split_info` describes how the split was made (seed, method, sizes); its sha256 is
     computed here from the array itself, never trusted from the caller. `fill`, if given,
     writes more (e.g. generated features) into the store before it is renamed into place.
+    `members` (n, 2) int64, for photos inside webdataset shards: each row's member's byte
+    offset and size within its shard (`paths` names shard and member, `shard.tar#key.jpg`).
     `labels` (anything with a shape, sliced by rows) and `paths` (a sequence) are written one
     chunk at a time, so labels made on demand never exist whole.
     """
@@ -233,12 +241,7 @@ def create_store(
     if len(set(vocab)) != len(vocab):
         raise ValueError("vocabulary has duplicate hashtags")
     counts = {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-    old = refuse_existing(path, overwrite, kind="store")  # before the lock touches anything in it
-    replacing = overwrite and (old / "zarr.json").is_file()
-    # the old store's writer (an extract) must finish first; held until the swap is done
-    with (store_lock(old, "replaced") if replacing else contextlib.nullcontext()), \
-            atomic_dir(path, overwrite=overwrite, kind="store") as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+    def write(group: zarr.Group, handle: str | Path) -> None:
         c = max(1, len(vocab))
         every = {"write_empty_chunks": True}  # a chunk of zeros gets its file too: a missing one is damage
         marked = {ALL_CHUNKS_MARK: True}
@@ -258,48 +261,86 @@ def create_store(
         for a in range(0, n, PATH_CHUNK_ROWS):
             pa[a : a + PATH_CHUNK_ROWS] = np.asarray(list(paths[a : a + PATH_CHUNK_ROWS]), dtype=str)
         create_tag_array(group, vocab)
-        group.attrs.update(
-            {
-                "vocab": list(vocab),
-                "split": {**split_info, "counts": counts, "sha256": split_sha256(split)},
-                "blocks": [],
-                "hashtagkit": {
-                    "format": FORMAT,
-                    "kind": kind,
-                    "synthetic": bool(synthetic),
-                    "image_root": image_root,
-                    "source": source or {},
-                    "provenance": provenance.record(),
-                },
-            }
-        )
+        if members is not None:
+            create_members_array(group, members)
+        meta = {"format": FORMAT, "kind": kind, "synthetic": bool(synthetic), "image_root": image_root,
+                "source": source or {}, "provenance": provenance.record()}
+        group.attrs.update({"vocab": list(vocab), "split": {**split_info, "counts": counts,
+                                                             "sha256": split_sha256(split)},
+                            "blocks": [], STARTED: meta})
         if fill is not None:
-            fill(Store(tmp, group))
+            fill(Store(handle, group, storage_options))
+        # last: the group is a hashtagkit store from this write on (what a store at a URL, written
+        # in place, relies on; a local one is renamed into place after it anyway)
+        group.attrs.update({"hashtagkit": meta})
+        del group.attrs[STARTED]
+
+    if is_url(path):  # object storage: no rename; written in place, marked a store by its last write
+        from hashtagkit.stores.objects import refuse_existing_url, remove_prefix
+
+        url = str(remote.normalise(path))
+        replacing = refuse_existing_url(url, overwrite, storage_options)
+        with store_lock(url, "replaced" if replacing else "created", storage_options):
+            if replacing:
+                remove_prefix(url, storage_options)
+            write(zarr.open_group(url, mode="w", zarr_format=3,
+                                  storage_options=remote.zarr_options(url, storage_options)), url)
+        return open_store(url, storage_options=storage_options)
+    path = remote.local_path(path)
+    old = refuse_existing(path, overwrite, kind="store")  # before the lock touches anything in it
+    replacing = overwrite and (old / "zarr.json").is_file()
+    # the old store's writer (an extract) must finish first; held until the swap is done
+    with (store_lock(old, "replaced") if replacing else contextlib.nullcontext()), \
+            atomic_dir(path, overwrite=overwrite, kind="store") as tmp:
+        write(zarr.open_group(tmp, mode="w", zarr_format=3), tmp)
     return open_store(path)
 
 
-def open_store(path: str | Path, mode: str = "r", check: bool = True) -> Store:
+def open_store(path: str | Path, mode: str = "r", check: bool = True, *,
+               storage_options: dict | None = None) -> Store:
     """Open an existing store; a path that is not a hashtagkit store is a clear user error, and
     so (with `check`) is one whose arrays' metadata or base chunks are damaged (`damaged_base`).
 
-    `path` may be an fsspec URL (s3://...): Zarr opens it (a worker needs nothing else), but
-    the local-file parts (lock, chunk files' presence, upgrade) are skipped or refused there."""
-    path = path if is_url(path) else Path(path)
+    `path` may be a URL (s3://bucket/h.zarr, gs://..., file://...), opened with
+    `storage_options` (else the process's: `hashtagkit.remote.storage_options`). The handle keeps
+    them, so everything it opens again (a refresh, a Dask worker's copy) uses the same."""
+    path = remote.normalise(path)
     if not is_url(path) and not path.exists():
         raise InputError(f"store {path} does not exist (make one with `hashtagkit prepare`)")
+    opts = remote.storage_options(storage_options) if is_url(path) else None
     try:
-        group = zarr.open_group(path, mode=mode, zarr_format=3)
-    except Exception as e:  # zarr raises several types for "not a group"
+        group = _open_group(path, mode, opts)
+    except InputError:
+        raise
+    except FileNotFoundError as e:
+        if is_url(path):
+            raise InputError(f"store {path} does not exist (make one with `hashtagkit prepare`)") from None
         raise InputError(f"{path} is not a Zarr v3 store: {e}") from None
+    except Exception as e:  # zarr raises several types for "not a group"
+        raise InputError(f"{path} is not a Zarr v3 store: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
     meta = group.attrs.get("hashtagkit")
+    if not isinstance(meta, dict) and STARTED in group.attrs:
+        raise InputError(f"{path}: its `prepare` did not finish; make it again with {{opt:overwrite=True}}")
     if not isinstance(meta, dict) or "labels" not in group or "split" not in group:
         raise InputError(f"{path} is a Zarr group but not a hashtagkit store (no labels/split)")
     if meta.get("format", 0) > FORMAT:
         raise InputError(f"{path} was written by a newer hashtagkit (format {meta['format']}); upgrade")
-    store = Store(path, group)
+    store = Store(path, group, opts)
     if check:
         store.refuse_damaged_base()
     return store
+
+
+def _open_group(path: str | Path, mode: str, options: dict | None) -> zarr.Group:
+    """The store's Zarr group; at a URL through fsspec with the storage options (and
+    hashtagkit's retry defaults), transient faults retried."""
+    if not is_url(path):
+        return zarr.open_group(path, mode=mode, zarr_format=3)
+    url = str(path)
+    return remote.retrying(lambda: zarr.open_group(url, mode=mode, zarr_format=3,
+                                                   storage_options=remote.zarr_options(url, options)),
+                           f"opening {url}")
 
 
 def describe_blocks(blocks: Sequence[dict], dtype: str | None = None) -> str:
@@ -376,14 +417,19 @@ def read_done(group: zarr.Group) -> np.ndarray:
 class Store:
     """Read access to a store (and, opened with mode 'r+', the handle `extract` writes through)."""
 
-    def __init__(self, path: Path, group: zarr.Group):
+    def __init__(self, path: str | Path, group: zarr.Group, storage_options: dict | None = None):
         self.path = path
         self.group = group
+        self.storage_options = storage_options  # a URL store's (secrets: never printed nor recorded)
+
+    def __repr__(self) -> str:
+        return f"<hashtagkit Store {self.path}>"
 
     def refresh(self) -> Store:
         """Read the store's metadata again (Zarr reads it once, at open): after an `extract`
         through another handle, this one sees the new features. Returns self."""
-        self.group = zarr.open_group(self.path, mode="r" if self.group.store.read_only else "r+", zarr_format=3)
+        root = _open_group(self.path, "r" if self.group.store.read_only else "r+", self.storage_options)
+        self.group = root[self.group.path] if self.group.path else root
         return self
 
     # --- what the store describes -------------------------------------------------------
@@ -488,6 +534,13 @@ class Store:
         """Paths of rows start..stop-1: what a worker reads for its chunk (only Zarr reads)."""
         return [str(p) for p in np.asarray(self.group["paths"][start:stop]).tolist()]
 
+    def members(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Rows start..stop-1's (byte offset, size) within their webdataset shard, None for a
+        store whose photos are files (see `create_store`'s `members`)."""
+        if "members" not in self.group:
+            return None
+        return np.asarray(self.group["members"][start:self.n_rows if stop is None else stop])
+
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         """The rows (start, stop) of feature chunk `chunk`."""
         return chunk_bounds(chunk, self.chunk_rows(), self.n_rows)
@@ -549,7 +602,7 @@ class Store:
     # --- features ---------------------------------------------------------------------------
     def lock(self, doing: str = "written") -> contextlib.AbstractContextManager:
         """This store's writer lock (see `store_lock`)."""
-        return store_lock(self.path, doing)
+        return store_lock(self.path, doing, self.storage_options)
 
     def init_features(self, dim: int, dtype: str, blocks: list[dict], chunk_rows: int | None = None) -> int:
         """Create the empty feature arrays (features, valid, reason, chunk_log, done) and record
@@ -849,6 +902,14 @@ class Store:
         if "features" in what and not checked:  # (reads every chunk's flag: once per pass, not per block)
             self.check_features(view)
         step = self.step_rows(what) * batch_chunks
+        steps = self._steps(rows, what, view, step)
+        # a store at a URL: the next steps are fetched while the caller works on this one, so the
+        # network does not stall the model (a local disk keeps up by itself)
+        yield from read_ahead(steps, READ_AHEAD if is_url(self.path) else 0)
+
+    def _steps(self, rows, what: tuple[str, ...], view: str,
+               step: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """`iter_rows`' steps, read in turn."""
         readers = {name: _SliceReader(self.group[name]) if name in self.group else None for name in what}
         if rows is None:
             starts = range(0, self.n_rows, step)
@@ -917,6 +978,56 @@ class Store:
         }
 
 
+READ_AHEAD = 2  # steps a URL store's reader fetches ahead of its caller
+
+
+def read_ahead(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced by a background thread up to `depth` ahead of the consumer (0: in
+    turn). An error in the producer is raised in the consumer, in order; a consumer that stops
+    early (closes the generator) stops the producer."""
+    if depth <= 0:
+        yield from items
+        return
+    import queue
+    import threading
+
+    done, stop = object(), threading.Event()
+    q: queue.Queue = queue.Queue(depth)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((False, e))
+            return
+        put((True, done))
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class _SliceReader:
     """Contiguous row slices of one array for a pass in ascending order, each chunk decoded
     once: the chunk that the last slice ended in is kept, so the next slice that starts in it
@@ -956,6 +1067,21 @@ def create_tag_array(group: zarr.Group, vocab: Sequence[str]) -> zarr.Array:
                              dimension_names=DIMS["tag"], overwrite=True)
     if len(vocab):
         arr[...] = np.asarray(list(vocab), dtype=str)
+    return arr
+
+
+def create_members_array(group: zarr.Group, members: np.ndarray) -> zarr.Array:
+    """The `members` array of a store of webdataset shards: per row, (byte offset, size) of its
+    photo's member within the shard its path names, so a reader fetches exactly those bytes."""
+    members = np.asarray(members, dtype=np.int64)
+    n = int(group["paths"].shape[0])
+    if members.shape != (n, 2):
+        raise ValueError(f"members shape {members.shape} != ({n}, 2)")
+    arr = group.create_array("members", shape=members.shape, dtype="int64", chunks=(max(1, min(n, 65536)), 2),
+                             compressors=_compressors(), config={"write_empty_chunks": True},
+                             attributes={ALL_CHUNKS_MARK: True, "columns": ["offset", "size"]},
+                             dimension_names=MEMBERS_DIMS)
+    arr[...] = members
     return arr
 
 

@@ -149,3 +149,33 @@ def old_twin(tmp_path: Path, module):
     writer = module.open_store(path, mode="r+")
     writer.init_features(ref.feature_width, "float32", ref.blocks, 2)
     return ref, path, writer
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session (tests/s3.py); skipped with the reason
+    where moto is not installed (`pip install -e '.[test]'` installs it)."""
+    pytest.importorskip("moto", reason="moto[server] is not installed (the test extra installs it)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (the test extra installs it)")
+    from tests.s3 import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket's s3:// URL, with this process (and its subprocesses, through
+    HASHTAGKIT_STORAGE_OPTIONS) pointed at the server."""
+    import json
+
+    from hashtagkit import remote
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(remote.ENV, json.dumps(s3_server.options()))
+    remote.use_storage_options(None)
+    yield s3_server.bucket()
+    remote.use_storage_options(None)

@@ -36,7 +36,7 @@ def install(monkeypatch=None, spare_pid: int | None = None) -> None:
 
     def getitem(self, row: int):
         target = os.environ.get(KILL_DECODE)
-        if target and os.getpid() != spare_pid and Path(self.paths[row]).name == target:
+        if target and os.getpid() != spare_pid and Path(self.photos.paths[row]).name == target:
             os.kill(os.getpid(), signal.SIGKILL)
         return real_getitem(self, row)
 

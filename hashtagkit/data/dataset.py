@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
 
 from hashtagkit.errors import InputError
 
@@ -23,6 +24,7 @@ class LabelledImages:
     vocab: list[str]
     image_root: str | None
     source: dict = field(default_factory=dict)
+    members: Any = None  # (n, 2) int64 byte ranges of photos inside webdataset shards, else None
 
 
 

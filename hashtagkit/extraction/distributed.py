@@ -25,8 +25,10 @@ the DataLoader's processes do (one thread on the CPU, the worker's cores on a GP
 threads (`local:N`: cores // N), each on one torch thread, all sharing one copy of the models
 (see `connect`); on a GPU one chunk at a time.
 
-The store goes to the workers as a string (a path, later an fsspec URL) and is opened with
-Zarr there: nothing in a task needs the store to be a local path. Workers started by
+The store goes to the workers as a string (a path or a URL, with its storage options) and is
+opened there; the photos are read through `hashtagkit.data.photos` (files, objects under a URL
+prefix, or members of webdataset shards): with the store and the photos at URLs, the workers
+need no file system shared with the coordinator. Workers started by
 `--cluster` are children of the coordinator and exit with it, even when it is SIGKILLed
 (Dask's worker processes watch their parent); with `--scheduler` a task left running by a
 killed coordinator sees that Dask cancelled it (`abandoned`) and writes nothing, so it cannot
@@ -78,7 +80,7 @@ class Job:
 
     store: str  # path or URL, opened with Zarr in the worker
     aside: bool  # the features grow in the subgroup `overwriting` (extract --overwrite)
-    image_root: str
+    image_root: str  # folder or URL prefix of the photos (of the shards, for a webdataset store)
     blocks: list[dict]
     device: str
     precision: str
@@ -91,6 +93,9 @@ class Job:
     torch_threads: int | None  # None: the worker's cores // its Dask threads
     decode_threads: int | None = None  # None: see `decode_threads`
     specs: dict = field(default_factory=dict)  # backbone name -> BackboneSpec, for the worker's registry
+    # a URL store's and photos' storage options: they travel to the workers (which share no disk
+    # and no environment with the coordinator), never shown (repr) nor recorded
+    storage_options: dict | None = field(default=None, repr=False)
 
     def key(self) -> str:
         from hashtagkit.stores import Store
@@ -165,14 +170,12 @@ _OPENED: dict = {}
 def open_target(job: Job):
     """The Store the features are written through, opened with Zarr from the job's string once
     per run and worker (the group's metadata holds the whole record: not read per chunk)."""
-    import zarr
-
-    from hashtagkit.stores import AsideStore, Store
+    from hashtagkit.stores import AsideStore, open_store
 
     with _LOADING:
         if job.token not in _OPENED:
             _OPENED.clear()
-            root = Store(job.store, zarr.open_group(job.store, mode="r+", zarr_format=3))
+            root = open_store(job.store, mode="r+", check=False, storage_options=job.storage_options)
             _OPENED[job.token] = AsideStore(root) if job.aside else root
         return _OPENED[job.token]
 
@@ -214,6 +217,7 @@ class ChunkPaths:
 
 def extract_chunk(job: Job, chunk: int) -> dict:
     """The task: decode, extract and write one chunk (done flag last); returns its log."""
+    from hashtagkit.data.sources import photos_for
     from hashtagkit.extraction.chunks import ChunkBuffer, chunk_info
     from hashtagkit.extraction.reader import ChunkBatches, ImageReader, collate
     from hashtagkit.stores.store import chunk_bounds
@@ -222,15 +226,20 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     engine = worker_extractor(job)
     target = open_target(job)
     start, stop = chunk_bounds(chunk, job.chunk_rows, job.n_rows)
-    paths = ChunkPaths(start, target.parent.paths_range(start, stop) if job.aside else target.paths_range(start, stop))
-    reader = ImageReader(Path(job.image_root), paths, engine.transforms, job.allow_truncated)
+    store = target.parent if job.aside else target
+    members = store.members(start, stop)
+    photos = photos_for(job.image_root, ChunkPaths(start, store.paths_range(start, stop)),
+                        None if members is None else ChunkPaths(start, members), job.storage_options)
+    reader = ImageReader(photos, engine.transforms, job.allow_truncated)
     buf = ChunkBuffer(start, stop, engine.dim)
     batches = ChunkBatches([chunk], job.chunk_rows, job.n_rows, job.batch_size).batches
     with ThreadPoolExecutor(max_workers=decode_threads(job), thread_name_prefix="decode") as pool:
+        photos.prefetch(batches[0])  # a shard's rows of a batch in one read (a no-op for files)
         coming = [pool.submit(reader.__getitem__, r) for r in batches[0]]
         for i in range(len(batches)):
             items = [f.result() for f in coming]
             if i + 1 < len(batches):  # the next batch decodes while the model runs this one
+                photos.prefetch(batches[i + 1])
                 coming = [pool.submit(reader.__getitem__, r) for r in batches[i + 1]]
             rows, inputs, why = collate(items)
             buf.put(rows.tolist(), engine(inputs), why)  # invalid rows ride along as zeros: batches as in-process
@@ -389,7 +398,7 @@ def _watched(running, client):
             yield result
 
 
-def run_chunks(target, engine, plan, root: Path, config, run: dict, run_index: int, log=print
+def run_chunks(target, engine, plan, root: str | Path, config, run: dict, run_index: int, log=print
                ) -> tuple[int, Counter, float]:
     """The distributed stand-in for `local.run_chunks`: one task per pending chunk, submitted
     as earlier ones complete (a 100 M-photo store has ~400 k chunks: the scheduler holds the
@@ -402,11 +411,11 @@ def run_chunks(target, engine, plan, root: Path, config, run: dict, run_index: i
     n = target.n_rows
     todo = plan.rows(n)
     cluster, scheduler, progress = config.cluster, config.scheduler, config.progress
-    job = Job(store=str(target.path), aside=isinstance(target, AsideStore), image_root=str(root.resolve()),
+    job = Job(store=str(target.path), aside=isinstance(target, AsideStore), image_root=str(root),
               blocks=target.blocks, device=engine.device.type, precision=engine.precision,
               batch_size=config.batch_size, allow_truncated=config.allow_truncated, chunk_rows=plan.chunk_rows, n_rows=n, run=run_index,
               token=run["distributed"]["token"], torch_threads=None,
-              specs={b.spec.name: b.spec for b in engine.backbones})
+              specs={b.spec.name: b.spec for b in engine.backbones}, storage_options=target.storage_options)
     invalid: Counter = Counter()
     logs: list[dict] = []
     with connect(cluster, scheduler, engine.device.type, log) as (client, (job.torch_threads, job.decode_threads)):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from hashtagkit.data.photos import Photos
 from hashtagkit.errors import InputError
 from hashtagkit.extraction.config import ExtractConfig
 from hashtagkit.extraction.record import ExtractionRecord, check_resume, chunk_fingerprints
@@ -67,15 +67,15 @@ def prepare_arrays(store: Store, blocks: list[dict], dtype: str, chunk_rows: int
                 fresh=fresh)
 
 
-def plan_and_check(target: Store, blocks: list[dict], config: ExtractConfig, root: Path, paths: list[str],
+def plan_and_check(target: Store, blocks: list[dict], config: ExtractConfig, photos: Photos,
                    precision: str) -> Resume:
     """The plan of a run and the record it continues, checked by `check_resume`."""
     plan = prepare_arrays(target, blocks, config.dtype, config.chunk_rows, config.overwrite)
     done = target.done_flags()
     record = ExtractionRecord() if plan.fresh else ExtractionRecord.of(target)
-    prints = chunk_fingerprints(root, paths, plan.chunk_rows)
+    prints = chunk_fingerprints(photos, plan.chunk_rows)
     try:
-        check_resume(record, done, root, prints, precision, config.allow_truncated, config.allow_mixed_precision,
+        check_resume(record, done, photos.root, prints, precision, config.allow_truncated, config.allow_mixed_precision,
                      config.allow_other_images)
     except InputError as e:
         if not isinstance(target, AsideStore):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from hashtagkit.backbones import Preprocessing
-from hashtagkit.images import DecodeError, decode, decode_jpegs_on, draft_side, jpeg_for_device, orient
+from hashtagkit.data.photos import Photos
+from hashtagkit.images import DecodeError, decode_image, decode_jpegs_on, draft_side, jpeg_for_device, orient
 from hashtagkit.stores.store import chunk_bounds
 
 
@@ -29,29 +29,28 @@ class ImageReader(torch.utils.data.Dataset):
     hands a whole RGB/grey JPEG over as its bytes and EXIF orientation (a 4th item, zeros in
     its pixel tensors), decoded in the main process on the model's device (`on_device`)."""
 
-    def __init__(self, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing], allow_truncated: bool,
+    def __init__(self, photos: Photos, transforms: Sequence[Preprocessing], allow_truncated: bool,
                  decode_mode: str = "default"):
-        self.root, self.paths, self.transforms, self.allow_truncated = root, paths, list(transforms), allow_truncated
+        self.photos, self.transforms, self.allow_truncated = photos, list(transforms), allow_truncated
         self.decode_mode = decode_mode
         self.draft_side = draft_side(decode_mode)
         self.parent = os.getpid()  # decoding in another process than this one is a worker's
 
     @classmethod
-    def exact(cls, root: Path, paths: Sequence[str], transforms: Sequence[Preprocessing],
-              allow_truncated: bool) -> ImageReader:
+    def exact(cls, photos: Photos, transforms: Sequence[Preprocessing], allow_truncated: bool) -> ImageReader:
         """A reader that never reduces a JPEG (Pillow at full size): the reference a
         pixel-changing decode is measured against."""
-        reader = cls(root, paths, transforms, allow_truncated)
+        reader = cls(photos, transforms, allow_truncated)
         reader.draft_side = 1 << 30
         return reader
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.photos.paths)
 
     def __getitem__(self, row: int):
         if self.decode_mode == "gpu":
             try:
-                jpeg = jpeg_for_device(self.root / self.paths[row])
+                jpeg = jpeg_for_device(self.photos.get(row))
             except DecodeError as e:
                 return row, self.zeros(), str(e)
             if jpeg is not None:
@@ -61,10 +60,16 @@ class ImageReader(torch.utils.data.Dataset):
     def decoded(self, row: int) -> tuple:
         """The row decoded by Pillow: (row, pixels, '') or (row, zeros, reason)."""
         try:
-            image = decode(self.root / self.paths[row], self.allow_truncated, draft_side=self.draft_side)
+            image = decode_image(self.photos.get(row), self.allow_truncated, draft_side=self.draft_side)
             return row, [t.pixels(image) for t in self.transforms], ""
         except DecodeError as e:
             return row, self.zeros(), str(e)
+
+    def __getitems__(self, rows: list[int]) -> list:
+        """A batch's rows (DataLoader's batched fetch): the photo source may fetch them
+        together first (one ranged read of a shard instead of one per photo)."""
+        self.photos.prefetch(rows)
+        return [self[row] for row in rows]
 
     def zeros(self) -> list[torch.Tensor]:
         return [torch.zeros(3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms]

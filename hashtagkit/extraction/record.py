@@ -12,14 +12,13 @@ several settings (`extraction_summary`).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from hashtagkit.data.photos import Photos
 from hashtagkit.errors import InputError
 from hashtagkit.records import JsonRecord
 from hashtagkit.stores import Store, aside_progress
@@ -65,24 +64,22 @@ def reasons_text(counts: dict) -> str:
 
 
 
-def chunk_fingerprints(root: Path, paths: Sequence[str], chunk_rows: int) -> list[str]:
-    """Per chunk, a hash of its files' relative paths, sizes and mtimes: a resume that would read
-    other photos (another --images, or files replaced since) changes the hash of a done chunk."""
+def chunk_fingerprints(photos: Photos, chunk_rows: int) -> list[str]:
+    """Per chunk, a hash of its photos' relative paths and stamps (size and mtime, or ETag): a
+    resume that would read other photos (another --images, files replaced since, a shard
+    rewritten) changes the hash of a done chunk."""
+    paths, stamps = photos.paths, photos.stamps()
     out = []
     for start in range(0, max(len(paths), 1), chunk_rows):
         h = hashlib.sha256()
-        for rel in paths[start : start + chunk_rows]:
-            try:
-                st = os.stat(root / rel)
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{rel}\0-\n".encode())
+        for rel, stamp in zip(paths[start : start + chunk_rows], stamps[start : start + chunk_rows], strict=True):
+            h.update(f"{rel}\0{stamp}\n".encode() if stamp is not None else f"{rel}\0-\n".encode())
         out.append(h.hexdigest()[:16])
     return out
 
 
 
-def check_resume(record: ExtractionRecord, done: np.ndarray, root: Path, prints: list[str], precision: str,
+def check_resume(record: ExtractionRecord, done: np.ndarray, root: str | Path, prints: list[str], precision: str,
                  allow_truncated: bool, allow_mixed_precision: bool, allow_other_images: bool) -> None:
     """Refuse a resume that would mix precisions, photo sets or truncated-photo handling in one
     feature array."""
@@ -105,8 +102,8 @@ def check_resume(record: ExtractionRecord, done: np.ndarray, root: Path, prints:
     if allow_other_images:
         return
     old_root = record.image_root
-    if old_root and Path(old_root) != root.resolve():
-        raise InputError(f"the done chunks were read from {old_root}, this run would read {root.resolve()}: "
+    if old_root and str(old_root) != str(root):
+        raise InputError(f"the done chunks were read from {old_root}, this run would read {root}: "
                          "pass the same {opt:images}, or {opt:allow_other_images=True} if the photos are the "
                          "same, or {opt:overwrite=True} to start again")
     old = record.fingerprints or []
@@ -189,7 +186,7 @@ def gather_chunk_log(store: Store, record: ExtractionRecord) -> ExtractionRecord
 
 
 def start_record(store: Store, record: ExtractionRecord, done: np.ndarray, pending: list[int], prints: list[str],
-                 run: dict, root: Path) -> ExtractionRecord:
+                 run: dict, root: str | Path) -> ExtractionRecord:
     """Write, before any chunk, which run computes which chunk and from which photos, so that even
     a killed run leaves the truth about its done chunks."""
     runs = list(record.runs)
@@ -205,7 +202,7 @@ def start_record(store: Store, record: ExtractionRecord, done: np.ndarray, pendi
     for c in pending:
         owner[c], fingerprints[c] = len(runs), prints[c]
     runs.append(run)
-    record = replace(record, runs=runs, chunk_runs=owner, fingerprints=fingerprints, image_root=str(root.resolve()))
+    record = replace(record, runs=runs, chunk_runs=owner, fingerprints=fingerprints, image_root=str(root))
     store.write_extraction_record(record.to_json())
     return record
 

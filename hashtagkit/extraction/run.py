@@ -19,6 +19,7 @@ import numpy as np
 
 from hashtagkit import provenance
 from hashtagkit.backbones import DEFAULT_BACKBONES, LoadedBackbone, load_backbone, parse_backbone_option
+from hashtagkit.data.sources import image_root, photos_for, root_problem
 from hashtagkit.devices import extraction_budget, pick_device, pick_precision
 from hashtagkit.errors import InputError
 from hashtagkit.extraction.config import ExtractConfig, decode_record
@@ -28,7 +29,6 @@ from hashtagkit.extraction.reader import ImageReader, collate
 from hashtagkit.extraction.record import finish_record, reasons_text, start_record
 from hashtagkit.images import MAX_PIXELS
 from hashtagkit.stores import AsideStore, Store, finish_swap, has_aside, open_store, swap_in, upgrade_store
-from hashtagkit.stores.store import is_url
 
 BackboneInput = str | LoadedBackbone
 
@@ -72,7 +72,8 @@ def load_backbones(backbones: Sequence[BackboneInput] | None, seed: int = 0,
 
 def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None = None,
             config: ExtractConfig | None = None, *, seed: int = 0, preprocessing: Mapping[str, str] | None = None,
-            log: Callable[[str], None] = print, **settings: Any) -> Summary:
+            storage_options: Mapping[str, Any] | None = None, log: Callable[[str], None] = print,
+            **settings: Any) -> Summary:
     """Fill the store's features with the given backbones (None: vgg16-object and vgg16-scene);
     resumes an interrupted run unless `overwrite`.
 
@@ -83,7 +84,10 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     the same precision (else `allow_mixed_precision`) and the same photos (else
     `allow_other_images`). `config.cluster` ("local[:N]") or `config.scheduler` (an address)
     computes the chunks on Dask workers instead of in this process. Everything is checked
-    before any weights are loaded."""
+    before any weights are loaded.
+
+    `store` and `config.images` may be URLs (`s3://bucket/h.zarr`, `s3://bucket/photos/`),
+    opened with `storage_options` (or the store handle's, or the process's: `hashtagkit.remote`)."""
     config = config or ExtractConfig()
     if settings:
         known = {f.name for f in dataclasses.fields(ExtractConfig)}
@@ -94,10 +98,13 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     config.check()
     given = store
     store_path = store.path if isinstance(store, Store) else store
-    opened = open_store(store_path)  # a missing store fails before any weights are loaded
-    root = Path(config.images) if config.images else (Path(opened.image_root) if opened.image_root else None)
-    if root is None or not root.is_dir():
-        raise InputError(f"image folder {root} does not exist: pass {{param}}", param="images")
+    options = store.storage_options if isinstance(store, Store) else storage_options
+    opened = open_store(store_path, storage_options=options)  # a missing store fails before any weights are loaded
+    options = opened.storage_options
+    root = image_root(config.images or opened.image_root)
+    problem = root_problem(root, options)
+    if problem:
+        raise InputError(f"{problem}: pass {{param}}", param="images")
     loaded = load_backbones(backbones, seed, preprocessing)
     blocks_names = [b.spec.block for b in loaded]
     if len(set(blocks_names)) != len(blocks_names):
@@ -116,33 +123,31 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     with opened.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
-        store = open_store(store_path, mode="r+")
-        root = Path(config.images) if config.images else Path(store.image_root or root)
+        store = open_store(store_path, mode="r+", storage_options=options)
+        root = image_root(config.images or store.image_root or root)
         if upgrade_store(store, log=log):  # a format-1 store (or an interrupted upgrade): format 2 first
-            store = open_store(store_path, mode="r+")
+            store = open_store(store_path, mode="r+", storage_options=options)
         if finish_swap(store):  # an `--overwrite` killed while swapping: its new features are complete
             log("finished the swap of an interrupted `extract --overwrite`: its new features are in place")
-            store, config = open_store(store_path, mode="r+"), config.replace(overwrite=False)
+            store, config = open_store(store_path, mode="r+", storage_options=options), config.replace(overwrite=False)
         target = store
         if config.overwrite and (store.feature_dtype is not None or has_aside(store)):
-            if is_url(store.path):  # the swap moves folders: a local file system only, for now
-                raise InputError(f"{store_path}: {{opt:overwrite}} of a store at a URL is not supported; "
-                                 "extract into a new store instead")
             target = AsideStore(store)
             log("--overwrite: the new features are written beside the old ones, which stay readable until "
                 "the new ones are complete (a rerun with --overwrite resumes them)")
         paths = store.paths()
-        resume = plan_and_check(target, blocks, config, root, paths, prec)
+        photos = photos_for(root, paths, store.members(), options)
+        resume = plan_and_check(target, blocks, config, photos, prec)
         if resume.refused and not resume.plan.fresh:
             # `--overwrite` resumed with other settings or photos than its own interrupted start:
             # that start is what is being overwritten, not a reason to refuse
             log(f"--overwrite: the interrupted new features differ ({resume.refused}); starting them again")
             target.drop_features()
-            resume = plan_and_check(target, blocks, config, root, paths, prec)
+            resume = plan_and_check(target, blocks, config, photos, prec)
         plan, n = resume.plan, store.n_rows
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": config.batch_size,
                "workers": budget.workers, "allow_truncated": config.allow_truncated,
-               "image_root": str(root.resolve()), "compute": engine.describe(),
+               "image_root": str(root), "compute": engine.describe(),
                "budget": budget.describe() | {"cores": os.cpu_count()},
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
                "decode": decode_record(config.decode) | {"max_pixels": MAX_PIXELS}}
@@ -150,7 +155,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
             from hashtagkit.extraction import distributed
 
             run["distributed"] = distributed.describe(config.cluster, config.scheduler)
-        reader = ImageReader(root, paths, engine.transforms, config.allow_truncated, config.decode)
+        reader = ImageReader(photos, engine.transforms, config.allow_truncated, config.decode)
         if config.decode != "default" and plan.pending:
             check = decode_check(reader, engine, plan.pending_rows(n)[:DECODE_CHECK_ROWS])
             run["decode"]["check"] = check
@@ -172,7 +177,7 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
         finish_record(target, record, run, provenance.record(
             device=str(dev), precision=prec, batch_size=config.batch_size, workers=budget.workers,
             dtype=config.dtype, chunk_rows=plan.chunk_rows, allow_truncated=config.allow_truncated,
-            image_root=str(root.resolve()), invalid=store_invalid,
+            image_root=str(root), invalid=store_invalid,
         ))
         if target is not store:
             swap_in(store, target)
@@ -191,7 +196,7 @@ def decode_check(reader: ImageReader, engine: Extractor, rows: list[int]) -> dic
     """The fc7 cosine between `reader`'s pixels and the exact decode's (Pillow, full size, never
     reduced) on `rows`, computed by the run's own model: what a pixel-changing decode costs in
     features, on the run's own photos (rows that either way fails to decode are left out)."""
-    exact = ImageReader.exact(reader.root, reader.paths, reader.transforms, reader.allow_truncated)
+    exact = ImageReader.exact(reader.photos, reader.transforms, reader.allow_truncated)
     a = collate([exact.decoded(r) for r in rows])
     b = reader.on_device(collate([reader[r] for r in rows]), engine.device)
     keep = [i for i in range(len(rows)) if not a[2][i] and not b[2][i]]

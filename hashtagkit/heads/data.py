@@ -14,14 +14,13 @@ holds positions `bounds[i]:bounds[i+1]`. What a head does with blocks is its own
 shuffle their order per epoch (the MLP), give each DDP rank a disjoint share (`subset`), hold
 some out for validation, fit a projection on a seeded sample of positions (`take`).
 
-A StoreData pickles as the store path and its rows, so DataLoader worker processes reopen
-the store themselves.
+A StoreData pickles as the store path (or URL, with its storage options) and its rows, so
+DataLoader worker processes reopen the store themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -175,7 +174,8 @@ class StoreData(TrainingData):
     and labels, read one block (`block_chunks` feature chunks) at a time."""
 
     def __init__(self, store, view: str | None, rows: np.ndarray | Sequence[int], block_chunks: int = 1) -> None:
-        self.store, self.path, self.view, self.block_chunks = store, Path(store.path), view, int(block_chunks)
+        self.store, self.path, self.view, self.block_chunks = store, store.path, view, int(block_chunks)
+        self.storage_options = store.storage_options  # a URL store's: a worker process reopens it with them
         if view is not None:  # once here: block reads skip the check (see Store.iter_rows)
             store.check_features(view)
         self.rows = np.unique(store.row_indices(rows))
@@ -203,7 +203,8 @@ class StoreData(TrainingData):
         if self.store is None:
             from hashtagkit.stores import open_store
 
-            self.store = open_store(self.path, check=False)  # checked when the parent opened it
+            # checked when the parent opened it
+            self.store = open_store(self.path, check=False, storage_options=self.storage_options)
         return self.store
 
     def _read(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,7 +58,7 @@ def test_prepare_planted_and_harrison_sizes_are_checked_by_name(tmp_path):
 
 def test_prepare_posts_refuses_a_missing_image_folder(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"image": "a.jpg", "hashtags": ["sea"]}\n')
-    with pytest.raises(InputError, match="images folder .* does not exist"):
+    with pytest.raises(InputError, match="image folder .* does not exist"):
         hashtagkit.prepare.posts(tmp_path / "p.jsonl", tmp_path / "nothing", tmp_path / "s.zarr", lemmatize=False)
     lines = []
     (tmp_path / "imgs").mkdir()

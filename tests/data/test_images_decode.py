@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 from hashtagkit.backbones.preprocessing import IMAGENET, PLACES365_CAFFE
+from hashtagkit.data.photos import FolderPhotos
 from hashtagkit.extraction.reader import ImageReader, collate
 from hashtagkit.images import EXIF_ORIENTATION, DecodeError, decode, jpeg_for_device, orient
 
@@ -66,8 +67,8 @@ def test_gpu_path_on_the_cpu_matches_the_default_pixels(tmp_path):
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:-2000])
     paths = ["turned.jpg", "b.png", "cut.jpg", "none.jpg"]
     transforms = [IMAGENET, PLACES365_CAFFE]
-    gpu = ImageReader(tmp_path, paths, transforms, allow_truncated=False, decode_mode="gpu")
-    default = ImageReader(tmp_path, paths, transforms, allow_truncated=False)
+    gpu = ImageReader(FolderPhotos(tmp_path, paths), transforms, allow_truncated=False, decode_mode="gpu")
+    default = ImageReader(FolderPhotos(tmp_path, paths), transforms, allow_truncated=False)
     rows, ours, reasons = gpu.on_device(collate([gpu[r] for r in range(4)]), CPU)
     _, theirs, their_reasons = collate([default[r] for r in range(4)])
     assert reasons == their_reasons == ["", "", "truncated", "missing"]
@@ -77,7 +78,7 @@ def test_gpu_path_on_the_cpu_matches_the_default_pixels(tmp_path):
         assert diff.mean() < 2.0 and torch.quantile(diff, 0.99) < 12  # other rounding, same picture
         assert torch.equal(x[1], y[1])  # the PNG: Pillow's pixels
     # the same picture the right way up: a wrong turn is far more than rounding
-    wrong = ImageReader(tmp_path, paths, transforms, allow_truncated=False, decode_mode="gpu")
+    wrong = ImageReader(FolderPhotos(tmp_path, paths), transforms, allow_truncated=False, decode_mode="gpu")
     item = wrong[0]
     _, turned_wrong, _ = wrong.on_device(collate([(item[0], item[1], item[2], (item[3][0], 1))]), CPU)
     assert (turned_wrong[0][0].float() - theirs[0][0].float()).abs().mean() > 10
@@ -89,8 +90,8 @@ def test_fast_decode_is_reduced_and_close(tmp_path):
     save_jpeg(tmp_path / "big.jpg", photo(1536, 2048))
     fast = decode(tmp_path / "big.jpg", draft_side=256)
     assert 256 <= min(fast.size) < 1536 // 2 and decode(tmp_path / "big.jpg").size == (1024, 768)
-    reader = ImageReader(tmp_path, ["big.jpg"], [IMAGENET, PLACES365_CAFFE], False, decode_mode="fast")
-    default = ImageReader(tmp_path, ["big.jpg"], [IMAGENET, PLACES365_CAFFE], False)
+    reader = ImageReader(FolderPhotos(tmp_path, ["big.jpg"]), [IMAGENET, PLACES365_CAFFE], False, decode_mode="fast")
+    default = ImageReader(FolderPhotos(tmp_path, ["big.jpg"]), [IMAGENET, PLACES365_CAFFE], False)
     for x, y in zip(reader[0][1], default[0][1], strict=True):
         assert (x.float() - y.float()).abs().mean() < 3.0
 

@@ -32,13 +32,14 @@ from ..extraction.test_backbones import vgg_file, vgg_state  # noqa: F401  (sess
 FIXED = SHARED / "fixtures" / "harrison_fixed"
 
 
-def make_image_store(tmp_path, n=6, name="s.zarr", seed=0, extra: dict | None = None):
-    """A store over n small JPEGs (plus optional extra files by relative path -> bytes)."""
+def make_image_store(tmp_path, n=6, name="s.zarr", seed=0, extra: dict | None = None, url: str | None = None):
+    """A store over n small JPEGs (plus optional extra files by relative path -> bytes); with
+    `url` (a bucket's s3://...), store and photos live there only (`url/name`, `url/images/`)."""
     from hashtagkit.data.split import random_split
     from hashtagkit.stores import create_store
 
     images = tmp_path / "images"
-    images.mkdir(exist_ok=True)
+    images.mkdir(parents=True, exist_ok=True)
     paths = []
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -54,6 +55,15 @@ def make_image_store(tmp_path, n=6, name="s.zarr", seed=0, extra: dict | None = 
     labels = np.eye(len(paths), 3, dtype=np.uint8)
     labels[:, 0] = 1
     split, info = random_split(len(paths), 1, 0, 0)
+    if url is not None:
+        from hashtagkit import remote
+
+        fs, base = remote.filesystem(url)
+        fs.put(str(images) + "/", f"{base}/images/", recursive=True)
+        create_store(f"{url}/{name}", paths=paths, labels=labels, vocab=["a", "b", "c"], split=split,
+                     split_info=info, kind="test", image_root=f"{url}/images")
+        shutil.rmtree(images)  # nothing local left to read
+        return f"{url}/{name}"
     create_store(tmp_path / name, paths=paths, labels=labels, vocab=["a", "b", "c"], split=split,
                  split_info=info, kind="test", image_root=str(images))
     return tmp_path / name
@@ -220,11 +230,23 @@ def test_cli_errors(tmp_path):
         pick_precision("fp16", torch.device("cpu"))
 
 
+def done_flags(store) -> np.ndarray:
+    """The store's done flags as another process sees them now (zeros before they exist)."""
+    try:
+        return open_store(store, check=False).done_flags()
+    except Exception:  # noqa: BLE001 - arrays not created yet
+        return np.zeros(1, bool)
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_store(tmp_path):
-    """SIGKILL mid-way, run again: the store equals one from an uninterrupted run (fp32)."""
-    store = make_image_store(tmp_path, n=30)
-    shutil.copytree(store, tmp_path / "b.zarr")
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_run_resumes_to_the_same_store(tmp_path, where, request):
+    """SIGKILL mid-way, run again: the store equals one from an uninterrupted run (fp32); on a
+    local disk, and with store and photos in object storage (the killed run's lease is taken
+    over: its holder is gone)."""
+    url = request.getfixturevalue("s3") if where == "s3" else None
+    store = make_image_store(tmp_path, n=30, url=url)
+    reference = make_image_store(tmp_path / "ref", n=30, name="b.zarr")  # the same photos, local, uninterrupted
     cmd = [sys.executable, "-m", "hashtagkit.cli.main", "extract", "--backbone", "resnet50-object=random",
            "--precision", "fp32", "--dtype", "float32", "--chunk-rows", "4", "--batch-size", "3", "--no-progress",
            "--workers", "1"]
@@ -233,24 +255,21 @@ def test_killed_run_resumes_to_the_same_store(tmp_path):
     deadline = time.time() + 120
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
-        try:
-            done = np.asarray(zarr.open_group(store, mode="r")["done"][...])
-        except Exception:  # arrays not created yet
-            done = np.zeros(1, bool)
+        done = done_flags(store)
         if 2 <= done.sum() < len(done):
             proc.send_signal(signal.SIGKILL)
             killed_at = int(done.sum())
             break
         time.sleep(0.05)
-    proc.wait()
-    assert killed_at is not None, "the run finished before it could be killed"
+    out, err = proc.communicate()
+    assert killed_at is not None, f"the run finished before it could be killed: {err.decode()[-2000:]}"
     assert open_store(store).completeness()[0] < 8
     resumed = subprocess.run([*cmd, str(store)], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "already done" in resumed.stderr
-    fresh = subprocess.run([*cmd, str(tmp_path / "b.zarr")], capture_output=True, text=True, env=env)
+    fresh = subprocess.run([*cmd, str(reference)], capture_output=True, text=True, env=env)
     assert fresh.returncode == 0, fresh.stderr
-    a, b = open_store(store), open_store(tmp_path / "b.zarr")
+    a, b = open_store(store), open_store(reference)
     assert a.completeness() == b.completeness() == (8, 8)
     assert np.array_equal(a.features(), b.features())
     assert np.array_equal(a.valid(), b.valid())

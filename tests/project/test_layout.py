@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROOTS = {"hashtagkit": REPO / "hashtagkit", "hashtagkit.stores": REPO / "stores", "hashtagkit.cli": REPO / "cli"}
 
 LAYERS = [  # lowest first: a module's layer is that of its longest matching prefix
-    ("hashtagkit.errors", "hashtagkit.choices", "hashtagkit.records", "hashtagkit.provenance", "hashtagkit.outputs",
+    ("hashtagkit.errors", "hashtagkit.remote", "hashtagkit.choices", "hashtagkit.records", "hashtagkit.provenance", "hashtagkit.outputs",
      "hashtagkit.metrics",
      "hashtagkit.images", "hashtagkit.plots"),
     ("hashtagkit.stores", "hashtagkit.devices", "hashtagkit.ddp"),

@@ -64,8 +64,8 @@ def reads(monkeypatch) -> list:
     log: list = []
     real = Store.__init__
 
-    def counting(self, path, group):
-        real(self, path, CountingGroup(group, log))
+    def counting(self, path, group, storage_options=None):
+        real(self, path, CountingGroup(group, log), storage_options)
 
     monkeypatch.setattr(Store, "__init__", counting)
     return log
