@@ -28,6 +28,7 @@ from hashtagkit.choices import (
     PRECISIONS,
     RERANKS,
     SPLITS,
+    TAGS_FROM,
     THRESHOLDS,
     VIEWS,
 )
@@ -426,6 +427,35 @@ def prepare_posts(posts: Path, images: Path, vocab_size: int, min_tags: int, max
     store = prepare.posts(posts, images, out, vocab_size=vocab_size, min_tags=min_tags, max_tags=max_tags,
                           lemmatize=lemmatize, test_size=test_size, val_size=val_size, seed=seed, overwrite=overwrite,
                           log=echo_err)
+    said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
+
+
+@prepare.command("webdataset")
+@click.argument("shards", nargs=-1, required=True)
+@click.option("--tags-from", type=click.Choice(TAGS_FROM), default="auto", show_default=True,
+              help="Where a sample's hashtags are: its json member's 'hashtags' list, the #tags of its txt "
+                   "caption, or auto (json when the sample has one with 'hashtags', else txt).")
+@click.option("--vocab-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Classes kept: the most frequent hashtags.")
+@click.option("--min-tags", default=1, show_default=True, type=click.IntRange(min=0), help="Drop samples left with fewer hashtags.")
+@click.option("--max-tags", default=10, show_default=True, type=click.IntRange(min=0), help="Drop samples left with more hashtags (likely commercial).")
+@click.option("--lemmatize/--no-lemmatize", default=True, show_default=True, help="Lemmatise with WordNet (nouns): #friends -> #friend.")
+@split_options("0.1")
+def prepare_webdataset(shards: tuple[str, ...], tags_from: str, vocab_size: int, min_tags: int, max_tags: int,
+                       lemmatize: bool, out, test_size, val_size, seed: int, overwrite: bool) -> None:
+    """From webdataset tar shards, with the paper's hashtag cleaning (section 2.2).
+
+    SHARDS are tar files or URLs, brace-expanded ('shards/{00000..00099}.tar',
+    's3://bucket/laion/{00000..09999}.tar'; quote them so the shell leaves the braces alone). A
+    sample is the members sharing a key (000123.jpg, 000123.json, 000123.txt); its photo is the
+    jpg, jpeg, png or webp member. Each shard is read once and never unpacked: the store keeps
+    each photo's byte range in its shard, and `extract` reads those bytes in place. Shards'
+    sizes and ETags (sha256 for local files) are recorded; a resume refuses shards that changed.
+    """
+    from hashtagkit import prepare
+
+    store = prepare.webdataset(list(shards), out, tags_from=tags_from, vocab_size=vocab_size, min_tags=min_tags,
+                               max_tags=max_tags, lemmatize=lemmatize, test_size=test_size, val_size=val_size,
+                               seed=seed, overwrite=overwrite, log=echo_err)
     said_written(store, out, f"{store.n_rows:,} images, {store.n_classes:,} classes")
 
 

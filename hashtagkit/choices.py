@@ -16,3 +16,4 @@ DECODE_MODES = ("default", "fast", "gpu")
 FEATURE_DTYPES = ("float16", "float32")
 RERANKS = ("none", "cooc")
 THRESHOLDS = ("none", "global", "per-tag")
+TAGS_FROM = ("auto", "json", "txt")  # where `prepare webdataset` finds a sample's hashtags

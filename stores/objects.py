@@ -33,6 +33,7 @@ from hashtagkit import remote
 from hashtagkit.errors import InputError
 
 LEASE_SUFFIX = ".lock"
+STARTED = "hashtagkit_being_prepared"  # group attr while `prepare` writes a store (its last write drops it)
 LEASE_SECONDS_ENV = "HASHTAGKIT_LEASE_SECONDS"
 LEASE_SECONDS = 60.0  # a lease not renewed for this long is free to take; renewed every third of it
 
@@ -208,7 +209,9 @@ def refuse_existing_url(url: str, overwrite: bool, options: Mapping[str, Any] | 
     if not overwrite:
         raise InputError(f"{url} already exists: pass {{opt:overwrite=True}} to replace it")
     attrs = meta.get("attributes") or {}
-    ours = isinstance(attrs.get("hashtagkit"), dict) or (meta.get("node_type") == "group" and not attrs)
+    # a store, or one whose `prepare` died before its last write (its STARTED mark, or nothing yet)
+    ours = isinstance(attrs.get("hashtagkit"), dict) or (meta.get("node_type") == "group" and
+                                                         (not attrs or STARTED in attrs))
     if not ours:
         raise InputError(f"{url} is not a hashtagkit store: refusing to replace it; choose another output URL")
     return True

@@ -56,6 +56,7 @@ import zarr.codecs
 from hashtagkit import provenance, remote
 from hashtagkit.errors import InputError
 from hashtagkit.outputs import atomic_dir, refuse_existing
+from hashtagkit.stores.objects import STARTED
 
 FORMAT = 2  # 1: `done` and `paths` in one chunk each, no `chunk_log` (see the module docstring)
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
@@ -66,7 +67,6 @@ LEGACY_LOCK_FILE = ".extract.lock"  # where the lock was, inside the store: remo
 CHUNKED = ("features", "valid", "reason")  # the per-row arrays a done chunk must hold
 SWAPPING = "swapping"  # group attr while `extract --overwrite` moves its new arrays in
 FILES_MARK = "every_done_chunk_has_files"  # attr of `done`: see Store._files_always_written
-STARTED = "hashtagkit_being_prepared"  # group attr of a store `prepare` is still writing (renamed at its end)
 UPGRADING = "upgrading_to_format_2"  # group attr while `upgrade_store` rewrites a format-1 store
 ROW_ARRAYS = ("features", "labels", "valid")  # what iter_rows reads by default
 PATH_CHUNK_ROWS = 4096  # paths per chunk: a worker reads one or two such chunks for its rows

@@ -35,12 +35,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hashtagkit import provenance, remote
+from hashtagkit.choices import TAGS_FROM
 from hashtagkit.data.photos import Photos
 from hashtagkit.errors import InputError
 from hashtagkit.images import DecodeError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # the sample's photo: the first present, in this order
-TAGS_FROM = ("auto", "json", "txt")
 HASHTAG = re.compile(r"(?<!\w)#(\w+)")  # `#word` in a caption; "#like4like" is rejected later by the cleaning
 MAX_TEXT_MEMBER = 16 << 20  # a json/txt member larger than this is not read (no hashtags), never held in memory
 STREAM_BUFSIZE = 256 << 10  # tarfile's read size while streaming (its default, 10 KiB, means many tiny reads)
