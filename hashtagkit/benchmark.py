@@ -152,7 +152,7 @@ def bench(store_path: str | Path | Store, out: str | Path, heads: list[str], vie
     settings and store is kept), `results.csv`, the paper-style `table.md` and plots. `sets`
     maps a head to its parameters; returns the records of the table."""
     sets = with_component_sets(sets, heads)
-    store = open_store(store_path.path if isinstance(store_path, Store) else store_path)
+    store = store_path.refresh() if isinstance(store_path, Store) else open_store(store_path)
     for head in heads:  # every head's settings checked before anything is written
         make_head(head, **(sets or {}).get(head, {}))
     out = Path(out)

@@ -148,9 +148,10 @@ def fit(
     `view` of its features (object, scene or both), and write the run to `out` atomically;
     with `postprocess` (`Options`), also choose its re-ranking and thresholds on validation
     rows. Returns the run (on the other ranks of a torchrun, the folder rank 0 writes)."""
+    options = store_path.storage_options if isinstance(store_path, Store) else None  # a URL store's own
     store_path = store_path.path if isinstance(store_path, Store) else store_path
     out = refuse_existing(out, overwrite, kind="run", inputs=[store_path])
-    store = open_store(store_path)
+    store = open_store(store_path, storage_options=options)
     split_sha = store.verify_split()
     head = make_head(head_name, **(params or {}))
     if "random_state" in head.param_names() and (params or {}).get("random_state") is None:

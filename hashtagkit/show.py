@@ -68,19 +68,20 @@ def sheet_entries(scored: ScoredSplit, positions: np.ndarray, top: int) -> list[
     return entries
 
 
-def load_thumbnail(path: Path) -> tuple[np.ndarray | None, str]:
-    """The photo as an RGB array no larger than THUMB, or (None, reason) when it cannot be read."""
-    from hashtagkit.images import DecodeError, decode
+def load_thumbnail(photos, row: int) -> tuple[np.ndarray | None, str]:
+    """Row's photo (`hashtagkit.data.photos`: a file, an object at a URL, a shard's member) as
+    an RGB array no larger than THUMB, or (None, reason) when it cannot be read."""
+    from hashtagkit.images import DecodeError, decode_image
 
     try:
-        im = decode(path, allow_truncated=True)  # a truncated photo is still worth seeing
+        im = decode_image(photos.get(row), allow_truncated=True)  # a truncated photo is still worth seeing
     except DecodeError as e:
         return None, str(e)
     im.thumbnail((THUMB, THUMB))
     return np.asarray(im), ""
 
 
-def draw_sheet(entries: list[Entry], image_root: Path | None, title: str, cols: int = 4):
+def draw_sheet(entries: list[Entry], photos, title: str, cols: int = 4):
     """A matplotlib Figure: one cell per entry, the photo over two columns of hashtags
     (predicted with scores | ground truth), matches in red and bold."""
     from matplotlib.figure import Figure
@@ -99,7 +100,7 @@ def draw_sheet(entries: list[Entry], image_root: Path | None, title: str, cols: 
         photo_frac = photo_h / (photo_h + text_h)
         ax = fig.add_axes((x0 + 0.01, y_top - cell_h * photo_frac + 0.004, 1 / cols - 0.02, cell_h * photo_frac - 0.02))
         ax.set_axis_off()
-        pixels, reason = load_thumbnail(image_root / e.path) if image_root else (None, "no image folder")
+        pixels, reason = load_thumbnail(photos, e.row) if photos is not None else (None, "no image folder")
         if pixels is None:
             ax.text(0.5, 0.5, f"image {reason}\n{e.path}", ha="center", va="center", fontsize=7, wrap=True,
                     transform=ax.transAxes)
@@ -128,20 +129,35 @@ def _frame(ax):
     return Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor="#e6e6e6", edgecolor="#aaaaaa", zorder=-1)
 
 
-def image_folder(store: Store, images: str | Path | None) -> Path:
-    """Where the photos are: --images, else the folder extraction read, else the store's."""
+def image_folder(store: Store, images: str | Path | None) -> str | Path:
+    """Where the photos are: --images, else the folder (or URL prefix) extraction read, else the
+    store's."""
+    from hashtagkit.data.sources import image_root, root_problem
+
     if images:
-        root = Path(images)
+        root = image_root(images)
     else:
         extraction = store.extraction_record
         root_text = extraction.get("image_root") or store.image_root
         if not root_text:
             raise InputError(f"{store.path} has no images (a features-only store such as `prepare planted`): "
                              "a sheet needs the photos")
-        root = Path(root_text)
-    if not root.is_dir():
-        raise InputError(f"image folder {root} does not exist: pass {{param}} DIR", param="images")
+        root = image_root(root_text)
+    problem = root_problem(root, store.storage_options)
+    if problem:
+        raise InputError(f"{problem}: pass {{param}} DIR", param="images")
     return root
+
+
+def sheet_photos(store: Store, root: str | Path, entries: list[Entry]):
+    """The drawn rows' photos, wherever they live (`hashtagkit.data.sources.photos_for`)."""
+    from hashtagkit.data.sources import photos_for
+
+    paths = {e.row: e.path for e in entries}
+    members = None
+    if store.members(0, 0) is not None:
+        members = {e.row: tuple(store.members(e.row, e.row + 1)[0]) for e in entries}
+    return photos_for(root, paths, members, store.storage_options)
 
 
 def _marker_kwargs(suffix: str) -> dict:
@@ -193,5 +209,5 @@ def contact_sheet(run: str | Path, out: str | Path, *, split: str = "test", n: i
               "best": f"highest Recall@{top}"}[mode]
     title = (f"{scored.record.head} ({view}) on {split}: {len(entries)} of {len(scorer.rows):,} images, "
              f"{picked}; mean Recall@{top} of the split {100 * recall.mean():.1f}%. Matches in red.")
-    write_sheet(draw_sheet(entries, root, title, cols=cols), out)
+    write_sheet(draw_sheet(entries, sheet_photos(scorer.store, root, entries), title, cols=cols), out)
     return entries

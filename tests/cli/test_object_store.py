@@ -97,6 +97,10 @@ def pipeline(tmp_path: Path, where: str, request) -> dict:
     results = json.loads(res.stdout)["results"]
     assert all(r["error"] is None for r in results)
     out["recommend"] = [r["hashtags"] for r in results]
+    sheet = hk.contact_sheet(tmp_path / "run-knn", tmp_path / "sheet.png", n=4, seed=0)  # `show`: photos read too
+    out["sheet"] = [(e.row, e.path, e.predicted) for e in sheet]
+    table = hk.bench(store, tmp_path / "bench", heads=["popularity", "knn"], views=["both"], seeds=[0], log=QUIET)
+    out["bench"] = [{k: v for k, v in r.items() if "seconds" not in k and k not in ("run", "store", "key")} for r in table]
     recommender = hk.Recommender.from_run(tmp_path / "run-mlp", device="cpu")  # what `serve` answers with
     out["served"] = recommender.score_prepared([recommender.prepare(q) for q in query])
     return out
@@ -111,6 +115,7 @@ def test_the_pipeline_on_s3_equals_the_pipeline_on_a_local_disk(tmp_path, reques
         assert s3["scores"][head] == local["scores"][head], head
     assert s3["recommend"] == local["recommend"]
     assert np.array_equal(local["served"], s3["served"])
+    assert s3["sheet"] == local["sheet"] and s3["bench"] == local["bench"] and len(s3["bench"]) == 2
     # storage options (the endpoint, the keys) are in no record
     secret = json.loads(os.environ[remote.ENV])["secret"]
     endpoint = json.loads(os.environ[remote.ENV])["endpoint_url"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -12,7 +10,7 @@ from PIL import Image
 from hashtagkit.cli.main import cli
 from hashtagkit.evaluation import score_split
 from hashtagkit.metrics import recall_per_image
-from hashtagkit.show import MATCH_COLOR, draw_sheet, select_rows, sheet_entries
+from hashtagkit.show import MATCH_COLOR, draw_sheet, select_rows, sheet_entries, sheet_photos
 from hashtagkit.stores import open_store
 
 
@@ -76,7 +74,8 @@ def test_sheet_highlights_exactly_the_matches(demo_run, tmp_path):
     store, run = demo_run
     scored = score_split(run)
     entries = sheet_entries(scored, select_rows(recall_per_image(scored.scores, scored.labels, 5), 6, "best"), top=5)
-    fig = draw_sheet(entries, Path(open_store(store).image_root), "t", cols=3)
+    opened = open_store(store)
+    fig = draw_sheet(entries, sheet_photos(opened, opened.image_root, entries), "t", cols=3)
     red = sorted(t.get_text().split()[0] for t in fig.texts if t.get_color() == MATCH_COLOR)
     expected = sorted([f"#{t}" for e in entries for t, _, hit in e.predicted if hit]
                       + [f"#{t}" for e in entries for t, hit in e.truth if hit])
@@ -124,7 +123,7 @@ def test_show_missing_image_is_drawn_not_fatal(demo_run, tmp_path):
     images.mkdir()  # an empty folder: every photo is missing
     scored = score_split(run)
     entries = sheet_entries(scored, np.arange(2), top=5)
-    fig = draw_sheet(entries, images, "t")
+    fig = draw_sheet(entries, sheet_photos(open_store(store), images, entries), "t")
     assert sum("image missing" in t.get_text() for ax in fig.axes for t in ax.texts) == 2
     res = invoke("show", run, "--n", "2", "--images", images, "-o", tmp_path / "s.png")
     assert res.exit_code == 0 and (tmp_path / "s.png").stat().st_size > 0
