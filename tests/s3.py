@@ -178,3 +178,34 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def demo_shards(folder, url: str, n: int = 40, shards: int = 2, seed: int = 0) -> list[str]:
+    """`shards` webdataset tar shards of n demo photos (`hashtagkit.data.demo`), written by the
+    webdataset package as img2dataset lays them out (key.jpg + key.json {"hashtags": [...]}),
+    under `url/shards/` (a bucket's URL, or a local folder); their URLs."""
+    from pathlib import Path
+
+    import webdataset as wds
+
+    from hashtagkit import remote
+    from hashtagkit.data.demo import make_demo
+
+    folder = Path(folder)
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    data = make_demo(folder / "photos", n=n, seed=seed)
+    per = -(-n // shards)
+    names = []
+    for s in range(shards):
+        name = folder / f"{s:05d}.tar"
+        with wds.TarWriter(str(name)) as sink:
+            for i in range(s * per, min(n, (s + 1) * per)):
+                sink.write({"__key__": f"{i:06d}", "jpg": (folder / "photos" / data.paths[i]).read_bytes(),
+                            "json": {"hashtags": [f"#{t}" for t in data.tags[i]]}})
+        names.append(name)
+    if not remote.is_remote(url):
+        return [str(p) for p in names]
+    fs, base = remote.filesystem(url)
+    for name in names:
+        fs.put_file(str(name), f"{base}/shards/{name.name}")
+    return [f"{url}/shards/{name.name}" for name in names]

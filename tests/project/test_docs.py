@@ -7,13 +7,17 @@
 - a block that needs what a test machine lacks (a GPU, the internet, the real HARRISON data, a
   cluster, a long run) is marked on the line before its fence with
   `<!-- docs-test: skip (the reason) -->` and is then only syntax-checked (`compile()`, `bash -n`);
-- other languages (text, json) are shown, not run; a fence without a language is an error.
+- other languages (text, json) are shown, not run; a fence without a language is an error;
+- a page whose runnable blocks name `s3://BUCKET/...` runs against moto's S3 server (tests/s3.py),
+  started for it: each bucket named is created, and `s3://photos/shards/0000{0,1}.tar` are two
+  webdataset shards of 40 demo photos, as img2dataset would have left them.
 
 A marked block without a reason fails, and so does an unmarked block that fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -147,9 +151,26 @@ def env() -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUN_PAGES, ids=[str(p.relative_to(REPO)) for p in RUN_PAGES])
-def test_the_pages_blocks_run(page: Path, tmp_path, monkeypatch):
+def test_the_pages_blocks_run(page: Path, tmp_path, monkeypatch, request):
     """In order, in a temporary folder: Python blocks share one namespace, shell commands run with
     this venv's `hashtagkit`."""
+    buckets = sorted({m for b in runnable(page) for m in re.findall(r"s3://([a-z0-9][a-z0-9.-]+)", b.code)})
+    if buckets:  # the page's buckets, on moto's S3 server
+        import json
+
+        from hashtagkit import remote
+        from tests.s3 import CREDENTIALS, demo_shards
+
+        server = request.getfixturevalue("s3_server")
+        for k, v in CREDENTIALS.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv(remote.ENV, json.dumps(server.options()))
+        remote.use_storage_options(None)
+        for bucket in buckets:
+            with contextlib.suppress(Exception):  # made for an earlier page already
+                server.bucket(bucket)
+        if "photos" in buckets:
+            demo_shards(tmp_path / "shards-made", "s3://photos")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
     for block in runnable(page):
