@@ -566,6 +566,7 @@ class Store:
             if want[0] is not None and np.dtype(arr.dtype) not in [np.dtype(w) for w in want]:
                 out.append(f"{name} holds {np.dtype(arr.dtype)}, not {'/'.join(want)} (its zarr.json was edited)")
         folder = None if is_url(self.path) else Path(self.path) / self.group.path
+        listed = self._listed([n for n in BASE_ARRAYS if n in arrays]) if folder is None else None
         for name in BASE_ARRAYS:
             arr = arrays.get(name)
             if arr is None:
@@ -573,8 +574,9 @@ class Store:
             grid = [range(-(-size // chunk)) for size, chunk in zip(arr.shape, arr.chunks, strict=True)]
             for coords in itertools.product(*grid):
                 key = arr.metadata.encode_chunk_key(coords)
+                present = f"{name}/{key}" in listed if listed is not None else (folder / name / key).is_file()
                 # written before the mark, a chunk of zeros may rightly have no file
-                if folder is not None and arr.attrs.get(ALL_CHUNKS_MARK, False) and not (folder / name / key).is_file():
+                if arr.attrs.get(ALL_CHUNKS_MARK, False) and not present:
                     out.append(f"{name} chunk {name}/{key} is missing")
                     break  # one per array says enough
                 if decode:
@@ -584,6 +586,17 @@ class Store:
                         out.append(f"{name} chunk {name}/{key} does not decode "
                                    f"({type(e).__name__}: {str(e).splitlines()[0][:60]})")
                         break
+        return out
+
+    def _listed(self, names: Sequence[str]) -> set[str]:
+        """The objects of these arrays of a store at a URL, as keys relative to the group
+        (`features/c/3/0`): one listing per array, a request per 1,000 objects."""
+        fs, root = remote.filesystem(str(self.path), self.storage_options)
+        base = f"{root}/{self.group.path}".rstrip("/")
+        out: set[str] = set()
+        for name in names:
+            found = remote.retrying(lambda n=name: fs.find(f"{base}/{n}"), f"listing {self.path}/{name}")
+            out.update(f[len(base) + 1:] for f in found)
         return out
 
     def refuse_damaged_base(self) -> None:
@@ -770,16 +783,20 @@ class Store:
             return {}
         rows, n = self.chunk_rows(), self.n_rows
         arrays = {name: self.group[name] for name in CHUNKED}
-        # a stat per file: local stores only (a URL store is checked by decoding)
-        check_files = self._files_always_written() and not is_url(self.path)
+        # a stat per file on a local disk; at a URL one listing of the arrays (a request per 1,000 objects)
+        check_files = self._files_always_written()
+        listed = self._listed(CHUNKED) if check_files and is_url(self.path) else None
         damaged = {}
         for c in np.flatnonzero(read_done(self.group)).tolist():
             if check_files:
                 # each array's own chunk key encoding: `<name>/c/<i>/<j>` by default
                 files = [f"{name}/{arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))}"
                          for name, arr in arrays.items()]
-                folder = Path(self.path) / self.group.path  # a subgroup (extract --overwrite) has its own
-                missing = [f for f in files if not (folder / f).is_file()]
+                if listed is not None:
+                    missing = [f for f in files if f not in listed]
+                else:
+                    folder = Path(self.path) / self.group.path  # a subgroup (extract --overwrite) has its own
+                    missing = [f for f in files if not (folder / f).is_file()]
                 if missing:
                     damaged[c] = f"missing {missing[0]}"
                     continue

@@ -243,3 +243,41 @@ def test_storage_options_come_from_the_flag_and_are_never_printed(s3, tmp_path):
     env[remote.ENV] = "[1, 2]"
     bad = subprocess.run([*base, "info", f"{s3}/d.zarr"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "JSON object" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_verify_finds_a_deleted_chunk_object_and_extract_redoes_it(tmp_path, s3):
+    """`info --verify` on a store in a bucket: a done chunk whose features object was deleted is
+    found by one listing (no local files to stat), marked not done, and `extract` redoes it to
+    the same bits; a deleted labels object is damage `open_store` names."""
+    from ..extraction.test_extract import make_image_store
+
+    tiny_scene_backbone()
+    store = make_image_store(tmp_path, n=12, url=s3)
+    kw = dict(precision="fp32", dtype="float32", chunk_rows=4, batch_size=4, workers=0, progress=False, log=QUIET)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        hk.extract(store, ["tiny-scene=random"], **kw)
+    before = hk.open_store(store).features()
+    fs, base = remote.filesystem(store)
+    fs.rm_file(f"{base}/features/c/1/0")
+    with pytest.raises(InputError, match="chunk.*1.*missing features/c/1/0"):
+        hk.open_store(store).features()
+    res = CliRunner().invoke(cli, ["info", "--verify", store])
+    assert res.exit_code != 0 and "chunk 1" in res.output and "marked not done" in res.output
+    assert hk.open_store(store).completeness() == (2, 3)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        summary = hk.extract(store, ["tiny-scene=random"], **kw)
+    assert summary.extracted == 4 and np.array_equal(hk.open_store(store).features(), before)
+    fs.rm_file(f"{base}/labels/c/0/0")
+    with pytest.raises(InputError, match="labels chunk labels/c/0/0 is missing"):
+        hk.open_store(store)
+
+
+def test_upgrade_of_a_url_store_is_refused_in_one_line(tmp_path, s3):
+    """A store written by an older hashtagkit, uploaded to a bucket: its upgrade rewrites metadata
+    file by file, which a bucket cannot do safely: refused, naming what to do instead."""
+    from ..store.test_store_format import format1_store
+
+    format1_store(tmp_path / "old.zarr")
+    upload(tmp_path / "old.zarr", f"{s3}/old.zarr")
+    res = CliRunner().invoke(cli, ["upgrade", f"{s3}/old.zarr"])
+    assert res.exit_code == 2 and "local disk" in res.output and len(res.output.strip().splitlines()) == 1
