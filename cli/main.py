@@ -800,8 +800,8 @@ def serve(run: Path, host: str, port: int, max_batch: int, max_wait_ms: float, t
 @click.option("--random", "random_sample", is_flag=True, help="A seeded random sample (the default).")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1, max=20), help="Predicted hashtags per image.")
 @click.option("--cols", default=4, show_default=True, type=click.IntRange(min=1, max=12), help="Images per row.")
-@click.option("--images", type=click.Path(path_type=Path, file_okay=False),
-              help="Image folder [default: the one extraction read].")
+@click.option("--images", type=STORE,
+              help="Image folder or URL prefix [default: the one extraction read].")
 @click.option("--store", type=STORE, help="Read this store instead of the run's (same split required).")
 @click.option("-o", "--out", required=True, type=OutputPath(path_type=Path, dir_okay=False),
               help="The sheet to write: .png, .pdf, .svg or .jpg.")

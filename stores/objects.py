@@ -101,6 +101,9 @@ class Lease:
             return
         except ValueError:
             current, info = {}, self.fs.info(self.path)
+        if current.get("id") == self.holder["id"]:  # our own create, retried after its answer was lost
+            self.etag = info.get("ETag")
+            return
         expired = float(current.get("expires", 0)) < time.time()
         if expired or not _alive_here(current):
             try:  # take it over, only if it is still the lease we read
