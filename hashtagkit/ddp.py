@@ -74,6 +74,10 @@ def start(world: World, device: str = "auto") -> World:
 
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
+        if world.local_rank >= torch.cuda.device_count():
+            raise InputError(f"torchrun started more processes on this machine than it has GPUs "
+                             f"({torch.cuda.device_count()}): start one per GPU, or train on the CPU with gloo "
+                             "(--set device=cpu)")
         torch.cuda.set_device(world.local_rank)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():

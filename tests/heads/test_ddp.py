@@ -105,13 +105,13 @@ def store(tmp_path_factory):
 # processes (256 rows each, batch 512 // 2) and 1 process (batch 512) make the same updates
 # and differ only by float32 summation order (the gradient all-reduce, the statistics' sums).
 FULL_BATCH = dict(hidden=32, dropout=0.0, val_fraction=0.0, batch_size=512, epochs=30, lr=0.01, precision="fp32",
-                  cache="memory")
+                  cache="memory", device="cpu")  # gloo on the CPU, on a GPU machine too
 # Mini-batches from the streamed path with a prefetching worker per rank, validation and early
 # stopping: the 2-process run sees the rows in another order and runs 14 steps an epoch to the
 # 1-process run's 15 (each rank drops its share's last partial batch). The 1-process reference
 # reads in-process (workers=0): a BlockStream with one worker yields the same batches.
 MINI_BATCH = dict(hidden=32, dropout=0.0, batch_size=32, epochs=6, lr=0.01, precision="fp32", cache="stream",
-                  workers=1, buffer_blocks=2)
+                  workers=1, buffer_blocks=2, device="cpu")
 
 
 def test_two_processes_train_the_same_model_as_one(store, tmp_path):
