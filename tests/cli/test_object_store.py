@@ -80,7 +80,7 @@ def pipeline(tmp_path: Path, where: str, request) -> dict:
                                    "--no-lemmatize", "--test-size", "0.25"])
     assert res.exit_code == 0, res.output
     with pytest.warns(UserWarning, match="RANDOM"):
-        hk.extract(store, ["resnet50-object=random", "tiny-scene=random"], precision="fp32", dtype="float32",
+        hk.extract(store, ["tiny-scene=random"], precision="fp32", dtype="float32",
                    chunk_rows=8, batch_size=4, workers=1, progress=False, log=QUIET)
     opened = hk.open_store(store)
     out = {"features": opened.features(), "valid": opened.valid(), "scores": {}, "record": {}}
@@ -110,7 +110,7 @@ def test_the_pipeline_on_s3_equals_the_pipeline_on_a_local_disk(tmp_path, reques
     local = pipeline(tmp_path / "local", "local", request)
     s3 = pipeline(tmp_path / "s3", "s3", request)
     assert np.array_equal(local["features"], s3["features"]) and np.array_equal(local["valid"], s3["valid"])
-    assert local["features"].shape[1] == 2048 + 48
+    assert local["features"].shape[1] == 48
     for head in PARAMS:
         assert s3["scores"][head] == local["scores"][head], head
     assert s3["recommend"] == local["recommend"]
