@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 
 .PHONY: install dist system-deps test test-fast lint docs demo clean bench-extract bench-heads bench-planted bench-mlp-stream bench-demo bench-faults bench-startup \
-        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract gpu-check
+        bench-extract-distributed bench-serve bench-eval-stream bench-scale bench-knn-ovr bench-beyond bench-options bench-roofline bench-roofline-extract gpu-check \
+        bench-object-store
 
 # constraints.txt: the exact versions the project is tested with (setup.py has lower bounds only).
 $(STAMP): setup.py constraints.txt
@@ -173,3 +174,12 @@ bench-roofline: $(STAMP)
 # One table: benchmarks/results/gpu_check.md.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
+
+# The pipeline on object storage against a local disk (issue #26): prepare, extract (resnet50-object, random
+# weights), fit mlp (streamed) / knn and evaluate, on moto's S3 server on loopback (started by the script, every
+# request counted through tests/s3.py's FaultProxy) and on the disk, interleaved, best of 3; then the arithmetic
+# for 100 M photos in shards on real object storage: benchmarks/results/object_store.md. 3-4 minutes on 2 idle
+# cores, up to 10 on busy ones.
+OBJECT_STORE_N ?= 256
+bench-object-store: $(STAMP)
+	$(BIN)/python benchmarks/object_store.py --n $(OBJECT_STORE_N)
