@@ -414,12 +414,52 @@ def read_done(group: zarr.Group) -> np.ndarray:
     return np.asarray(read_per_chunk(group["done"], False), dtype=bool)
 
 
+class _KeptMembers:
+    """A URL store's Zarr group, its members' handles kept: zarr 3 reads an array's `zarr.json`
+    again at every `group[name]` and `name in group`, one request each in object storage (a
+    third of an evaluation's requests were those). Member names come from one listing. Any
+    other call on the group (creating, deleting, moving members) forgets what was kept; the
+    arrays' data is never kept. Local stores use the plain group (a file read is cheap)."""
+
+    _PLAIN = frozenset({"attrs", "path", "store", "name", "basename", "metadata", "read_only", "store_path"})
+
+    def __init__(self, group: zarr.Group):
+        self._group = group
+        self._members: dict[str, object] = {}
+        self._names: set[str] | None = None
+
+    def _forget(self) -> None:
+        self._members.clear()
+        self._names = None
+
+    def __getitem__(self, name: str):
+        if name not in self._members:
+            self._members[name] = self._group[name]
+        return self._members[name]
+
+    def __contains__(self, name: str) -> bool:
+        if "/" in name:
+            return name in self._group
+        if self._names is None:
+            self._names = set(self._group.keys())
+        return name in self._names
+
+    def __delitem__(self, name: str) -> None:
+        self._forget()
+        del self._group[name]
+
+    def __getattr__(self, name: str):
+        if name not in self._PLAIN:
+            self._forget()  # a method that may add, remove or move members
+        return getattr(self._group, name)
+
+
 class Store:
     """Read access to a store (and, opened with mode 'r+', the handle `extract` writes through)."""
 
     def __init__(self, path: str | Path, group: zarr.Group, storage_options: dict | None = None):
         self.path = path
-        self.group = group
+        self.group = _KeptMembers(group) if is_url(path) and not isinstance(group, _KeptMembers) else group
         self.storage_options = storage_options  # a URL store's (secrets: never printed nor recorded)
 
     def __repr__(self) -> str:
