@@ -4,7 +4,7 @@ against), started by the tests on 127.0.0.1, plus a fault-injecting proxy in fro
 `S3Server` runs `python -m moto.server` on a free loopback port; `S3Server.bucket()` makes a
 fresh bucket and gives its `s3://` URL. `FaultProxy` forwards every request to the server and,
 by its `faults` settings, answers a share of them 503 SlowDown or 500, resets the connection
-without an answer, or stalls: the faults an object store shows, on loopback, bounded (it stops
+without an answer, or answers late: the faults an object store shows, on loopback, bounded (it stops
 with its fixture). Storage options point s3fs at either (`options`).
 """
 
@@ -34,6 +34,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: Linux kills it when the process that started it
+    dies (a test run killed by a timeout leaves no server behind; moto's ignores SIGTERM)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 class S3Server:
     """moto's S3 server as a process of its own on 127.0.0.1 (stopped by `stop`)."""
 
@@ -42,7 +52,8 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **CREDENTIALS}
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -69,32 +80,31 @@ class S3Server:
         return f"s3://{name}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.process.kill()  # moto's server ignores SIGTERM; it holds nothing worth a clean exit
+        self.process.wait()
 
 
 @dataclass
 class Faults:
     """What the proxy does to each request: a share answered 503 SlowDown, 500 InternalError,
-    reset without an answer, or delayed; `only` limits faults to methods (e.g. {"PUT"})."""
+    reset without an answer, or answered `delay_seconds` late (done by the server, its answer
+    held: a client's read timeout, never a stale write landing later); `down`
+    answers every request 503 (a store that stays away); `only` limits faults, `down` included,
+    to methods (e.g. {"PUT"}: writes fail, reads go through). Draws are seeded (`seed`)."""
 
     slow_down: float = 0.0
     server_error: float = 0.0
     reset: float = 0.0
     delay: float = 0.0
     delay_seconds: float = 0.0
-    down: bool = False  # every request refused (a store that stays away)
+    down: bool = False  # every request (of `only`'s methods) refused: a store that stays away
     only: set[str] = field(default_factory=set)
     seed: int = 0
 
 
 class FaultProxy:
     """A loopback HTTP proxy to the S3 server that injects `faults` (changeable while it runs)
-    and counts requests and faults by kind."""
+    and counts requests and faults by kind (`counts`: "requests", and one key per fault drawn)."""
 
     def __init__(self, target_port: int, faults: Faults | None = None) -> None:
         self.faults = faults or Faults()
@@ -105,6 +115,12 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # headers and body go in two sends: without this, Nagle's algorithm holds the body
+                # until the client's delayed ACK of the headers (~40 ms a request)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, *args) -> None:  # quiet
                 pass
@@ -126,20 +142,23 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                     return
-                if fault == "delay":
-                    time.sleep(proxy.faults.delay_seconds)
                 conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if fault == "delay":  # the request is done, its answer late (a retry repeats it: idempotent)
+                    time.sleep(proxy.faults.delay_seconds)
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD's answer has no body but says the object's length (s3fs's `info` reads it)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", str(length if length is not None else len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -151,6 +170,11 @@ class FaultProxy:
             daemon_threads = True
             allow_reuse_address = True
 
+            def handle_error(self, request, client_address) -> None:
+                # a client that gave up on an answer (its timeout, a retry) is no error of the proxy's
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    super().handle_error(request, client_address)
+
         self.server = Server(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -161,9 +185,11 @@ class FaultProxy:
         with self.lock:
             self.counts["requests"] = self.counts.get("requests", 0) + 1
             fault = None
-            if f.down:
+            if f.only and method not in f.only:
+                pass
+            elif f.down:
                 fault = "down"
-            elif not f.only or method in f.only:
+            else:
                 x = self.rng.random()
                 for name, share in (("slow_down", f.slow_down), ("server_error", f.server_error),
                                     ("reset", f.reset), ("delay", f.delay)):
