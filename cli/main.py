@@ -144,6 +144,11 @@ class Command(click.Command):
             if not hasattr(e, "flag_of"):  # the innermost command names the flags
                 e.flag_of = lambda name: _flag(name, self)
             raise
+        except Exception as e:  # an object store's fault past every retry (a Zarr read or write)
+            gone = None if debugging() else remote.escaped(e)
+            if gone is None:
+                raise
+            raise gone from e
 
 
 class Group(click.Group):

@@ -382,14 +382,16 @@ def read_per_chunk(arr: zarr.Array, damaged) -> list:
     every reader of the store. Another chunking (format 1's one-chunk `done`) keeps the error."""
     try:
         return np.asarray(arr[...]).tolist()
-    except Exception:  # zarr and its codecs raise many types for a damaged file
-        if arr.chunks != (1,):
+    except Exception as e:  # zarr and its codecs raise many types for a damaged file
+        if arr.chunks != (1,) or remote.transient(e):  # an object store's passing fault is no damage
             raise
     out = []
     for c in range(arr.shape[0]):
         try:
             out.append(np.asarray(arr[c]).item())
-        except Exception:  # noqa: BLE001 - this element's object is damaged
+        except Exception as e:  # noqa: BLE001 - this element's object is damaged
+            if remote.transient(e):
+                raise
             out.append(damaged)
     return out
 
@@ -623,6 +625,8 @@ class Store:
                     try:
                         arr.blocks[coords]  # the chunk's own rows: Zarr's block indexing
                     except Exception as e:  # noqa: BLE001 - zarr and its codecs raise many types
+                        if remote.transient(e):
+                            raise
                         out.append(f"{name} chunk {name}/{key} does not decode "
                                    f"({type(e).__name__}: {str(e).splitlines()[0][:60]})")
                         break
@@ -745,14 +749,22 @@ class Store:
         if len(features) != stop - start or len(valid) != stop - start:
             raise ValueError(f"chunk {chunk} has {stop - start} rows, got {len(features)} features, {len(valid)} flags")
         reasons = list(reasons) if reasons is not None else [""] * len(features)
-        for name, data in (("features", features.astype(g["features"].dtype, copy=False)), ("valid", valid),
-                           ("reason", np.asarray(reasons, dtype=str))):
-            g[name].with_config({"write_empty_chunks": True})[start:stop] = data
-        if info is not None:
-            log = {"rows": stop - start, "invalid": dict(Counter(r for r in reasons if r)),
-                   "finished": provenance.now(), **info}
-            g["chunk_log"][chunk] = json.dumps(log)
-        g["done"][chunk] = True
+        log = None if info is None else json.dumps({"rows": stop - start,
+                                                    "invalid": dict(Counter(r for r in reasons if r)),
+                                                    "finished": provenance.now(), **info})
+
+        def write() -> None:
+            for name, data in (("features", features.astype(g["features"].dtype, copy=False)), ("valid", valid),
+                               ("reason", np.asarray(reasons, dtype=str))):
+                g[name].with_config({"write_empty_chunks": True})[start:stop] = data
+            if log is not None:
+                g["chunk_log"][chunk] = log
+            g["done"][chunk] = True  # last
+
+        if is_url(self.path):  # each write replaces one whole object: repeating them is safe
+            remote.retrying(write, f"writing chunk {chunk} of {self.path}")
+        else:
+            write()
 
     def chunk_log(self) -> list[dict | None]:
         """Per chunk, the log its writer left (see `write_chunk`), None where there is none
@@ -846,6 +858,8 @@ class Store:
                     try:
                         arr[start:stop]
                     except Exception as e:  # zarr and its codecs raise many types for a damaged file
+                        if remote.transient(e):
+                            raise
                         damaged[c] = f"{name} does not decode ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
                         break
         return damaged

@@ -251,15 +251,10 @@ def test_answers_later_than_the_read_timeout_are_retried(tmp_path, s3, s3_server
 
 # --- a store that goes away mid-extraction ----------------------------------------------------------
 class StoreErrorNotOneLine(Exception):
-    """The CLI printed a traceback for a store that stayed away (see the xfail's reason)."""
+    """The CLI printed a traceback for a store that stayed away, not one line."""
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=StoreErrorNotOneLine, strict=True, reason=(
-    "Store.write_chunk (stores/store.py) writes through Zarr without remote.retrying, and the CLI "
-    "(cli/main.py) prints a traceback for an object store's error that escaped every retry instead "
-    "of remote.escaped(e)'s one line: s3fs's OSError(EBUSY) for the refused write reaches it; every "
-    "other check of this test holds"))
 def test_a_store_that_stops_answering_ends_extract_in_one_line_and_the_rerun_equals_an_uninterrupted_run(
         tmp_path, s3, s3_server, proxy):
     """After the first chunk is marked done, every write is answered 503 (the store stays away):
@@ -355,12 +350,13 @@ def test_what_zarr_raises_for_a_store_that_stopped_answering_is_known_for_what_i
         with pytest.raises(Exception) as caught:  # noqa: PT011 - whatever Zarr and s3fs raise
             step()
         arrived.append(caught.value)
-    for e in arrived:
-        assert remote.transient(e), repr(e)
-        gone = remote.escaped(e)
-        assert isinstance(gone, remote.StoreUnreachable), repr(e)
+    # the read escapes Zarr as s3fs raised it; the write comes from write_chunk's own retries, already one line
+    assert remote.transient(arrived[0]), repr(arrived[0])
+    assert isinstance(arrived[1], remote.StoreUnreachable), repr(arrived[1])
+    for gone in (remote.escaped(arrived[0]), arrived[1]):
+        assert isinstance(gone, remote.StoreUnreachable), repr(gone)
         assert "\n" not in str(gone) and proxy.endpoint not in str(gone) and "503" in str(gone)
-    assert "SlowDown" in str(remote.escaped(arrived[1]))  # the PUT's answer, as S3 gave it
+    assert "SlowDown" in str(arrived[1])  # the PUT's answer, as S3 gave it
     proxy.faults.down = False
     direct(monkeypatch, s3_server)
     assert hk.open_store(url).done_flags().all()  # the refused rewrite of chunk 0 unmarked nothing
