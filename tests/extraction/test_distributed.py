@@ -316,8 +316,9 @@ def test_the_readmes_worked_example_runs_against_dask_itself(tmp_path):
     """docs/dask.md's two-machine example with Dask's own command-line tools, on 127.0.0.1 and the
     CPU (`dask scheduler`, `dask worker ... --nworkers 1 --nthreads 1`, then `hashtagkit extract
     ... --scheduler`): it completes, and its features equal an in-process extract of the same
-    photos to within 4 float16 ULP (the worker's torch may run on another number of threads than
-    the in-process lanes; bit for bit where they match). Random VGG-16 weights: real compute."""
+    photos to within 4 float16 ULP, or 1e-6 where values are so close to zero that float16's
+    subnormal steps make ULPs meaningless (the worker's torch may run on another number of threads
+    than the in-process lanes; bit for bit where they match). Random VGG-16 weights: real compute."""
     run_cli(["prepare", "demo", "-o", str(tmp_path / "s.zarr"), "--n", "10"])
     shutil.copytree(tmp_path / "s.zarr", tmp_path / "ref.zarr")
     images = tmp_path / "s_images"
@@ -349,7 +350,10 @@ def test_the_readmes_worked_example_runs_against_dask_itself(tmp_path):
     run_cli(["extract", str(tmp_path / "ref.zarr"), "--images", str(images), "--device", "cpu", *backbone])
     a, b = open_store(tmp_path / "s.zarr").features(), open_store(tmp_path / "ref.zarr").features()
     ulps = np.abs(a.view(np.int16).astype(np.int32) - b.view(np.int16).astype(np.int32))
-    assert a.dtype == np.float16 and ulps.max() <= 4, ulps.max()
+    # ULPs count only away from zero: near it float16's subnormal steps (6e-8) make the fp32 GEMM's own
+    # rounding (~1e-7 absolute at fc7's scale) several ULPs (5 were seen on an AMD EPYC)
+    tiny = np.abs(a.astype(np.float32) - b.astype(np.float32)) <= 1e-6
+    assert a.dtype == np.float16 and ulps[~tiny].max(initial=0) <= 4, ulps[~tiny].max(initial=0)
     assert np.abs(a.astype(np.float32)).sum() > 0
 
 
