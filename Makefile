@@ -167,6 +167,17 @@ bench-options: $(STAMP)
 bench-roofline: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/roofline.py --device $(DEVICE)
 
+# The MLP's training step against the bf16 matmul rate at its own GEMM shapes (issue #27 item 1), side by side:
+# the step's GEMMs alone, the autocast loop (before), MasterWeightStep (what MLPHead runs on a bf16 CPU now) and
+# the step between, MLPHead with each, a profile of both; then MLPHead fitted with each step on the planted
+# HARRISON-size store (made if missing), 3 seeds x 1 epoch, evaluated: benchmarks/results/mlp_step.md.
+# About 10 minutes on 2 idle cores for the speed part, 20-30 for the quality part.
+.PHONY: bench-mlp-step
+MLP_STEP_STORE ?= $(PLANTED)
+bench-mlp-step: $(STAMP)
+	test -d $(MLP_STEP_STORE) || $(BIN)/hashtagkit prepare planted -o $(MLP_STEP_STORE) $(if $(wildcard ../shared/harrison/data_list.txt),--labels ../shared/harrison,)
+	nice -n 10 $(BIN)/python benchmarks/mlp_step.py --quality $(MLP_STEP_STORE) --seeds 0,1,2 --epochs 1
+
 # GPU, ready to be measured (issue #27 item 4), in under 10 minutes: the CUDA-dependent tests, extract on CUDA
 # (fp16, default and --decode gpu) against the model alone and the CPU fp32 features, the MLP step against the
 # matmul peak, faiss-gpu against faiss-cpu, DDP with NCCL on the GPUs there are (gloo on 2 CPU processes

@@ -22,7 +22,10 @@ planted HARRISON-size store.
   hours on a 2-core CPU (benchmarks/results/heads.md projects them from measured steps), so
   `fast` is the default.
 
-bf16 autocast on a CPU that supports it, CUDA (bf16 or fp16) when present.
+bf16 on a CPU that supports it, CUDA (bf16 or fp16) under autocast when present. On the CPU
+the bf16 step runs on bf16 working copies of float32 master weights (`MasterWeightStep`):
+what autocast computes, value for value, without autocast's fresh weight casts and gradients
+(1.2x the steps/s on a 2-core AVX-512 bf16 CPU: benchmarks/results/mlp_step.md).
 
 The training rows come from a `TrainingData` (a store's rows, block by block). Up to
 `cache_limit_gb` (4 GB: HARRISON is 0.9 GB) they are held in memory, standardised in the first
@@ -322,6 +325,103 @@ def timed(batches, waits: list[float]):
 caffe_loss = sigmoid_cross_entropy  # the paper's loss, as Caffe computes it (heads/losses.py)
 
 
+class MasterWeightStep:
+    """One training step of the layers after `Standardize` (Linear, then ReLU-Dropout-Linear
+    pairs) in bf16 on the CPU from float32 master weights: what bf16 autocast computes, value
+    for value, without its per-step costs (issue #27; benchmarks/results/mlp_step.md).
+
+    The masters are the model's own float32 Parameters, and the optimizer steps them as before.
+    The forward and backward run on bf16 working copies of them, cast in place once after each
+    optimizer step (`refresh`), where autocast casts every weight in every forward into a fresh
+    tensor and casts every bf16 weight gradient into a fresh float32 one in the backward. Fresh
+    tensors of 16-134 MB cost more than their casts: each is new memory from the system, faulted
+    in page by page on first touch, and handed back when freed. Here every tensor of the step
+    (working weights, their gradients in bf16, the masters' float32 gradients, activations,
+    dropout masks) is allocated once and written in place, and the backward is written out: the GEMMs autograd would run (mm of the same operands in the same
+    layout, into those buffers), the dropout and ReLU backward, the bias gradients as autograd's
+    sum over the batch. Only the loss goes through autograd, so every loss of `training_loss`
+    works. Dropout draws its masks with the same calls in the same order as `nn.Dropout`, so a
+    seed gives the same masks; tests/heads/test_mlp_perf.py checks the losses and weights
+    against an autocast loop step by step."""
+
+    def __init__(self, layers: nn.Sequential, cfg: dict, device: torch.device, precision: str = "bf16") -> None:
+        mods = list(layers)
+        self.linears = mods[0::3]
+        ok = len(mods) % 3 == 1 and all(isinstance(m, nn.Linear) for m in self.linears) \
+            and all(isinstance(m, nn.ReLU) for m in mods[1::3]) and all(isinstance(m, nn.Dropout) for m in mods[2::3])
+        if not ok:
+            raise ValueError("MasterWeightStep takes Linear followed by (ReLU, Dropout, Linear) groups")
+        self.p = [m.p for m in mods[2::3]]
+        self.cfg, self.device, self.precision = cfg, device, precision
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.masters = [t for lin in self.linears for t in (lin.weight, lin.bias)]
+        with torch.no_grad():
+            self.work = [t.detach().to(self.dtype) for t in self.masters]
+        self.grads = [torch.empty_like(w) for w in self.work]
+        for t in self.masters:  # kept from step to step: each step overwrites them
+            t.grad = torch.zeros_like(t)
+        self.rows = 0
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Cast the masters into the working copies (after each optimizer step)."""
+        for w, t in zip(self.work, self.masters, strict=True):
+            w.copy_(t)
+
+    def _buffers(self, n: int) -> None:
+        if n <= self.rows:
+            return
+        self.rows = n
+        new = lambda width: torch.empty((n, width), dtype=self.dtype, device=self.device)  # noqa: E731
+        widths = [lin.out_features for lin in self.linears]
+        self.out = [new(w) for w in widths]  # each Linear's output (ReLU in place on the hidden ones)
+        self.noise = [new(w) if p > 0 else None for w, p in zip(widths, self.p, strict=False)]
+        self.dropped = [new(w) if p > 0 else None for w, p in zip(widths, self.p, strict=False)]
+        self.back = [new(w) for w in widths[:-1]]  # the gradient w.r.t. each hidden layer's output
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one batch (`xb` in the working dtype): leaves the gradients
+        in the masters' `.grad` and returns the loss (a float32 scalar)."""
+        n, last = len(xb), len(self.linears) - 1
+        self._buffers(n)
+        inputs, relu_out = [xb.to(self.dtype)], []
+        with torch.no_grad():
+            for i in range(last + 1):
+                w, b, out = self.work[2 * i], self.work[2 * i + 1], self.out[i][:n]
+                torch.addmm(b, inputs[-1], w.t(), out=out)  # = F.linear(x, w, b), as nn.Linear runs it
+                if i == last:
+                    break
+                out.relu_()
+                relu_out.append(out)
+                if self.p[i] > 0:  # nn.Dropout's own arithmetic: a bernoulli(1 - p) mask / (1 - p)
+                    noise = self.noise[i][:n]
+                    noise.bernoulli_(1 - self.p[i])
+                    noise.div_(1 - self.p[i])
+                    inputs.append(torch.mul(out, noise, out=self.dropped[i][:n]))
+                else:
+                    inputs.append(out)
+        logits = self.out[last][:n].float().requires_grad_()
+        with torch.enable_grad(), autocast(self.device, self.precision):
+            loss = training_loss(logits, yb, self.cfg)
+        (grad,) = torch.autograd.grad(loss, logits)
+        with torch.no_grad():
+            g = grad.to(self.dtype)
+            for i in range(last, -1, -1):
+                torch.mm(g.t(), inputs[i], out=self.grads[2 * i])
+                torch.sum(g, 0, out=self.grads[2 * i + 1])
+                if i == 0:
+                    break
+                back = self.back[i - 1][:n]
+                torch.mm(g, self.work[2 * i], out=back)
+                if self.p[i - 1] > 0:
+                    back.mul_(self.noise[i - 1][:n])
+                torch.ops.aten.threshold_backward.grad_input(back, relu_out[i - 1], 0, grad_input=back)
+                g = back
+            for t, gb in zip(self.masters, self.grads, strict=True):
+                t.grad.copy_(gb)
+        return loss.detach()
+
+
 class Validation:
     """What early stopping watches on the held-out rows (Xv, Yv: at most VAL_ROWS of them).
 
@@ -358,6 +458,9 @@ class Validation:
 
 class MLPHead(HeadEstimator):
     name = "mlp"
+    # bf16 on the CPU, one process: train with MasterWeightStep (False: the autocast loop, kept
+    # for comparison in benchmarks/mlp_step.py and tests/heads/test_mlp_perf.py)
+    _master_weights = True
     param_spec = {
         "preset": Param(str, choices=tuple(PRESETS)),
         "hidden": Param(int, low=1),
@@ -502,6 +605,10 @@ class MLPHead(HeadEstimator):
             from torch.nn.parallel import DistributedDataParallel
 
             train_model = DistributedDataParallel(train_model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+        # bf16 on the CPU: bf16 working copies of float32 masters (MasterWeightStep); elsewhere
+        # autocast (CUDA's fp16 with its GradScaler, fp32, DDP, which reduces float32 gradients)
+        master_step = MasterWeightStep(train_model, cfg, device, precision) if (
+            self._master_weights and device.type == "cpu" and precision == "bf16" and not world.distributed) else None
         if stream:
             source = BlockStream(data, train_mask, step_rows, self.buffer_blocks, self.random_state, prepare)
             workers = default_workers() if self.workers is None else self.workers
@@ -518,12 +625,17 @@ class MLPHead(HeadEstimator):
             for xb, yb in timed(batches, waits):
                 xb = xb.to(device, non_blocking=True)
                 yb = yb.to(device, non_blocking=True).float()
-                with autocast(device, precision):
-                    loss = training_loss(train_model(xb).float(), yb, cfg)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+                if master_step is not None:
+                    loss = master_step(xb, yb)  # gradients in the masters' .grad, overwritten each step
+                    opt.step()
+                    master_step.refresh()
+                else:
+                    with autocast(device, precision):
+                        loss = training_loss(train_model(xb).float(), yb, cfg)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 step += 1
                 seen += 1
@@ -556,6 +668,9 @@ class MLPHead(HeadEstimator):
             if step >= total or (cfg["patience"] and n_val and stale >= cfg["patience"] and len(history) >= cfg["min_epochs"]):
                 break
         bar.close()
+        del master_step
+        for p in model.parameters():  # the last step's gradients: not part of the fitted model
+            p.grad = None
         if best_state is not None:
             model.load_state_dict(best_state)
         self.model_, self.device_, self.precision_ = model.eval(), device, precision
