@@ -171,7 +171,7 @@ bench-roofline: $(STAMP)
 # the step's GEMMs alone, the autocast loop (before), MasterWeightStep (what MLPHead runs on a bf16 CPU now) and
 # the step between, MLPHead with each, a profile of both; then MLPHead fitted with each step on the planted
 # HARRISON-size store (made if missing), 3 seeds x 1 epoch, evaluated: benchmarks/results/mlp_step.md.
-# About 10 minutes on 2 idle cores for the speed part, 20-30 for the quality part.
+# About 3 minutes for the speed part and 25 for the quality part on 2 cores.
 .PHONY: bench-mlp-step
 MLP_STEP_STORE ?= $(PLANTED)
 bench-mlp-step: $(STAMP)
