@@ -1052,23 +1052,27 @@ class Store:
 READ_AHEAD = 2  # steps a URL store's reader fetches ahead of its caller
 
 
-def read_ahead(items: Iterator, depth: int) -> Iterator:
+def read_ahead(items: Iterator, depth: int, name: str = "read-ahead") -> Iterator:
     """`items`, produced by a background thread up to `depth` ahead of the consumer (0: in
-    turn). An error in the producer is raised in the consumer, in order; a consumer that stops
-    early (closes the generator) stops the producer."""
+    turn): reads and decompression (which release the GIL) overlap the consumer's work instead
+    of adding to it (a URL store's steps; the MLP's streamed blocks). An error in the producer
+    is raised in the consumer, in order; a consumer that stops early (the last step, a closed
+    generator) tells the thread to stop, and its buffers are freed."""
     if depth <= 0:
         yield from items
         return
     import queue
     import threading
 
-    done, stop = object(), threading.Event()
     q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
 
-    def put(item) -> bool:
+    def offer(entry) -> bool:
+        """Put unless the consumer has gone (then False): a full queue never strands the thread."""
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                q.put(entry, timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -1077,26 +1081,25 @@ def read_ahead(items: Iterator, depth: int) -> Iterator:
     def produce() -> None:
         try:
             for item in items:
-                if not put((True, item)):
+                if not offer((None, item)):
                     return
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            put((False, e))
-            return
-        put((True, done))
+            offer((None, end))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised in its thread
+            offer((e, None))
 
-    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
     try:
         while True:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            if item is done:
+            error, item = q.get()
+            if error is not None:
+                raise error
+            if item is end:
                 return
             yield item
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=10)
 
 
 class _SliceReader:

@@ -44,8 +44,6 @@ import itertools
 import json
 import math
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -59,6 +57,7 @@ from hashtagkit.heads.base import InvalidParameterError, Param, check_memory
 from hashtagkit.heads.data import VAL_ROWS, TrainingData
 from hashtagkit.heads.estimator import HeadEstimator
 from hashtagkit.heads.losses import ASL_DEFAULTS, LOSSES, sigmoid_cross_entropy, training_loss
+from hashtagkit.stores.store import read_ahead
 
 PRESETS = {
     "paper": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 100,
@@ -229,10 +228,10 @@ class BlockStream(torch.utils.data.IterableDataset):
         blocks are read and shuffled by that many persistent processes that keep 4 batches each
         ready ahead of the model. They are spawned, not forked: a fork would inherit the Zarr
         store's I/O thread half-alive; a StoreData pickles as its path and rows and reopens.
-        With 0 a thread of this process reads ahead (`prefetched`)."""
+        With 0 a thread of this process reads ahead (`hashtagkit.stores.store.read_ahead`)."""
         if not workers:
             while True:
-                yield prefetched(iter(self), PREFETCH)
+                yield read_ahead(iter(self), PREFETCH, name="mlp-prefetch")
         loader = torch.utils.data.DataLoader(self, batch_size=None, num_workers=workers, prefetch_factor=4,
                                              persistent_workers=True, multiprocessing_context="spawn",
                                              pin_memory=pin_memory)
@@ -264,49 +263,6 @@ def default_workers(cores: int | None = None) -> int:
     fewer, where a process of its own takes the model's cores and the in-process reading thread
     keeps a streamed step near a plain torch loop's (benchmarks/results/roofline.md), else one."""
     return 0 if (cores or os.cpu_count() or 1) <= 2 else 1
-
-
-def prefetched(items, depth: int):
-    """`items` produced by a thread, up to `depth` ahead of the consumer: the streamed path's
-    block reads and decompression (which release the GIL) overlap the training step instead of
-    adding to it. The thread's exception is raised here; when the consumer stops early (the
-    last step, a closed generator) the thread is told to stop and its buffers are freed."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    end = object()
-
-    def offer(entry) -> bool:
-        """Put unless the consumer has gone (then False): a full queue never strands the thread."""
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer((None, item)):
-                    return
-            offer((None, end))
-        except BaseException as e:  # handed to the consumer, raised in its thread
-            offer((e, None))
-
-    thread = threading.Thread(target=produce, name="mlp-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            error, item = q.get()
-            if error is not None:
-                raise error
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def timed(batches, waits: list[float]):

@@ -2,7 +2,7 @@
 blocks equal the whole-matrix ones, an epoch of `BlockStream` yields every training row exactly
 once (in process and from spawned workers), the streamed path never reads the data whole, and
 streamed and cached training reach the same quality. Issue #16: in process the blocks are read
-by a thread ahead of the model (`prefetched`), the default on 2 cores or fewer."""
+by a thread ahead of the model (`read_ahead`), the default on 2 cores or fewer."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from hashtagkit import metrics
 from hashtagkit.cli.main import cli
 from hashtagkit.heads.data import ArrayData, StoreData
-from hashtagkit.heads.mlp import VAL_ROWS, BlockStream, MLPHead, default_workers, prefetched, training_stats
+from hashtagkit.heads.mlp import VAL_ROWS, BlockStream, MLPHead, default_workers, training_stats
+from hashtagkit.stores.store import read_ahead
 
 from ..conftest import make_store, run_cli
 
@@ -130,7 +131,7 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "mlp-prefetch"]
 
 
-def test_prefetched_yields_the_items_in_order_and_reads_ahead():
+def test_read_ahead_yields_the_items_in_order_and_reads_ahead():
     produced = []
 
     def items():
@@ -138,7 +139,7 @@ def test_prefetched_yields_the_items_in_order_and_reads_ahead():
             produced.append(i)
             yield i
 
-    it = prefetched(items(), depth=3)
+    it = read_ahead(items(), depth=3, name="mlp-prefetch")
     assert next(it) == 0
     deadline = time.monotonic() + 5
     while len(produced) < 5 and time.monotonic() < deadline:  # the thread fills the queue meanwhile
@@ -148,20 +149,20 @@ def test_prefetched_yields_the_items_in_order_and_reads_ahead():
     assert not prefetch_threads()
 
 
-def test_prefetched_raises_the_producers_error_in_the_consumer():
+def test_read_ahead_raises_the_producers_error_in_the_consumer():
     def items():
         yield 1
         raise ValueError("store rows 7 have non-finite features")
 
-    it = prefetched(items(), depth=2)
+    it = read_ahead(items(), depth=2, name="mlp-prefetch")
     assert next(it) == 1
     with pytest.raises(ValueError, match="non-finite"):
         next(it)
     assert not prefetch_threads()
 
 
-def test_prefetched_stops_its_thread_when_the_consumer_stops_early():
-    it = prefetched(iter(range(10**9)), depth=2)  # endless for the test's purposes
+def test_read_ahead_stops_its_thread_when_the_consumer_stops_early():
+    it = read_ahead(iter(range(10**9)), depth=2, name="mlp-prefetch")  # endless for the test's purposes
     assert next(it) == 0
     assert prefetch_threads()
     it.close()  # what a training loop that breaks at its last step does, by dropping the generator
