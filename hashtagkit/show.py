@@ -153,11 +153,10 @@ def sheet_photos(store: Store, root: str | Path, entries: list[Entry]):
     """The drawn rows' photos, wherever they live (`hashtagkit.data.sources.photos_for`)."""
     from hashtagkit.data.sources import photos_for
 
-    paths = {e.row: e.path for e in entries}
-    members = None
-    if store.members(0, 0) is not None:
-        members = {e.row: tuple(store.members(e.row, e.row + 1)[0]) for e in entries}
-    return photos_for(root, paths, members, store.storage_options)
+    rows = [e.row for e in entries]
+    ranges = store.members(rows)
+    members = None if ranges is None else dict(zip(rows, map(tuple, ranges), strict=True))
+    return photos_for(root, {e.row: e.path for e in entries}, members, store.storage_options)
 
 
 def _marker_kwargs(suffix: str) -> dict:

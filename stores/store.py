@@ -576,12 +576,11 @@ class Store:
         """Paths of rows start..stop-1: what a worker reads for its chunk (only Zarr reads)."""
         return [str(p) for p in np.asarray(self.group["paths"][start:stop]).tolist()]
 
-    def members(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
-        """Rows start..stop-1's (byte offset, size) within their webdataset shard, None for a
-        store whose photos are files (see `create_store`'s `members`)."""
-        if "members" not in self.group:
-            return None
-        return np.asarray(self.group["members"][start:self.n_rows if stop is None else stop])
+    def members(self, rows: np.ndarray | Sequence[int] | None = None) -> np.ndarray | None:
+        """(byte offset, size) within their webdataset shard of `rows` (all by default), reading
+        only the chunks that hold them; None for a store whose photos are files (see
+        `create_store`'s `members`)."""
+        return self._read_rows("members", rows) if "members" in self.group else None
 
     def chunk_range(self, chunk: int) -> tuple[int, int]:
         """The rows (start, stop) of feature chunk `chunk`."""

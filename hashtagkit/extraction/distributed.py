@@ -227,7 +227,7 @@ def extract_chunk(job: Job, chunk: int) -> dict:
     target = open_target(job)
     start, stop = chunk_bounds(chunk, job.chunk_rows, job.n_rows)
     store = target.parent if job.aside else target
-    members = store.members(start, stop)
+    members = store.members(range(start, stop))
     photos = photos_for(job.image_root, ChunkPaths(start, store.paths_range(start, stop)),
                         None if members is None else ChunkPaths(start, members), job.storage_options)
     reader = ImageReader(photos, engine.transforms, job.allow_truncated)
