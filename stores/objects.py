@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from hashtagkit import remote
@@ -157,11 +157,6 @@ class Lease:
             self.check()  # a writer that lost its lease ends with an error, not a success
 
 
-def exists(url: str, options: Mapping[str, Any] | None = None) -> bool:
-    fs, path = remote.filesystem(url, options)
-    return bool(remote.retrying(lambda: fs.exists(path), f"looking for {url}"))
-
-
 def remove_prefix(url: str, options: Mapping[str, Any] | None = None) -> None:
     """Delete every object under `url/` (a folder's worth), its `zarr.json` first so that a
     half-deleted array is no array at all to a reader."""
@@ -218,10 +213,3 @@ def refuse_existing_url(url: str, overwrite: bool, options: Mapping[str, Any] | 
     if not ours:
         raise InputError(f"{url} is not a hashtagkit store: refusing to replace it; choose another output URL")
     return True
-
-
-@contextlib.contextmanager
-def lease(url: str, doing: str, options: Mapping[str, Any] | None = None) -> Iterator[Lease]:
-    """Hold the store's lease while the block runs (see `Lease`)."""
-    with Lease(url, doing, options) as held:
-        yield held

@@ -134,9 +134,9 @@ def store_lock(path: str | Path, doing: str = "written", storage_options: dict |
     A store at a URL (s3://...) has no file to lock: there the lock is a lease object beside the
     store (`hashtagkit.stores.objects.Lease`), taken and renewed with conditional writes."""
     if is_url(path):
-        from hashtagkit.stores.objects import lease
+        from hashtagkit.stores.objects import Lease
 
-        with lease(str(path), doing, storage_options):
+        with Lease(str(path), doing, storage_options):
             yield
         return
     path, lock = remote.local_path(path), lock_path(path)

@@ -33,10 +33,6 @@ class Photos:
     def prefetch(self, rows: Sequence[int]) -> None:
         """A hint that `rows` are read next (a batch): a remote kind may fetch them together."""
 
-    def describe(self) -> str:
-        """Where the photos are, for messages and the record: the folder or URL prefix."""
-        return str(self.root)
-
     def stamps(self) -> list[str | None]:
         """Per path (in order), what changes when its photo is replaced (size and modification
         time or ETag), None for a photo that is not there: what a resume compares."""
