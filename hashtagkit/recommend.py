@@ -34,7 +34,7 @@ from hashtagkit.heads import Head
 from hashtagkit.images import DecodeError, decode_image, draft_side_of
 from hashtagkit.postprocess import Postprocess
 from hashtagkit.runs import MODEL_DIR, RunRecord, load_postprocess, read_run
-from hashtagkit.stores.store import mask_view
+from hashtagkit.views import mask_view
 
 if TYPE_CHECKING:
     import torch

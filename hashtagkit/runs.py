@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +32,9 @@ from hashtagkit.heads.data import StoreData
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.postprocess import Options, Postprocess, calibrate
 from hashtagkit.records import JsonRecord
-from hashtagkit.stores import Store, blocks_differ_in, describe_blocks, open_store
+
+if TYPE_CHECKING:  # zarr is imported where a store is opened: `recommend` and `serve` read a run only
+    from hashtagkit.stores import Store
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
@@ -148,6 +150,8 @@ def fit(
     `view` of its features (object, scene or both), and write the run to `out` atomically;
     with `postprocess` (`Options`), also choose its re-ranking and thresholds on validation
     rows. Returns the run (on the other ranks of a torchrun, the folder rank 0 writes)."""
+    from hashtagkit.stores import Store, open_store
+
     options = store_path.storage_options if isinstance(store_path, Store) else None  # a URL store's own
     store_path = store_path.path if isinstance(store_path, Store) else store_path
     out = refuse_existing(out, overwrite, kind="run", inputs=[store_path])
@@ -268,6 +272,8 @@ def load_run(run_dir: str | Path, store_path: str | Path | None = None) -> tuple
     """The run's record, its head and its store, checked to belong together."""
     record = read_run(run_dir)
     head = Head.load(Path(run_dir) / MODEL_DIR)
+    from hashtagkit.stores import open_store
+
     store = open_store(store_path or record.store_path)
     if store.verify_split() != record.store["split_sha256"]:
         raise InputError(
@@ -290,6 +296,8 @@ def check_store_fits(store: Store, record: RunRecord, head: Head) -> None:
                          f"{store.vocab[differ]!r} here, {trained['vocab'][differ]!r} in the run)")
     if not head.needs_features:
         return
+    from hashtagkit.stores import Store, blocks_differ_in, describe_blocks
+
     ran_on = Store.block_signatures_of(trained.get("blocks") or [])
     if store.block_signatures() != ran_on:
         raise InputError(f"{store.path}: its features ({describe_blocks(store.blocks)}) are not those the run was "

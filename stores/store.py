@@ -57,6 +57,7 @@ from hashtagkit import provenance, remote
 from hashtagkit.errors import InputError
 from hashtagkit.outputs import atomic_dir, refuse_existing
 from hashtagkit.stores.objects import STARTED
+from hashtagkit.views import mask_view
 
 FORMAT = 2  # 1: `done` and `paths` in one chunk each, no `chunk_log` (see the module docstring)
 SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
@@ -362,18 +363,6 @@ def blocks_differ_in(have: Sequence[dict], want: Sequence[dict]) -> str:
     pairs = zip(Store.block_signatures_of(list(have)), Store.block_signatures_of(list(want)), strict=False)
     names = sorted({fields[i] for a, b in pairs for i in range(len(fields)) if a[i] != b[i]})
     return f" (they differ in their {', '.join(names)})" if names else ""
-
-
-def mask_view(data: np.ndarray, blocks: Sequence[dict], view: str) -> np.ndarray:
-    """Zero the columns of every block but `view` (a copy; `both` keeps all): how a one-view
-    head sees features, in training (the store's blocks) and in recommend (the run's record)."""
-    if view != "both":
-        data = data.copy()
-        for block in blocks:
-            if block["name"] != view:
-                start, stop = block["columns"]
-                data[:, start:stop] = 0
-    return data
 
 
 def read_per_chunk(arr: zarr.Array, damaged) -> list:

@@ -19,6 +19,7 @@ ROOTS = {"hashtagkit": REPO / "hashtagkit", "hashtagkit.stores": REPO / "stores"
 
 LAYERS = [  # lowest first: a module's layer is that of its longest matching prefix
     ("hashtagkit.errors", "hashtagkit.remote", "hashtagkit.choices", "hashtagkit.records", "hashtagkit.provenance", "hashtagkit.outputs",
+     "hashtagkit.views",
      "hashtagkit.metrics",
      "hashtagkit.images", "hashtagkit.plots"),
     ("hashtagkit.stores", "hashtagkit.devices", "hashtagkit.ddp"),

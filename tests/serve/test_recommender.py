@@ -429,6 +429,25 @@ def test_recommend_imports_neither_torchvision_nor_sklearn():
     assert out.stdout.strip() == "[]"
 
 
+def test_reading_a_run_imports_no_zarr(run):
+    """`recommend` and `serve` read a run, never a store: zarr (~0.2 s of their start-up) stays
+    unimported through loading the run, its head and scoring a photo (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from torch import nn; from hashtagkit.recommend import Recommender; import hashtagkit.cli.main; "
+            "from hashtagkit.backbones import BackboneSpec, register; "
+            "from hashtagkit.backbones.preprocessing import PLACES365_CAFFE; "  # tiny_scene_backbone(), in this process
+            "register(BackboneSpec(name='tiny-scene', block='scene', dim=48, layer='4x4 average pool', "
+            "preprocessing=PLACES365_CAFFE, build=lambda state: nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten()), "
+            "default_source=lambda: None)); "
+            f"rec = Recommender.from_run({str(run[0] / 'run')!r}, device='cpu'); rec.check_scores(); "
+            "print(sorted(m for m in ('zarr', 'hashtagkit.stores', 'dask', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_photos_are_decoded_as_the_stores_photos_were(run, rec, tmp_path):
     """A store extracted with `--decode fast` (JPEGs reduced down to the resize) records it in its
     blocks; a run on it decodes new photos the same way, since its head learned those pixels."""
