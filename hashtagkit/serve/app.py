@@ -79,6 +79,35 @@ class RequestCount:
     active: int = 0
 
 
+class ServerTiming:
+    """`Server-Timing` on each answer of POST /v1/recommend (browsers' developer tools show it):
+    read (body + multipart), decode, wait (queued until its batch started: the previous batch,
+    max_wait), model (its batch's forward + head + ranking; desc: the batch's photos) and total
+    (the request in the server, JSON included, until its answer starts), in milliseconds."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed_send(message) -> None:
+            timing = (scope.get("state") or {}).get("timing")
+            if message["type"] == "http.response.start" and timing:
+                parts = [f"{name};dur={timing[name] * 1000:.2f}" for name in ("read", "decode", "wait") if name in timing]
+                if "model" in timing:
+                    parts.append(f'model;dur={timing["model"] * 1000:.2f};desc="batch of {timing["batch"]}"')
+                parts.append(f"total;dur={(time.perf_counter() - started) * 1000:.2f}")
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"server-timing", ", ".join(parts).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 class RequestLimit:
     """At most `count.limit` HTTP requests at once; beyond, a JSON 503 with Retry-After (uvicorn's
     own `limit_concurrency` answers plain text, which clients of a JSON API cannot read)."""
@@ -130,6 +159,7 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
                   description="Hashtags for photos: a fitted hashtagkit run served with its models loaded once.")
     requests = RequestCount(max_requests)
     app.add_middleware(RequestLimit, count=requests)
+    app.add_middleware(ServerTiming)
     app.state.requests = requests
     app.state.batcher = batcher
     bearer = HTTPBearer(auto_error=False, description="Needed when the server was started with --token-file.")
@@ -195,20 +225,25 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
             raise HTTPException(400, "this run has no thresholds: fit it with --threshold global|per-tag")
         if top is None and not threshold:
             top = 5
+        started = time.perf_counter()
         try:
-            uploads = await read_uploads(request, limit)
+            async with batcher.arriving_request():
+                uploads = await read_uploads(request, limit)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
         if not uploads:
             raise HTTPException(400, "no files: send one or more photos as multipart parts named 'files'")
+        read = time.perf_counter()
         async with batcher.decoding_request():
             prepared = await asyncio.gather(*(prepare(u) for u in uploads))
+        timing = request.state.timing = {"read": read - started, "decode": time.perf_counter() - read}
         good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
         errors = {i: p for i, p in enumerate(prepared) if isinstance(p, str)}
         if not good:  # every photo answered with its own error, as in a request with some good ones
             return {"results": [result_json(uploads[i].name, [], errors[i]) for i in errors]}
         n_ranked = len(recommender.vocab) if threshold else min(top, len(recommender.vocab))
-        answers = await batcher.submit([prepared[i] for i in good], n_ranked)
+        answers = await batcher.submit([prepared[i] for i in good], n_ranked, timing)
+        timing["wait"] = timing.pop("started") - timing.pop("queued")
         if threshold:  # the full ranking, cut where the scores fall below their thresholds
             answers = [recommender.above_threshold(tags, top) for tags in answers]
         ranked = dict(zip(good, answers, strict=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from fastapi import HTTPException
 log = logging.getLogger("hashtagkit.serve")
 
 DECODE_WAIT_S = 1.0  # the most a gathering batch waits, beyond max_wait, for photos being decoded
+RETURN_S = 1.0  # clients answered by a batch of several requests are expected back within this long
 RETRY_AFTER_S = 5  # what a client refused while the server drains is told to wait
 
 
@@ -54,7 +56,15 @@ class MicroBatcher:
     `max_wait_ms` later, except that while other requests' photos are being decoded it waits for
     them too (at most `DECODE_WAIT_S` more): clients answered by the previous batch come back
     while the next one gathers, and without this they would stay in a separate, smaller batch
-    for good (two half-size batches in turn, each less efficient per photo)."""
+    for good (two half-size batches in turn, each less efficient per photo).
+
+    A photo nobody else can join goes at once: when no other request is being read or decoded
+    and the previous batch answered a single request (or ended over `RETURN_S` ago), the batch
+    closes without waiting `max_wait_ms` (a lone client's every photo paid it before). After a
+    batch of several requests it waits as above, for those clients to come back.
+
+    `submit(..., timing=dict)` fills the dict with when its photos' batch started, how long the
+    model took and the batch's size: what the app reports in `Server-Timing`."""
 
     def __init__(self, predict, max_batch: int, max_wait_ms: float):
         self.predict = predict
@@ -64,6 +74,9 @@ class MicroBatcher:
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.decoding = 0  # requests whose photos are being decoded now
+        self.arriving = 0  # requests whose bodies are being read now
+        self.last_requests = 0  # requests the previous batch answered
+        self.last_end = float("-inf")  # loop time the previous batch ended
         self.wake: asyncio.Event | None = None
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="hashtagkit-model")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -97,8 +110,8 @@ class MicroBatcher:
 
     @staticmethod
     def _refuse(items) -> None:
-        """Answer these (photo, top, future) items with 503: they will not be started."""
-        for _, _, future in items:
+        """Answer these (photo, top, future, timing) items with 503: they will not be started."""
+        for _, _, future, _ in items:
             if not future.done():
                 future.set_exception(ShuttingDown())
 
@@ -131,17 +144,39 @@ class MicroBatcher:
             if self.wake is not None:
                 self.wake.set()
 
-    async def submit(self, prepared: list, top: int) -> list[list[tuple[str, float]]]:
-        """The top hashtags of each prepared photo, in order (they may run in several batches)."""
+    @asynccontextmanager
+    async def arriving_request(self):
+        """Around reading a request's body: a lone photo does not go alone while it is read (a
+        gathering batch waits for it at most `max_wait_ms`, as for any photo not yet queued)."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            if self.wake is not None:
+                self.wake.set()
+
+    def _alone(self, now: float) -> bool:
+        """Nobody else can join a batch starting now: nothing queued, read or decoded, and no
+        clients of a batch of several requests about to come back."""
+        expected = self.last_requests > 1 and now - self.last_end < RETURN_S
+        return not (expected or self.arriving or self.decoding or not self.queue.empty())
+
+    async def submit(self, prepared: list, top: int, timing: dict | None = None) -> list[list[tuple[str, float]]]:
+        """The top hashtags of each prepared photo, in order (they may run in several batches);
+        `timing`, if given, gets `queued`, `started` (perf_counter seconds), `model` (seconds of
+        its batches' predict) and `batch` (the largest batch's photos)."""
         if self.draining:
             raise ShuttingDown()
         if not self.alive():
             raise HTTPException(503, "the model's batcher is not running")
         loop = asyncio.get_running_loop()
         futures = []
+        timing = {} if timing is None else timing
+        timing["queued"] = time.perf_counter()
         for item in prepared:
             future = loop.create_future()
-            self.queue.put_nowait((item, top, future))
+            self.queue.put_nowait((item, top, future, timing))
             futures.append(future)
         self.wake.set()
         try:
@@ -160,7 +195,7 @@ class MicroBatcher:
                 batch.append(self.queue.get_nowait())
             now = loop.time()
             until = longest if self.decoding else deadline
-            if len(batch) >= self.max_batch or now >= until:
+            if len(batch) >= self.max_batch or now >= until or self._alone(now):
                 break
             self.wake.clear()
             try:
@@ -178,17 +213,26 @@ class MicroBatcher:
                 continue
             if not batch:
                 continue
-            top = max(t for _, t, _ in batch)  # ranking is deterministic: a shorter top is a prefix
+            top = max(t for _, t, _, _ in batch)  # ranking is deterministic: a shorter top is a prefix
+            requests = {id(timing): timing for _, _, _, timing in batch}
+            started = time.perf_counter()
             try:
-                ranked = await loop.run_in_executor(self.model_thread, self.predict, [p for p, _, _ in batch], top)
+                ranked = await loop.run_in_executor(self.model_thread, self.predict, [p for p, _, _, _ in batch], top)
             except Exception as e:  # our bug, not the client's: answer 500 for these, keep serving
                 log.exception("predict failed on a batch of %d", len(batch))
                 self.stats.failed_batches += 1
-                for _, _, future in batch:
+                for _, _, future, _ in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                self.last_requests, self.last_end = len(requests), loop.time()
+            took = time.perf_counter() - started
+            for timing in requests.values():
+                timing.setdefault("started", started)
+                timing["model"] = timing.get("model", 0.0) + took
+                timing["batch"] = max(timing.get("batch", 0), len(batch))
             self.stats.add(len(batch))
-            for (_, t, future), tags in zip(batch, ranked, strict=True):
+            for (_, t, future, _), tags in zip(batch, ranked, strict=True):
                 if not future.done():
                     future.set_result(list(tags)[:t])

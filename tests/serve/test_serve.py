@@ -435,6 +435,99 @@ def test_a_gathering_batch_waits_for_photos_being_decoded(monkeypatch):
     assert asyncio.run(scenario(1.5)) == [1, 1]  # but not beyond DECODE_WAIT_S
 
 
+def batch_sizes_of(scenario) -> list[int]:
+    """Run `scenario(batcher)` on a MicroBatcher with a fake model; the sizes of its batches."""
+    from hashtagkit.serve import batcher
+
+    sizes: list[int] = []
+
+    def predict(items, top):
+        sizes.append(len(items))
+        return [[(str(i), 1.0)] * top for i in items]
+
+    async def main(max_wait_ms: float) -> None:
+        b = batcher.MicroBatcher(predict, max_batch=16, max_wait_ms=max_wait_ms)
+        b.start()
+        try:
+            await asyncio.wait_for(scenario(b), TIMEOUT)
+        finally:
+            await b.stop()
+
+    return main, sizes
+
+
+def test_a_lone_photo_does_not_wait_max_wait():
+    """Nobody else queued, read or decoded and no batch of several requests just answered: the
+    batch of one closes at once. With max_wait_ms an hour, waiting for it would time out."""
+    async def lone_client(b) -> None:
+        for i in range(3):  # one client, requests back to back
+            assert await asyncio.wait_for(b.submit([i], 1), 30) == [[(str(i), 1.0)]]
+
+    main, sizes = batch_sizes_of(lone_client)
+    asyncio.run(main(3_600_000))
+    assert sizes == [1, 1, 1]
+
+
+def test_a_photo_being_read_is_waited_for():
+    """A request whose body is still being read when a lone photo is queued joins its batch
+    (within max_wait_ms), as one being decoded does."""
+    async def second_arriving(b) -> None:
+        async def reading_then_submit():
+            async with b.arriving_request():
+                await asyncio.sleep(0.2)
+            return await b.submit([2], 1)
+
+        late = asyncio.create_task(reading_then_submit())
+        await asyncio.sleep(0.01)
+        await b.submit([1], 1)
+        await late
+
+    main, sizes = batch_sizes_of(second_arriving)
+    asyncio.run(main(3_600_000))  # the wait ends when the read one is queued, not at max_wait
+    assert sizes == [2]
+
+
+def test_after_a_batch_of_several_requests_the_next_waits_for_their_clients(monkeypatch):
+    """Batching under concurrency is kept: after a batch that answered two requests, the first
+    client to come back waits max_wait_ms for the other (one batch of 2, not 1 + 1); once the
+    batch is older than RETURN_S, a lone photo goes at once again."""
+    from hashtagkit.serve import batcher
+
+    monkeypatch.setattr(batcher, "RETURN_S", 2.0)
+
+    async def two_clients(b) -> None:
+        await asyncio.gather(b.submit([1], 1), b.submit([2], 1))  # both queued: one batch of 2
+
+        async def come_back(i: int, delay: float):
+            await asyncio.sleep(delay)
+            return await b.submit([i], 1)
+
+        await asyncio.gather(come_back(3, 0), come_back(4, 0.1))  # the second 0.1 s later
+        await asyncio.sleep(2.2)  # past RETURN_S: nobody is expected back
+        await asyncio.wait_for(b.submit([5], 1), 30)
+
+    main, sizes = batch_sizes_of(two_clients)
+    asyncio.run(main(1_000))
+    assert sizes == [2, 2, 1]
+
+
+def test_server_timing_says_where_a_request_spent_its_time(server, run):
+    """Each answer of /v1/recommend carries Server-Timing: read, decode, wait, model (with its
+    batch's size) and total, in ms; the parts fit inside the total."""
+    res = post(server, [(run[1][0].name, run[1][0].read_bytes())])
+    assert res.status_code == 200
+    metrics = {}
+    for part in res.headers["server-timing"].split(", "):
+        name, *params = part.split(";")
+        metrics[name] = dict(p.split("=", 1) for p in params)
+    assert list(metrics) == ["read", "decode", "wait", "model", "total"]
+    dur = {k: float(v["dur"]) for k, v in metrics.items()}
+    assert all(v >= 0 for v in dur.values())
+    assert dur["read"] + dur["decode"] + dur["wait"] + dur["model"] <= dur["total"]
+    assert metrics["model"]["desc"] == '"batch of 1"'
+    assert "server-timing" not in httpx.get(f"{server}/healthz", timeout=TIMEOUT).headers
+
+
 def half_upload(url: str, photo: bytes, send_all: bool = False) -> None:
     """A client that sends part of a multipart body (or all of it) and hangs up without reading."""
     body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.jpg\"\r\n\r\n" + photo
