@@ -172,18 +172,27 @@ class Recommender:
         rgb = decode_image(image, self.allow_truncated, draft_side=self.draft_side)
         return Prepared(name, tuple(t(rgb) for t in self.transforms))
 
+    def features(self, prepared: Sequence[Prepared]) -> np.ndarray:
+        """The (n, D) float32 features of prepared photos: one forward pass of the extractor
+        ((n, 0) for a head that ignores the image). Not thread-safe."""
+        if self.extractor is None:
+            return np.zeros((len(prepared), 0), dtype=np.float32)
+        import torch
+
+        return self.extractor([torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))])
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """The (n, C) scores of `features`: cast to the store's dtype and masked to the run's view
+        as in training, the head, the run's re-ranking."""
+        if self.extractor is not None:
+            features = mask_view(features.astype(self.dtype), self.blocks, self.view)
+        scores = self.head.predict_proba(features)
+        return self.post.apply(scores) if self.post is not None else scores
+
     def score_prepared(self, prepared: Sequence[Prepared]) -> np.ndarray:
         """The (n, C) scores of prepared photos (features, the head, the run's re-ranking), in one
         forward pass; `predict` ranks them. Not thread-safe."""
-        if self.extractor is None:
-            feats = np.zeros((len(prepared), 0), dtype=np.float32)
-        else:
-            import torch
-
-            batch = [torch.stack([p.inputs[i] for p in prepared]) for i in range(len(self.transforms))]
-            feats = mask_view(self.extractor(batch).astype(self.dtype), self.blocks, self.view)  # as in training
-        scores = self.head.predict_proba(feats)
-        return self.post.apply(scores) if self.post is not None else scores
+        return self.score_features(self.features(prepared))
 
     def predict(self, prepared: Sequence[Prepared], top: int = 5) -> list[list[tuple[str, float]]]:
         """Ranked (hashtag, score) lists for prepared photos, in one forward pass. Not thread-safe."""

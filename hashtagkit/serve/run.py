@@ -48,11 +48,17 @@ def exposure_warning(host: str, token: str | None) -> str | None:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """The listening socket, opened before uvicorn starts so a busy port is a one-line error."""
+    """The listening socket, opened before uvicorn starts so a busy port is a one-line error.
+
+    Made with protocol IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY)
+    only on connections whose socket says TCP, and with it on, the second write of each answer
+    (uvicorn sends the headers, then the body) waited for the client's delayed ACK: 40 ms more
+    on every request after the first of a kept-alive connection (benchmarks/results/serve.md)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, _, proto, *_ = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
