@@ -6,7 +6,12 @@ Why it is shaped this way:
   forward pass over 16 photos costs far less than 16 passes over one. Concurrent requests put
   their decoded photos on one queue; a batcher takes up to `max_batch` of them, waiting at most
   `max_wait_ms` after the first (the definition of Ray Serve's `@serve.batch`), and runs them as
-  ONE `predict` call in a single worker thread, so the event loop never blocks on the model.
+  ONE `predict` call in a single worker thread, so the event loop never blocks on the model. A
+  photo nobody else can join (nothing else queued, read or decoded, no clients of a batch of
+  several about to come back) does not wait `max_wait_ms` at all.
+- **Close to the model.** Each answer's `Server-Timing` header says where its time went (read,
+  decode, wait, model, total); connections have Nagle's algorithm off. On one photo the service
+  adds about 6% to the forward pass (benchmarks/results/serve.md).
 - **Decoding outside the model's thread.** `Recommender.prepare` (decode + preprocess, thread
   safe) runs in a small thread pool, so the next batch is decoded while the model runs.
 - **The body is read by us, into memory, counted as it arrives.** Starlette's form parser spools
