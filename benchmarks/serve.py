@@ -313,6 +313,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="Requests per client (at least 32 in all).")
     ap.add_argument("--before", default="6c89dd8", help="git revision whose server is measured with one client "
                                                         "('' to skip)")
+    ap.add_argument("--after", default=None, help="git revision whose server is measured as 'after' [default: this "
+                                                   "checkout, uncommitted changes included]")
     ap.add_argument("--batching-off", action="store_true", help="Also the --max-batch 1 rows.")
     ap.add_argument("--cli-photos", type=int, default=0, help="Photos for the process-per-photo baseline (0: none).")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve.md")
@@ -334,15 +336,17 @@ def main() -> None:
     print("model alone: loading, a first pass at each batch size ...", flush=True)
     model = Model(run, photos)
     model.warm_up(clients)
-    print("serve ...", flush=True)
-    rows, starts = serve_rows(run, photos, 32, clients, args.requests, model=model)
-    before_row = None
-    if args.before:
-        with tempfile.TemporaryDirectory(prefix="hashtagkit-serve-before-") as tmp:
-            env = {**os.environ, "PYTHONPATH": str(export_revision(args.before, Path(tmp)))}
+    with tempfile.TemporaryDirectory(prefix="hashtagkit-serve-revisions-") as tmp:
+        after_env = ({**os.environ, "PYTHONPATH": str(export_revision(args.after, Path(tmp) / "after"))}
+                     if args.after else None)
+        print("serve ...", flush=True)
+        rows, starts = serve_rows(run, photos, 32, clients, args.requests, after_env, model=model)
+        before_row = None
+        if args.before:
+            env = {**os.environ, "PYTHONPATH": str(export_revision(args.before, Path(tmp) / "before"))}
             print(f"serve at {args.before}, one client ...", flush=True)
             before_row = serve_rows(run, photos, 32, [1], args.requests, env, tag="before", model=model)[0][0]
-    off_rows = serve_rows(run, photos, 1, clients, args.requests)[0] if args.batching_off else []
+        off_rows = serve_rows(run, photos, 1, clients, args.requests, after_env)[0] if args.batching_off else []
     per_process = process_per_photo(run, photos[: args.cli_photos]) if args.cli_photos else None
     load_after = os.getloadavg()
     write(args, model, rows, starts, before_row, off_rows, per_process, load_before, load_after)
@@ -356,8 +360,8 @@ def write(args, model: Model, rows: list, start_s: float, before_row: dict | Non
     lines = [
         "# `hashtagkit serve` against the model's own batch time",
         "",
-        f"`{' '.join(['python benchmarks/serve.py', *sys.argv[1:]])}` (`make bench-serve`), {provenance.now()}, "
-        f"code at {git_head()}.",
+        f"`{' '.join(['python benchmarks/serve.py', *sys.argv[1:]])}` (`make bench-serve`), {provenance.now()}; "
+        f"the server's code: {'git revision ' + args.after if args.after else git_head()}.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (the `load` column: as each row started; above 2, "
         "other jobs shared the 2 cores and the times are longer and noisier).",

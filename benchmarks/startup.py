@@ -278,6 +278,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--before", default="6c89dd8", help="git revision measured as 'before'")
+    ap.add_argument("--after", default=None, help="git revision measured as 'after' [default: this checkout, "
+                                                   "uncommitted changes included]")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "startup.md")
     args = ap.parse_args()
     if args.repeats < 1:
@@ -291,7 +293,10 @@ def main() -> None:
         before_env = {**base, "PYTHONPATH": str(export_revision(args.before, tmp / "before"))}
         check = "import hashtagkit; print(hashtagkit.__file__)"
         assert run([sys.executable, "-c", check], before_env).startswith(str(tmp)), "before: wrong hashtagkit"
-        assert run([sys.executable, "-c", check], base).startswith(str(REPO)), "after: wrong hashtagkit"
+        if args.after:  # 'after' from a revision too: nobody's uncommitted work is measured
+            base["PYTHONPATH"] = str(export_revision(args.after, tmp / "after"))
+        where = str(tmp / "after") if args.after else str(REPO)
+        assert run([sys.executable, "-c", check], base).startswith(where), "after: wrong hashtagkit"
         print("writing two VGG-16 weights files, extracting a 12-photo demo store, fitting kNN ...", flush=True)
         run_dir, photo = make_run(tmp / "work", base)
         script = Path(sys.executable).parent / "hashtagkit"  # the console script, as a user runs it
@@ -343,7 +348,8 @@ def make_table(times: dict, cpu: dict, serve_times: dict, steps: dict, imports: 
         "One photo, a kNN run over VGG-16 object + VGG-16 scene from two 528 MB weights files (random",
         "initialisation saved to disk: reading, hashing and loading cost what pretrained weights cost),",
         "CPU, fp32 (the store's precision), the weights in the page cache. Median (min-max) of "
-        f"{args.repeats} interleaved runs; 'before' is git revision {args.before}, 'after' is {git_head()}.",
+        f"{args.repeats} interleaved runs; 'before' is git revision {args.before}, 'after' is "
+        f"{'git revision ' + args.after if args.after else git_head()}.",
         "Wall time is what a user waits (it grows when other jobs share the CPU); CPU time is what the",
         "process costs (user + system, all threads, including the forward pass and exit).",
         "",
