@@ -165,11 +165,16 @@ class Recommender:
             return None
         return {k: v for k, v in m.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
 
+    def decode(self, image: ImageInput) -> Image.Image:
+        """One photo (path, file bytes or PIL image) as RGB, decoded as the store's photos were;
+        raises DecodeError. Each of `transforms` then makes one of its inputs (thread-safe)."""
+        return decode_image(image, self.allow_truncated, draft_side=self.draft_side)
+
     def prepare(self, image: ImageInput, name: str | None = None) -> Prepared:
         """Decode and preprocess one photo (path, file bytes or PIL image); raises DecodeError."""
         if name is None:
             name = default_name(image, 0)
-        rgb = decode_image(image, self.allow_truncated, draft_side=self.draft_side)
+        rgb = self.decode(image)
         return Prepared(name, tuple(t(rgb) for t in self.transforms))
 
     def features(self, prepared: Sequence[Prepared]) -> np.ndarray:

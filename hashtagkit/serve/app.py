@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from hashtagkit import __version__
 from hashtagkit.errors import InputError
 from hashtagkit.images import DecodeError, decoded_pixels
-from hashtagkit.recommend import Recommendation
+from hashtagkit.recommend import Prepared, Recommendation
 from hashtagkit.serve.batcher import MicroBatcher
 from hashtagkit.serve.budget import PixelBudget
 from hashtagkit.serve.uploads import MAX_FILES, Upload, read_uploads
@@ -185,7 +185,11 @@ def create_app(recommender, *, max_batch: int = 32, max_wait_ms: float = 20, tok
         size = await loop.run_in_executor(decoder, partial(decoded_pixels, data, draft_side=recommender.draft_side))
         taken = await pixels.acquire(size)
         try:
-            return await loop.run_in_executor(decoder, recommender.prepare, data, upload.name)
+            rgb = await loop.run_in_executor(decoder, recommender.decode, data)
+            # each backbone's preprocessing in its own decode thread: a lone photo's two take the
+            # time of one (Pillow resizes without the GIL); under load the threads are busy anyway
+            inputs = await asyncio.gather(*(loop.run_in_executor(decoder, t, rgb) for t in recommender.transforms))
+            return Prepared(upload.name, tuple(inputs))
         except DecodeError as e:
             return str(e) or "unreadable"
         except Exception:  # a decoder bug must cost this photo, not the request or the server
