@@ -374,7 +374,8 @@ def extraction(device: str, quick: bool) -> list[dict]:
     except ImportError:
         return [row("extract", "extraction is measured separately (benchmarks/roofline_extract.py not present)",
                     float("nan"), "", None, "", "")]
-    return extraction_rows(device, quick)
+    # compiled too (what `extract` does by default on a run that repays the compile), except in a smoke run
+    return extraction_rows(device, quick, compile_too=not quick, fast=False)
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -177,12 +177,16 @@ def engine_rate(photos: Path, names: list[str], nets, work: Path, dev: torch.dev
     return steady, seconds[n1] - n1 / steady, n1 / seconds[n1]
 
 
-def extraction_rows(device: str, quick: bool) -> list[dict]:
+def extraction_rows(device: str, quick: bool, compile_too: bool = False,
+                    which_ones: tuple[str, ...] = ("object", "scene", "both"), fast: bool = True) -> list[dict]:
     """Model-only and engine rates per backbone and both, against the matmul peak of this run.
 
     The engine's row is its steady state; its note gives the bound decoding sets on a machine
     whose cores the model already fills: per image 1/model rate + decode CPU seconds / cores, so
-    at most 1 / (1 + model rate x decode seconds / cores) of the model-only rate."""
+    at most 1 / (1 + model rate x decode seconds / cores) of the model-only rate. With
+    `compile_too` (a CPU) each also runs compiled (`Extractor.compile`, in the engine's lanes):
+    what `extract` does by default on a run long enough to repay the compile
+    (`hashtagkit.extraction.compiling`)."""
     work = Path(tempfile.mkdtemp(prefix="hashtagkit-roofline-"))
     try:
         dev, precision, peak_dtype, photos, names, all_names = setup(device, quick, work)
@@ -193,7 +197,7 @@ def extraction_rows(device: str, quick: bool) -> list[dict]:
         batch = 4 if quick else 32
         n1, n2 = ENGINE_SIZES[quick]
         rows = []
-        for which in ("object", "scene", "both"):
+        for which in which_ones:
             nets = load_nets(which)
             flops = sum(flops_per_image(b.module, torch.device("cpu")) for b in nets)
             engine = Extractor(nets, dev, precision)
@@ -204,27 +208,80 @@ def extraction_rows(device: str, quick: bool) -> list[dict]:
                       f"thread(s); {flops / 1e9:.2f} GFLOP/image counted; random weights")
             rows += pair(f"extract model-only {which}", f"VGG-16 to fc7 x{len(nets)}, pre-decoded pixels", rate,
                          flops, peak, peak_name, common)
-            ways = [("default", False), ("fast", False), ("default", True)] if which == "both" else [("default", False)]
+            rates = {False: rate}
+            compiled_ok = compile_too and dev.type == "cpu"
+            if compiled_ok:
+                cengine = Extractor(load_nets(which), dev, precision)
+                with torch_threads(budget.threads):
+                    setup_s = cengine.compile(batch)
+                cos = cosine_min(cengine([x[:batch] for x in inputs]), engine([x[:batch] for x in inputs]))
+                rates[True] = model_rate(cengine, inputs, batch, budget.lanes, budget.threads)
+                rows += pair(f"extract model-only {which} compiled",
+                             f"VGG-16 to fc7 x{len(nets)}, pre-decoded pixels, torch.compile", rates[True], flops,
+                             peak, peak_name, f"{precision} ({cengine.describe()}), batch {batch}, {budget.lanes} "
+                             f"lane(s) x {budget.threads} thread(s); **{rates[True] / rate:.2f}x the eager model**; "
+                             f"fc7 cosine vs the eager bf16 model >= {cos:.5f}; compile (in this process, after "
+                             f"any earlier one: inductor's cache) {setup_s:.1f} s")
+                del cengine
+            ways = [("default", False)] + ([("fast", False)] if fast and which == "both" else []) + \
+                ([("default", True)] if compiled_ok else [])
             for decode, compiled in ways:
                 if compiled:
                     nets = load_nets(which)  # fresh modules: the compiled engine casts its own
                 steady, fixed, small = engine_rate(photos, all_names, nets, work, dev, precision, batch, quick, decode,
                                                    compile=compiled)
                 dec_s = decode_core_seconds(photos, names, engine.transforms, decode)
-                bound = 1 / (1 + rate * dec_s / cores) if dev.type == "cpu" else 1.0
-                label = " --compile (1 lane x all threads)" if compiled else "" if decode == "default" else \
-                    " --decode fast (other pixels: cosine in extract_throughput.md)"
-                tag = " compile" if compiled else " fast" if decode == "fast" else ""
+                model = rates[compiled]
+                bound = 1 / (1 + model * dec_s / cores) if dev.type == "cpu" else 1.0
+                label = (" --compile (what auto does on a run that repays the compile)" if compiled else
+                         " --no-compile" if decode == "default" else
+                         " --decode fast (other pixels: cosine in extract_throughput.md)")
+                tag = " compiled" if compiled else " fast" if decode == "fast" else ""
+                against = "the compiled model-only" if compiled else "model-only"
                 rows += pair(f"extract engine {which}{tag}",
                              f"`hashtagkit extract{label}`: decode + model + store writes, steady state", steady, flops,
-                             peak, peak_name, common + f"; {budget.workers} decode worker(s); **{steady / rate:.2f}x "
-                             f"model-only**; decoding takes {dec_s * 1e3:.1f} CPU ms/photo, which on {cores} busy "
-                             f"core(s) bounds the engine at {bound:.2f}x ({steady / rate / bound:.2f} of that bound); "
+                             peak, peak_name, common + f"; {budget.workers} decode worker(s); **{steady / model:.2f}x "
+                             f"{against}**; decoding takes {dec_s * 1e3:.1f} CPU ms/photo, which on {cores} busy "
+                             f"core(s) bounds the engine at {bound:.2f}x ({steady / model / bound:.2f} of that bound); "
                              f"steady state = the {n2 - n1} photos between runs of {n1} and {n2} (best of 2 each); fixed start-up "
-                             f"{fixed:.2f} s, so a {n1}-photo run alone is {small / rate:.2f}x")
+                             f"{fixed:.2f} s" + ("" if compiled else f", so a {n1}-photo run alone is {small / rate:.2f}x"))
         return rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+COMPILE_COST = """
+import sys, time, warnings
+import torch
+warnings.simplefilter("ignore")
+sys.path.insert(0, {root!r})
+from hashtagkit.backbones import load_backbone
+from hashtagkit.devices import extraction_budget
+from hashtagkit.extraction import Extractor
+from hashtagkit.extraction.local import torch_threads
+nets = [load_backbone("vgg16-object", "random")]
+if {which!r} == "both":
+    nets.append(load_backbone("vgg16-scene", "random", seed=1))
+engine = Extractor(nets, torch.device("cpu"), "bf16")
+with torch_threads(extraction_budget(torch.device("cpu")).threads):
+    print(engine.compile({batch}))
+"""
+
+
+def compile_cost(which: str, batch: int) -> tuple[float, float]:
+    """(cold, warm) seconds of `Extractor.compile` in fresh processes: once on an empty inductor
+    cache, then again on the cache the first one filled (weights random: their values are not
+    part of the cache's key)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="hashtagkit-inductor-") as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        code = COMPILE_COST.format(root=str(Path(__file__).resolve().parents[1]), which=which, batch=batch)
+        out = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            out.append(float(res.stdout.strip().splitlines()[-1]))
+        return out[0], out[1]
 
 
 class Variant:
@@ -337,15 +394,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run (4 photos, small GEMM)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile (minutes of compiling on 2 cores)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--which", default="object,scene,both", help="backbones to measure: object, scene, both")
+    ap.add_argument("--skip-variants", action="store_true", help="no table of ways to run one VGG-16")
+    ap.add_argument("--no-fast", action="store_true", help="no --decode fast engine row")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "roofline_extract.md")
     args = ap.parse_args()
     dev = pick_device(args.device)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    rows = extraction_rows(dev.type, args.quick)
+    which = tuple(w.strip() for w in args.which.split(",") if w.strip())
+    rows = extraction_rows(dev.type, args.quick, args.compile, which, fast=not args.no_fast)
+    costs = {w: compile_cost(w, 4 if args.quick else 32) for w in which} \
+        if args.compile and dev.type == "cpu" else {}
     work = Path(tempfile.mkdtemp(prefix="hashtagkit-roofline-"))
     try:
         variants = compare_variants(dev, args.quick, args.compile, 1 if args.quick else args.rounds, work) \
-            if dev.type == "cpu" else []
+            if dev.type == "cpu" and not args.skip_variants else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak_row = next(r for r in rows if r["unit"] == "GFLOPS")
@@ -368,6 +431,24 @@ def main() -> None:
         "",
         *table(rows),
     ]
+    if costs:
+        from hashtagkit.extraction import compiling
+
+        lines += ["", "## The compile's cost, and where auto compiles", "",
+                  "`Extractor.compile` (what `extract` runs before its first photo when it compiles), each in a fresh "
+                  "process: on an empty inductor cache, then on the cache that run filled.", "",
+                  "| backbones | cold s | warm s | saved per photo (measured: eager vs compiled engine) | "
+                  "pays after (cold / warm) | auto compiles from (cold / warm) |", "|---|---:|---:|---:|---:|---:|"]
+        by = {r["path"]: r for r in rows if r["unit"] == "images/s"}
+        for w, (cold, warm) in costs.items():
+            eager, comp = by.get(f"extract engine {w}"), by.get(f"extract engine {w} compiled")
+            n = 2 if w == "both" else 1
+            saved = 1 / eager["achieved"] - 1 / comp["achieved"] if eager and comp else float("nan")
+            pays = (f"{cold / saved:,.0f} / {warm / saved:,.0f}" if saved > 0 else "never (no saving)")
+            auto = [int(compiling.MARGIN * e / (compiling.SAVED_SECONDS_PER_PHOTO_PER_BACKBONE * n)) + 1
+                    for e in (compiling.COLD_SECONDS_PER_BACKBONE * n, warm)]
+            lines.append(f"| {w} | {cold:.1f} | {warm:.1f} | {saved * 1e3:.1f} ms | {pays} photos | "
+                         f"{auto[0]:,} / {auto[1]:,} photos |")
     if variants:
         lines += [
             "",

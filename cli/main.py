@@ -893,11 +893,12 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="How JPEGs become pixels. fast: decoded reduced (DCT scaling) down to the resize, other pixels; "
                    "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
                    "decode on a sample of the photos, and are part of the blocks' preprocessing.")
-@click.option("--compile", is_flag=True,
-              help="Compile the backbones with torch.compile (inductor, frozen weights) and run one batch at a "
-                   "time on all threads: ~1.4x the model's rate on a 2-core AMX CPU (benchmarks/results/"
-                   "roofline_extract.md), after a compile of a minute or two (cached for the next run). Worth it "
-                   "from a few thousand photos; not with --lanes above 1 or on Dask.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Compile the backbones with torch.compile (inductor, frozen weights), one batch at a time on "
+                   "all threads: ~1.3-1.5x the model's rate on a bf16 CPU (benchmarks/results/roofline_extract.md) "
+                   "after a compile of a minute or two per backbone (seconds when inductor's cache has it). "
+                   "[default: auto: on a bf16 CPU, in process, when the photos to extract repay the compile "
+                   "twice over; the run records why]")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(FEATURE_DTYPES),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")
@@ -923,7 +924,7 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
               help="Compute the chunks on the workers of a running Dask scheduler (tcp://HOST:PORT); the store "
                    "and the images must be at the same path on every worker.")
 def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device: str, precision: str, batch_size: int,
-            workers: int | None, lanes: int | None, decode: str, compile: bool, dtype: str, chunk_rows: int | None,
+            workers: int | None, lanes: int | None, decode: str, compile_: bool | None, dtype: str, chunk_rows: int | None,
             allow_truncated: bool, overwrite: bool, seed: int,
             no_progress: bool, preprocessings: tuple[str, ...], allow_mixed_precision: bool,
             allow_other_images: bool, cluster: str | None, scheduler: str | None) -> None:
@@ -946,7 +947,8 @@ def extract(store: Path, backbones: tuple[str, ...], images: Path | None, device
             raise UserError(f"--preprocessing takes BACKBONE=NAME for a backbone being extracted, got {item!r}")
         asked[name] = value
     config = ExtractConfig(device=device, precision=precision, batch_size=batch_size, workers=workers, lanes=lanes,
-                           decode=decode, compile=compile, dtype=dtype, chunk_rows=chunk_rows, images=images,
+                           decode=decode, compile={None: "auto", True: "on", False: "off"}[compile_], dtype=dtype,
+                           chunk_rows=chunk_rows, images=images,
                            overwrite=overwrite, allow_truncated=allow_truncated,
                            allow_mixed_precision=allow_mixed_precision, allow_other_images=allow_other_images,
                            cluster=cluster, scheduler=scheduler, progress=not no_progress)

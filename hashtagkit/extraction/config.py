@@ -23,7 +23,8 @@ class ExtractConfig:
     CPU that has it, else fp32), fp32, bf16 or fp16. batch_size: photos per forward pass.
     workers: decode processes (None: by the device, see `devices.extraction_budget`). lanes:
     batches in the model at once on a CPU (None: by the cores). decode: default, fast (JPEGs
-    decoded reduced) or gpu (nvJPEG). compile: torch.compile the model. dtype: the features'
+    decoded reduced) or gpu (nvJPEG). compile: torch.compile the model, auto (where it pays: see
+    `compiling.plan_compile`), on or off (True/False too). dtype: the features'
     storage type. chunk_rows: rows per store chunk (None: about 4 MiB a chunk). images: the
     photo folder (None: the store's). overwrite: extract again, replacing the features (else a
     run resumes). allow_truncated / allow_mixed_precision / allow_other_images: see `extract`.
@@ -37,7 +38,7 @@ class ExtractConfig:
     workers: int | None = None
     lanes: int | None = None
     decode: str = "default"
-    compile: bool = False
+    compile: bool | str = "auto"
     dtype: str = "float16"
     chunk_rows: int | None = None
     images: str | Path | None = None
@@ -95,10 +96,10 @@ class ExtractConfig:
                                  + " (use decode default or fast)", param="decode")
 
     def check_compile(self) -> None:
-        """A compiled model runs one batch at a time (not from several lanes' threads), in this process."""
-        if self.compile and self.lanes is not None and self.lanes > 1:
-            raise InputError("{param} runs one batch at a time on all threads: no lanes above 1", param="compile")
-        if self.compile and self.distributed:
+        """A compiled model (asked for: auto decides for itself) runs in this process."""
+        from hashtagkit.extraction.compiling import normalise_mode
+
+        if normalise_mode(self.compile) == "on" and self.distributed:
             raise InputError("{param} is for an in-process extraction; Dask workers run the model uncompiled",
                              param="compile")
 

@@ -8,6 +8,8 @@ for. `Extractor` is shared by extraction (in process and on Dask workers) and by
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,11 +60,33 @@ class Extractor:
         self.dim = sum(b.spec.dim for b in self.backbones)
         # `extract --compile`: the model compiled for one batch shape (inductor, weights frozen as
         # constants: oneDNN prepacking, conv+ReLU fusion); a shorter batch is padded to it, so the
-        # last batch of a run never compiles a second graph. Called from one thread only.
-        self.compile_batch = compile_batch
+        # last batch of a run never compiles a second graph. Compiled before the lanes start
+        # (`compile`), then called from every lane's thread like the eager model.
+        self.compile_batch = None
         self.forward = self.model
         if compile_batch:
+            self.compile_batch = compile_batch
             self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
+
+    def compile(self, batch_size: int) -> float:
+        """Compile the model for batches of `batch_size` now, on a batch of zeros (so a compile
+        that fails fails before any photo, and its cost is known); returns the seconds it took.
+        On failure (an `InputError` naming the option) the extractor stays uncompiled."""
+        self.compile_batch = batch_size
+        self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
+        zeros = [torch.zeros(batch_size, 3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms]
+        started = time.perf_counter()
+        try:
+            self(zeros)
+        except BaseException:
+            self.compile_batch, self.forward = None, self.model
+            raise
+        return time.perf_counter() - started
+
+    def architecture(self) -> list[str]:
+        """Each backbone's name and layer structure (not its weights): what a compiled graph of
+        this model depends on besides batch, precision and device."""
+        return [f"{b.spec.name}:{hashlib.sha256(repr(b.module).encode()).hexdigest()[:16]}" for b in self.backbones]
 
     @property
     def transforms(self) -> list[Preprocessing]:

@@ -112,14 +112,11 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     dev = pick_device(config.device)
     prec = pick_precision(config.precision, dev)
     log(f"device {dev} ({'chosen automatically' if config.device == 'auto' else 'as asked'}), precision {prec}")
-    engine = Extractor(loaded, dev, prec, compile_batch=config.batch_size if config.compile else None)
-    if config.compile:
-        log("--compile: the first batch compiles the model (a minute or two on a CPU, cached for later runs)")
+    engine = Extractor(loaded, dev, prec)
     blocks = [b.describe(cols) | {"dtype": config.dtype} for b, cols in zip(loaded, engine.columns(), strict=True)]
     if config.decode != "default":  # other pixels: part of each block's preprocessing (a resume must agree)
         for b in blocks:
             b["preprocessing"] = b["preprocessing"] | {"decode": decode_record(config.decode)}
-    budget = extraction_budget(dev, lanes=1 if config.compile else config.lanes, workers=config.workers)
     with opened.lock("extracted"):
         # re-read under the lock: a `prepare --overwrite` that swapped the store in before it was
         # taken must not be written through this stale handle
@@ -145,9 +142,11 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
             target.drop_features()
             resume = plan_and_check(target, blocks, config, photos, prec)
         plan, n = resume.plan, store.n_rows
+        budget = extraction_budget(dev, lanes=config.lanes, workers=config.workers)
+        compiling = compile_model(engine, config, plan.rows(n) if plan.pending else 0, budget.threads, log)
         run = {"started": provenance.now(), "device": str(dev), "precision": prec, "batch_size": config.batch_size,
                "workers": budget.workers, "allow_truncated": config.allow_truncated,
-               "image_root": str(root), "compute": engine.describe(),
+               "image_root": str(root), "compute": engine.describe(), "compile": compiling,
                "budget": budget.describe() | {"cores": os.cpu_count()},
                # how pixels were decoded: JPEGs far larger than the crop are decoded reduced
                "decode": decode_record(config.decode) | {"max_pixels": MAX_PIXELS}}
@@ -187,6 +186,45 @@ def extract(store: str | Path | Store, backbones: Sequence[BackboneInput] | None
     if isinstance(given, Store):  # the caller's handle sees the features it asked for
         given.refresh()
     return summary
+
+
+QUIET_BELOW = 1000  # photos: a shorter run does not say why it is not compiled (its record does)
+
+
+def compile_model(engine: Extractor, config: ExtractConfig, photos: int, threads: int,
+                  log: Callable[[str], None]) -> dict:
+    """Compile the engine's model if `config.compile` asks for it or, auto, where it pays for
+    `photos` (`compiling.plan_compile`), for lanes of `threads` torch threads (inductor's own
+    kernels keep the thread count they were compiled with); returns what was decided and done,
+    for the run's record. A compile that fails is one line: an error when asked for, a fallback
+    to the uncompiled model under auto."""
+    from hashtagkit.extraction import compiling
+    from hashtagkit.extraction.local import torch_threads
+
+    dev = engine.device
+    plan = compiling.plan_compile(config.compile, device=dev.type, precision=engine.precision, photos=photos,
+                                  architecture=engine.architecture(), batch_size=config.batch_size,
+                                  distributed=config.distributed)
+    done = plan.record()
+    if not plan.compile:
+        if plan.asked == "auto" and photos >= QUIET_BELOW:
+            log(f"compile: not compiling the model ({plan.why})")
+        return done
+    log(f"compile: compiling the model ({plan.why}); " + (
+        "the compile takes a minute or two per backbone on a CPU, cached for later runs" if plan.cache != "warm"
+        else "from inductor's cache"))
+    try:
+        with torch_threads(threads):
+            seconds = engine.compile(config.batch_size)
+    except InputError as e:
+        if plan.asked == "on":
+            raise
+        log(f"compile: {e}; extracting uncompiled")
+        return done | {"compile": False, "failed": str(e)}
+    compiling.remember(compiling.cache_key(engine.architecture(), config.batch_size, engine.precision, dev.type),
+                       seconds)
+    log(f"compile: compiled in {seconds:.1f}s")
+    return done | {"seconds": round(seconds, 2)}
 
 
 DECODE_CHECK_ROWS = 8  # photos a `--decode fast|gpu` run compares with the exact decode
