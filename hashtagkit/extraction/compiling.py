@@ -139,6 +139,8 @@ def plan_compile(asked: object, *, device: str, precision: str, photos: int, arc
     process, with a C++ compiler, when `photos` would save `MARGIN` times the expected compile
     (the remembered seconds of a warm cache, else `COLD_SECONDS_PER_BACKBONE` each)."""
     mode = normalise_mode(asked)
+    if photos <= 0:
+        return CompilePlan(mode, False, "no photos to extract")
     if mode == "on":
         return CompilePlan(mode, True, "asked for")
     if mode == "off":
@@ -149,8 +151,6 @@ def plan_compile(asked: object, *, device: str, precision: str, photos: int, arc
         return CompilePlan(mode, False, f"auto compiles on a CPU only (not measured on {device}: ask for it)")
     if precision != "bf16":
         return CompilePlan(mode, False, f"auto compiles bf16 only (not measured in {precision}: ask for it)")
-    if photos <= 0:
-        return CompilePlan(mode, False, "no photos to extract")
     n = max(1, len(architecture))
     warm = remembered_seconds(cache_key(architecture, batch_size, precision, device))
     expected = warm if warm is not None else COLD_SECONDS_PER_BACKBONE * n

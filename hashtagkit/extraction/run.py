@@ -211,7 +211,7 @@ def compile_model(engine: Extractor, config: ExtractConfig, photos: int, threads
             log(f"compile: not compiling the model ({plan.why})")
         return done
     log(f"compile: compiling the model ({plan.why}); " + (
-        "the compile takes a minute or two per backbone on a CPU, cached for later runs" if plan.cache != "warm"
+        "a first compile takes ~15-100 s per backbone on a CPU, cached for later runs" if plan.cache != "warm"
         else "from inductor's cache"))
     try:
         with torch_threads(threads):

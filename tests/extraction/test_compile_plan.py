@@ -87,6 +87,7 @@ def test_on_and_off_decide_whatever_the_run():
     assert not plan(10**9, asked="off").compile and not plan(10**9, asked=False).compile
     assert plan(1, asked=None).asked == "auto"
     assert plan(1, asked="on").record() == {"asked": "on", "compile": True, "why": "asked for"}
+    assert not plan(0, asked="on").compile  # a resume with nothing left compiles nothing
 
 
 def test_config_checks_the_compile_setting_by_name():
