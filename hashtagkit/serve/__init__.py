@@ -11,7 +11,7 @@ Why it is shaped this way:
   several about to come back) does not wait `max_wait_ms` at all.
 - **Close to the model.** Each answer's `Server-Timing` header says where its time went (read,
   decode, wait, model, total); connections have Nagle's algorithm off. On one photo the service
-  adds 6-12% to the forward pass, nearly all of it decoding the photo (benchmarks/results/serve.md).
+  adds about 9% to the forward pass, most of it decoding the photo (benchmarks/results/serve.md).
 - **Decoding outside the model's thread.** `Recommender.prepare` (decode + preprocess, thread
   safe) runs in a small thread pool, so the next batch is decoded while the model runs.
 - **The body is read by us, into memory, counted as it arrives.** Starlette's form parser spools
