@@ -72,7 +72,7 @@ bench-extract: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/extract_throughput.py --n 64 --device $(DEVICE)
 
 # VGG-16 to fc7 against the matmul peak of the same run, and the ways to run it (ROOFLINE_ARGS=--compile
-# adds torch.compile: minutes of compiling on 2 cores).
+# adds the compiled model and engine per backbone and the compile's cold/warm cost: ~20 minutes on 2 cores).
 ROOFLINE_ARGS ?=
 bench-roofline-extract: $(STAMP)
 	nice -n 10 $(BIN)/python benchmarks/roofline_extract.py --device $(DEVICE) $(ROOFLINE_ARGS)
@@ -98,8 +98,9 @@ FAULT_TRIALS ?= 20
 bench-faults: $(STAMP)
 	$(BIN)/python benchmarks/faults.py --trials $(FAULT_TRIALS)
 
-# `hashtagkit serve` under load (1/4/16 clients, batching on/off) vs the model alone and a process per
-# photo; the random-weight VGG-16 pair (real compute). About 5 minutes on 2 idle cores.
+# `hashtagkit serve` at 1/4/16 clients against the model's own batch time, and the one-photo overhead
+# (Server-Timing parts; against a git revision before); the random-weight VGG-16 pair (real compute).
+# Optional rows: --batching-off, --cli-photos N (a process per photo). About 5 minutes on 2 idle cores.
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve.py
 
