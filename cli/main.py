@@ -894,11 +894,11 @@ def bench(store: Path, heads: str, views: str, seeds: str, sets: tuple[str, ...]
                    "gpu: nvJPEG on the CUDA device. Both print and record their fc7 cosine against the exact "
                    "decode on a sample of the photos, and are part of the blocks' preprocessing.")
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="Compile the backbones with torch.compile (inductor, frozen weights), one batch at a time on "
-                   "all threads: ~1.3-1.5x the model's rate on a bf16 CPU (benchmarks/results/roofline_extract.md) "
-                   "after a compile of a minute or two per backbone (seconds when inductor's cache has it). "
-                   "[default: auto: on a bf16 CPU, in process, when the photos to extract repay the compile "
-                   "twice over; the run records why]")
+              help="Compile the backbones with torch.compile (inductor, frozen weights) before the first photo: "
+                   "1.04-1.05x the model's rate on an AVX-512 bf16 CPU, ~1.4x on an AMX one "
+                   "(benchmarks/results/roofline_extract.md), after a compile of ~15-100 s per backbone (less "
+                   "when inductor's cache has it). [default: auto: on a bf16 CPU, in process, when the photos "
+                   "to extract repay the compile twice over; the run records why]")
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(FEATURE_DTYPES),
               help="Storage type of the features.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per store chunk [default: about 4 MiB a chunk].")

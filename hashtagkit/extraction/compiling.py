@@ -60,9 +60,10 @@ class CompilePlan:
     why: str
     expected_seconds: float | None = None  # the compile's expected cost (auto on a CPU)
     cache: str | None = None  # "warm" (compiled here before) or "cold"
+    key: str | None = None  # the graph's `cache_key`: what `remember` files a finished compile under
 
     def record(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "key"}
 
 
 def cache_dir() -> Path:
@@ -141,25 +142,30 @@ def plan_compile(asked: object, *, device: str, precision: str, photos: int, arc
     mode = normalise_mode(asked)
     if photos <= 0:
         return CompilePlan(mode, False, "no photos to extract")
+    key = cache_key(architecture, batch_size, precision, device)
+
+    def plan(compile: bool, why: str, expected: float | None = None, cache: str | None = None) -> CompilePlan:
+        return CompilePlan(mode, compile, why, expected, cache, key)
+
     if mode == "on":
-        return CompilePlan(mode, True, "asked for")
+        return plan(True, "asked for")
     if mode == "off":
-        return CompilePlan(mode, False, "asked not to")
+        return plan(False, "asked not to")
     if distributed:
-        return CompilePlan(mode, False, "Dask workers run the model uncompiled")
+        return plan(False, "Dask workers run the model uncompiled")
     if device != "cpu":
-        return CompilePlan(mode, False, f"auto compiles on a CPU only (not measured on {device}: ask for it)")
+        return plan(False, f"auto compiles on a CPU only (not measured on {device}: ask for it)")
     if precision != "bf16":
-        return CompilePlan(mode, False, f"auto compiles bf16 only (not measured in {precision}: ask for it)")
+        return plan(False, f"auto compiles bf16 only (not measured in {precision}: ask for it)")
     n = max(1, len(architecture))
-    warm = remembered_seconds(cache_key(architecture, batch_size, precision, device))
+    warm = remembered_seconds(key)
     expected = warm if warm is not None else COLD_SECONDS_PER_BACKBONE * n
     cache = "warm" if warm is not None else "cold"
     needed = int(MARGIN * expected / (SAVED_SECONDS_PER_PHOTO_PER_BACKBONE * n)) + 1
     if photos < needed:
-        return CompilePlan(mode, False, f"{photos:,} photos to extract: compiling pays from ~{needed:,} "
-                                        f"(~{expected:.0f} s to compile, {cache} cache)", expected, cache)
+        return plan(False, f"{photos:,} photos to extract: compiling pays from ~{needed:,} "
+                           f"(~{expected:.0f} s to compile, {cache} cache)", expected, cache)
     if not has_compiler():
-        return CompilePlan(mode, False, "no C++ compiler for inductor (install g++ to compile)", expected, cache)
-    return CompilePlan(mode, True, f"{photos:,} photos to extract: compiling (~{expected:.0f} s, {cache} cache) "
-                                   f"pays from ~{needed:,}", expected, cache)
+        return plan(False, "no C++ compiler for inductor (install g++ to compile)", expected, cache)
+    return plan(True, f"{photos:,} photos to extract: compiling (~{expected:.0f} s, {cache} cache) "
+                      f"pays from ~{needed:,}", expected, cache)

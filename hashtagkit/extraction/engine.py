@@ -62,18 +62,20 @@ class Extractor:
         # constants: oneDNN prepacking, conv+ReLU fusion); a shorter batch is padded to it, so the
         # last batch of a run never compiles a second graph. Compiled before the lanes start
         # (`compile`), then called from every lane's thread like the eager model.
-        self.compile_batch = None
-        self.forward = self.model
+        self.compile_batch, self.forward = None, self.model
         if compile_batch:
-            self.compile_batch = compile_batch
-            self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
+            self.compile_lazily(compile_batch)
+
+    def compile_lazily(self, batch_size: int) -> None:
+        """Run the model compiled for batches of `batch_size` from now on; the first call compiles."""
+        self.compile_batch = batch_size
+        self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
 
     def compile(self, batch_size: int) -> float:
         """Compile the model for batches of `batch_size` now, on a batch of zeros (so a compile
         that fails fails before any photo, and its cost is known); returns the seconds it took.
         On failure (an `InputError` naming the option) the extractor stays uncompiled."""
-        self.compile_batch = batch_size
-        self.forward = torch.compile(self.model, dynamic=False, options={"freezing": True})
+        self.compile_lazily(batch_size)
         zeros = [torch.zeros(batch_size, 3, t.crop, t.crop, dtype=torch.uint8) for t in self.transforms]
         started = time.perf_counter()
         try:

@@ -219,10 +219,9 @@ def compile_model(engine: Extractor, config: ExtractConfig, photos: int, threads
     except InputError as e:
         if plan.asked == "on":
             raise
-        log(f"compile: {e}; extracting uncompiled")
+        log(f"{e}; extracting uncompiled")  # e names the option: "compile: torch.compile could not ..."
         return done | {"compile": False, "failed": str(e)}
-    compiling.remember(compiling.cache_key(engine.architecture(), config.batch_size, engine.precision, dev.type),
-                       seconds)
+    compiling.remember(plan.key, seconds)
     log(f"compile: compiled in {seconds:.1f}s")
     return done | {"seconds": round(seconds, 2)}
 
